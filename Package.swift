@@ -1,0 +1,67 @@
+// swift-tools-version: 6.2
+import PackageDescription
+
+/// Settings shared by every Swift target: Swift 6 mode is the package default; warnings fail the build.
+let strict: [SwiftSetting] = [
+    .treatAllWarnings(as: .error),
+]
+
+let package = Package(
+    name: "upgrade",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "upgrade", targets: ["upgrade"]),
+        .library(name: "UpgradeCore", targets: ["UpgradeCore"]),
+        .library(name: "UpgradeScan", targets: ["UpgradeScan"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+    ],
+    targets: [
+        // C libraries from Debian, wrapped once each by one Swift target below.
+        .systemLibrary(
+            name: "CXXHash",
+            pkgConfig: "libxxhash",
+            providers: [.apt(["libxxhash-dev"])]
+        ),
+        .systemLibrary(
+            name: "CZstd",
+            pkgConfig: "libzstd",
+            providers: [.apt(["libzstd-dev"])]
+        ),
+
+        // Pure core: manifest, path rules, canonical encoding, diff, plan. No I/O.
+        .target(
+            name: "UpgradeCore",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict
+        ),
+        // XXH3-128 as a Swift value type (the only importer of CXXHash).
+        .target(name: "UpgradeHash", dependencies: ["CXXHash", "UpgradeCore"], swiftSettings: strict),
+        // zstd compression as a Swift value type (the only importer of CZstd).
+        .target(name: "UpgradeZstd", dependencies: ["CZstd"], swiftSettings: strict),
+        // Tree scanner, stat cache, manifest files on disk.
+        .target(name: "UpgradeScan", dependencies: ["UpgradeCore", "UpgradeHash"], swiftSettings: strict),
+
+        // The command-line tool: wires library calls, renders results.
+        .executableTarget(
+            name: "upgrade",
+            dependencies: [
+                "UpgradeCore", "UpgradeScan",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
+        // `make bench`: compares the project with rsync, xxhsum, zstd on the same data.
+        .executableTarget(name: "upgrade-bench", dependencies: [], swiftSettings: strict),
+
+        .testTarget(name: "UpgradeCoreTests", dependencies: ["UpgradeCore"], swiftSettings: strict),
+        .testTarget(
+            name: "UpgradeScanTests",
+            dependencies: ["UpgradeScan", "UpgradeHash", "UpgradeZstd", "UpgradeCore"],
+            swiftSettings: strict
+        ),
+        .testTarget(name: "UpgradeCLITests", dependencies: ["UpgradeCore"], swiftSettings: strict),
+    ]
+)

@@ -1,0 +1,131 @@
+/// Applying a plan to a manifest in memory: how the client checks a plan before it touches a
+/// byte (the result's digest must equal the signed one), and how tests prove a plan's order safe.
+extension Manifest {
+    /// The tree after `plan`, checking every operation's precondition as a filesystem would:
+    /// a created path is free and its parent is a directory, a replaced path is a file, a deleted
+    /// directory is empty, and so on. Throws ``PlanApplicationError`` at the first violation.
+    public func applying(_ plan: Plan) throws(PlanApplicationError) -> Manifest {
+        var tree = [String: ManifestEntry](minimumCapacity: entries.count)
+        var childCount = [String: Int]()
+        for entry in entries {
+            tree[entry.path] = entry
+            if let parent = PathRules.parent(of: entry.path) { childCount[parent, default: 0] += 1 }
+        }
+
+        for (step, operation) in plan.operations.enumerated() {
+            func fail(_ reason: PlanApplicationError.Reason) -> PlanApplicationError {
+                PlanApplicationError(step: step, operation: operation, reason: reason)
+            }
+            let path = operation.path
+            do {
+                try PathRules.validate(path)
+            } catch {
+                throw fail(.invalidPath(error))
+            }
+            let existing = tree[path]
+
+            func requireParentDirectory() throws(PlanApplicationError) {
+                guard let parent = PathRules.parent(of: path) else { return }
+                guard let entry = tree[parent] else { throw fail(.parentMissing(parent)) }
+                guard entry.kind == .directory else { throw fail(.parentNotDirectory(parent, entry.kind)) }
+            }
+            func insert(_ entry: ManifestEntry) {
+                tree[path] = entry
+                if let parent = PathRules.parent(of: path) { childCount[parent, default: 0] += 1 }
+            }
+
+            switch operation {
+            case .mkdir(_, let mode):
+                guard existing == nil else { throw fail(.exists(existing!.kind)) }
+                try requireParentDirectory()
+                insert(.directory(path, mode: mode))
+            case .add(_, let mode, let content):
+                guard existing == nil else { throw fail(.exists(existing!.kind)) }
+                try requireParentDirectory()
+                insert(.file(path, mode: mode, content))
+            case .replace(_, let mode, let content):
+                guard let existing else { throw fail(.missing) }
+                guard existing.kind == .file else { throw fail(.wrongKind(expected: .file, found: existing.kind)) }
+                tree[path] = .file(path, mode: mode, content)
+            case .symlink(_, let target):
+                do {
+                    try PathRules.validateSymlinkTarget(target, of: path)
+                } catch {
+                    throw fail(.invalidPath(error))
+                }
+                if let existing {
+                    guard existing.kind == .symlink else { throw fail(.exists(existing.kind)) }
+                    tree[path] = .symlink(path, target: target)
+                } else {
+                    try requireParentDirectory()
+                    insert(.symlink(path, target: target))
+                }
+            case .delete(_, let kind):
+                guard let existing else { throw fail(.missing) }
+                guard existing.kind == kind else { throw fail(.wrongKind(expected: kind, found: existing.kind)) }
+                if kind == .directory, let children = childCount[path], children > 0 {
+                    throw fail(.directoryNotEmpty(children))
+                }
+                tree[path] = nil
+                childCount[path] = nil
+                if let parent = PathRules.parent(of: path) { childCount[parent, default: 1] -= 1 }
+            case .chmod(_, let mode):
+                guard var existing else { throw fail(.missing) }
+                guard existing.kind != .symlink else { throw fail(.wrongKind(expected: .file, found: .symlink)) }
+                existing.mode = mode & 0o7777
+                tree[path] = existing
+            }
+        }
+
+        let sorted = tree.values.sorted { PathRules.byteOrder($0.path, $1.path) }
+        // Hooks travel with the release, not the plan; keep the ones whose script is still a file.
+        let hooks = Hooks(self.hooks.scripts.filter { tree[$0.value]?.kind == .file })
+        return Manifest(trustedSorted: sorted, hooks: hooks)
+    }
+
+    /// The paths whose entries differ between two manifests (present in one only, or unequal),
+    /// in canonical order: what a refusal names when a plan does not yield the signed tree.
+    public func differingPaths(from other: Manifest) -> [String] {
+        let mine = index()
+        let theirs = other.index()
+        var paths = Set<String>()
+        for (path, entry) in mine where theirs[path] != entry { paths.insert(path) }
+        for path in theirs.keys where mine[path] == nil { paths.insert(path) }
+        return paths.sorted(by: PathRules.byteOrder)
+    }
+}
+
+/// A plan operation that cannot be applied to the tree it meets.
+public struct PlanApplicationError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What went wrong.
+    public enum Reason: Hashable, Sendable {
+        case invalidPath(PathError)
+        case exists(EntryKind)
+        case missing
+        case wrongKind(expected: EntryKind, found: EntryKind)
+        case parentMissing(String)
+        case parentNotDirectory(String, EntryKind)
+        case directoryNotEmpty(Int)
+    }
+
+    /// Zero-based index of the operation in the plan.
+    public let step: Int
+    /// The operation.
+    public let operation: PlanOperation
+    /// Why it cannot be applied.
+    public let reason: Reason
+
+    public var description: String {
+        let head = "plan step \(step + 1) (\(operation.name) \(operation.path.debugDescription))"
+        switch reason {
+        case .invalidPath(let error): return "\(head): \(error)"
+        case .exists(let kind): return "\(head): a \(kind) already exists there"
+        case .missing: return "\(head): nothing exists there"
+        case .wrongKind(let expected, let found): return "\(head): expected a \(expected), found a \(found)"
+        case .parentMissing(let parent): return "\(head): parent \(parent.debugDescription) does not exist"
+        case .parentNotDirectory(let parent, let kind):
+            return "\(head): parent \(parent.debugDescription) is a \(kind), not a directory"
+        case .directoryNotEmpty(let count): return "\(head): directory still holds \(count) entries"
+        }
+    }
+}

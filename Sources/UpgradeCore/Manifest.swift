@@ -1,0 +1,230 @@
+/// What kind of filesystem object an entry is.
+public enum EntryKind: UInt8, Hashable, Sendable, CaseIterable, CustomStringConvertible {
+    case file = 1
+    case directory = 2
+    case symlink = 3
+
+    /// The name used in JSON and messages.
+    public var description: String {
+        switch self {
+        case .file: "file"
+        case .directory: "directory"
+        case .symlink: "symlink"
+        }
+    }
+
+    /// Parses the JSON name.
+    public init?(name: String) {
+        guard let kind = Self.allCases.first(where: { $0.description == name }) else { return nil }
+        self = kind
+    }
+}
+
+/// The identity of a regular file's content.
+public struct FileContent: Hashable, Sendable {
+    /// Size in bytes.
+    public var size: UInt64
+    /// XXH3-128 of the content: finds changes fast.
+    public var xxh128: XXH128Digest
+    /// SHA-256 of the content: filled by publishing; the integrity check of every fetched byte.
+    public var sha256: SHA256Hash?
+
+    /// Creates a content identity.
+    public init(size: UInt64, xxh128: XXH128Digest, sha256: SHA256Hash? = nil) {
+        self.size = size
+        self.xxh128 = xxh128
+        self.sha256 = sha256
+    }
+
+    /// True when both describe the same bytes as far as the two records can tell: equal size
+    /// and XXH3-128, and equal SHA-256 where both carry one.
+    public func sameContent(as other: FileContent) -> Bool {
+        guard size == other.size, xxh128 == other.xxh128 else { return false }
+        if let mine = sha256, let theirs = other.sha256 { return mine == theirs }
+        return true
+    }
+}
+
+/// One path of a tree and everything that defines it.
+public struct ManifestEntry: Hashable, Sendable {
+    /// What the path holds.
+    public enum Content: Hashable, Sendable {
+        case file(FileContent)
+        case directory
+        case symlink(target: String)
+    }
+
+    /// Relative path, valid under ``PathRules``.
+    public var path: String
+    /// Permission bits (`mode & 0o7777`); 0 for symlinks, whose mode Linux ignores.
+    public var mode: UInt32
+    /// The content.
+    public var content: Content
+
+    /// Creates an entry; symlink modes are normalized to 0 and other modes masked to 0o7777.
+    public init(path: String, mode: UInt32, content: Content) {
+        self.path = path
+        self.content = content
+        if case .symlink = content { self.mode = 0 } else { self.mode = mode & 0o7777 }
+    }
+
+    /// A regular file.
+    public static func file(_ path: String, mode: UInt32 = 0o644, _ content: FileContent) -> Self {
+        Self(path: path, mode: mode, content: .file(content))
+    }
+
+    /// A directory.
+    public static func directory(_ path: String, mode: UInt32 = 0o755) -> Self {
+        Self(path: path, mode: mode, content: .directory)
+    }
+
+    /// A symbolic link.
+    public static func symlink(_ path: String, target: String) -> Self {
+        Self(path: path, mode: 0, content: .symlink(target: target))
+    }
+
+    /// The entry's kind.
+    public var kind: EntryKind {
+        switch content {
+        case .file: .file
+        case .directory: .directory
+        case .symlink: .symlink
+        }
+    }
+
+    /// The file content, for files.
+    public var file: FileContent? {
+        if case .file(let content) = content { return content }
+        return nil
+    }
+
+    /// The size in bytes for files, 0 otherwise.
+    public var size: UInt64 { file?.size ?? 0 }
+}
+
+/// Scripts from a release's own tree that run around an install.
+public struct Hooks: Hashable, Sendable {
+    /// When a hook runs.
+    public enum Kind: UInt8, Hashable, Sendable, CaseIterable, CustomStringConvertible {
+        case preInstall = 1
+        case postInstall = 2
+        case healthCheck = 3
+
+        /// The name used in JSON, flags and messages.
+        public var description: String {
+            switch self {
+            case .preInstall: "pre-install"
+            case .postInstall: "post-install"
+            case .healthCheck: "health-check"
+            }
+        }
+
+        /// Parses the name.
+        public init?(name: String) {
+            guard let kind = Self.allCases.first(where: { $0.description == name }) else { return nil }
+            self = kind
+        }
+    }
+
+    /// Hook kind → path of a file in the tree.
+    public var scripts: [Kind: String]
+
+    /// Creates a hook table.
+    public init(_ scripts: [Kind: String] = [:]) {
+        self.scripts = scripts
+    }
+
+    /// True when no hook is declared.
+    public var isEmpty: Bool { scripts.isEmpty }
+}
+
+/// A tree: its entries sorted by path bytes, and its hooks.
+///
+/// A `Manifest` value always satisfies the manifest rules: valid paths, no duplicates, every
+/// entry's parent present as a directory (so nothing sits beneath a symlink or a file), hooks
+/// naming files of the tree.
+public struct Manifest: Hashable, Sendable {
+    /// Entries in canonical order (UTF-8 bytes of the path).
+    public let entries: [ManifestEntry]
+    /// Declared hooks.
+    public let hooks: Hooks
+
+    /// Validates and sorts `entries`; throws ``PathError`` naming the first offending path.
+    public init(entries: [ManifestEntry], hooks: Hooks = Hooks()) throws(PathError) {
+        let sorted = entries.sorted { PathRules.byteOrder($0.path, $1.path) }
+        try Self.validate(sorted: sorted, hooks: hooks)
+        self.entries = sorted
+        self.hooks = hooks
+    }
+
+    /// The empty tree.
+    public static let empty = Manifest(trustedSorted: [], hooks: Hooks())
+
+    init(trustedSorted entries: [ManifestEntry], hooks: Hooks) {
+        self.entries = entries
+        self.hooks = hooks
+    }
+
+    /// Path → entry, for lookups.
+    public func index() -> [String: ManifestEntry] {
+        var index = [String: ManifestEntry](minimumCapacity: entries.count)
+        for entry in entries { index[entry.path] = entry }
+        return index
+    }
+
+    /// Counts and total file size.
+    public var summary: Summary {
+        var summary = Summary()
+        for entry in entries {
+            switch entry.content {
+            case .file(let file):
+                summary.files += 1
+                summary.bytes += file.size
+            case .directory: summary.directories += 1
+            case .symlink: summary.symlinks += 1
+            }
+        }
+        return summary
+    }
+
+    /// Counts of a manifest's entries.
+    public struct Summary: Hashable, Sendable {
+        public var files = 0
+        public var directories = 0
+        public var symlinks = 0
+        /// Total size of the files.
+        public var bytes: UInt64 = 0
+
+        /// All zero.
+        public init() {}
+    }
+
+    static func validate(sorted entries: [ManifestEntry], hooks: Hooks) throws(PathError) {
+        var kinds = [String: EntryKind](minimumCapacity: entries.count)
+        var previous: String?
+        for entry in entries {
+            try PathRules.validate(entry.path)
+            if let previous, previous == entry.path { throw PathError(path: entry.path, rule: .duplicate) }
+            previous = entry.path
+            if case .symlink(let target) = entry.content {
+                try PathRules.validateSymlinkTarget(target, of: entry.path)
+            }
+            // Parents sort before their children, so the parent's kind is already known.
+            if let parent = PathRules.parent(of: entry.path) {
+                switch kinds[parent] {
+                case .directory: break
+                case .symlink: throw PathError(path: entry.path, rule: .beneathSymlink(parent))
+                case .file: throw PathError(path: entry.path, rule: .parentNotDirectory(parent))
+                case nil: throw PathError(path: entry.path, rule: .parentMissing(parent))
+                }
+            }
+            kinds[entry.path] = entry.kind
+        }
+        for (kind, path) in hooks.scripts.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
+            try PathRules.validate(path)
+            guard kinds[path] == .file else {
+                throw PathError(path: path, rule: .hookNotAFile(kind.description))
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+/// The one validator for every path that enters from outside: manifests, plans, bundles, peers.
+///
+/// A valid path is relative, normalized (no `.`, `..` or empty components, no leading or
+/// trailing `/`), valid UTF-8 without NUL, at most ``maxComponentBytes`` per component,
+/// ``maxPathBytes`` in all and ``maxDepth`` components deep.
+public enum PathRules {
+    /// Longest component in bytes (Linux NAME_MAX).
+    public static let maxComponentBytes = 255
+    /// Longest path in bytes (Linux PATH_MAX minus room for a root prefix).
+    public static let maxPathBytes = 3_072
+    /// Deepest nesting allowed.
+    public static let maxDepth = 128
+    /// Longest symlink target in bytes.
+    public static let maxSymlinkTargetBytes = 4_095
+
+    /// Checks one path; throws ``PathError`` naming the path and the broken rule.
+    public static func validate(_ path: String) throws(PathError) {
+        let bytes = Array(path.utf8)
+        try validate(bytes: bytes, display: path)
+    }
+
+    /// Checks a path given as raw bytes (as read from a file or the network).
+    public static func validate(bytes: [UInt8], display: String? = nil) throws(PathError) {
+        let shown = display ?? String(decoding: bytes, as: UTF8.self)
+        func fail(_ rule: PathError.Rule) -> PathError { PathError(path: shown, rule: rule) }
+
+        if bytes.isEmpty { throw fail(.empty) }
+        if bytes.contains(0) { throw fail(.containsNUL) }
+        if String(validating: bytes, as: UTF8.self) == nil { throw fail(.invalidUTF8) }
+        if bytes.first == UInt8(ascii: "/") { throw fail(.absolute) }
+        if bytes.count > maxPathBytes { throw fail(.tooLong(bytes.count)) }
+
+        var depth = 0
+        for component in bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false) {
+            depth += 1
+            if component.isEmpty { throw fail(.emptyComponent) }
+            if component.elementsEqual([UInt8(ascii: ".")]) { throw fail(.dotComponent) }
+            if component.elementsEqual([UInt8(ascii: "."), UInt8(ascii: ".")]) { throw fail(.dotDotComponent) }
+            if component.count > maxComponentBytes { throw fail(.componentTooLong(component.count)) }
+        }
+        if depth > maxDepth { throw fail(.tooDeep(depth)) }
+    }
+
+    /// Checks a symlink target: non-empty, no NUL, valid UTF-8, bounded length.
+    ///
+    /// Targets are data, not paths the engine writes through: an absolute or `..` target is
+    /// allowed, and no manifest entry may sit beneath a symlink (see ``Manifest/validate()``).
+    public static func validateSymlinkTarget(_ target: String, of path: String) throws(PathError) {
+        let bytes = Array(target.utf8)
+        if bytes.isEmpty { throw PathError(path: path, rule: .emptySymlinkTarget) }
+        if bytes.contains(0) { throw PathError(path: path, rule: .containsNUL) }
+        if bytes.count > maxSymlinkTargetBytes { throw PathError(path: path, rule: .tooLong(bytes.count)) }
+    }
+
+    /// The parent path of a valid path, or nil for a top-level entry.
+    public static func parent(of path: String) -> String? {
+        guard let slash = path.utf8.lastIndex(of: UInt8(ascii: "/")) else { return nil }
+        return String(path[..<slash])
+    }
+
+    /// True when `path` lies strictly beneath `ancestor`.
+    public static func isDescendant(_ path: String, of ancestor: String) -> Bool {
+        let p = path.utf8
+        let a = ancestor.utf8
+        guard p.count > a.count, p.starts(with: a) else { return false }
+        return p[p.index(p.startIndex, offsetBy: a.count)] == UInt8(ascii: "/")
+    }
+
+    /// Orders paths by their UTF-8 bytes, the order of the canonical manifest.
+    public static func byteOrder(_ lhs: String, _ rhs: String) -> Bool {
+        var lhs = lhs
+        var rhs = rhs
+        return lhs.withUTF8 { l in
+            rhs.withUTF8 { r in
+                let common = min(l.count, r.count)
+                if common > 0, let lb = l.baseAddress, let rb = r.baseAddress {
+                    let cmp = memcmpBytes(lb, rb, common)
+                    if cmp != 0 { return cmp < 0 }
+                }
+                return l.count < r.count
+            }
+        }
+    }
+
+    private static func memcmpBytes(_ a: UnsafePointer<UInt8>, _ b: UnsafePointer<UInt8>, _ n: Int) -> Int {
+        for i in 0..<n where a[i] != b[i] {
+            return a[i] < b[i] ? -1 : 1
+        }
+        return 0
+    }
+}
+
+/// A path that broke one of the ``PathRules``.
+public struct PathError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// Which rule a path broke.
+    public enum Rule: Hashable, Sendable {
+        case empty
+        case containsNUL
+        case invalidUTF8
+        case absolute
+        case emptyComponent
+        case dotComponent
+        case dotDotComponent
+        case componentTooLong(Int)
+        case tooLong(Int)
+        case tooDeep(Int)
+        case emptySymlinkTarget
+        case duplicate
+        case beneathSymlink(String)
+        case parentMissing(String)
+        case parentNotDirectory(String)
+        case hookNotAFile(String)
+    }
+
+    /// The offending path, as given.
+    public let path: String
+    /// The rule it broke.
+    public let rule: Rule
+
+    /// Creates an error for `path`.
+    public init(path: String, rule: Rule) {
+        self.path = path
+        self.rule = rule
+    }
+
+    public var description: String {
+        let shown = path.debugDescription
+        switch rule {
+        case .empty: return "empty path"
+        case .containsNUL: return "path \(shown) contains a NUL byte"
+        case .invalidUTF8: return "path \(shown) is not valid UTF-8"
+        case .absolute: return "path \(shown) is absolute; paths must be relative to the root"
+        case .emptyComponent: return "path \(shown) has an empty component (`//` or a leading/trailing `/`)"
+        case .dotComponent: return "path \(shown) has a `.` component"
+        case .dotDotComponent: return "path \(shown) has a `..` component"
+        case .componentTooLong(let n):
+            return "path \(shown) has a component of \(n) bytes (limit \(PathRules.maxComponentBytes))"
+        case .tooLong(let n): return "path \(shown) is \(n) bytes long (limit \(PathRules.maxPathBytes))"
+        case .tooDeep(let n): return "path \(shown) is \(n) components deep (limit \(PathRules.maxDepth))"
+        case .emptySymlinkTarget: return "symlink \(shown) has an empty target"
+        case .duplicate: return "path \(shown) appears more than once"
+        case .beneathSymlink(let link): return "path \(shown) lies beneath the symlink \(link.debugDescription)"
+        case .parentMissing(let parent): return "path \(shown) has no parent directory entry \(parent.debugDescription)"
+        case .parentNotDirectory(let parent):
+            return "path \(shown) lies beneath \(parent.debugDescription), which is not a directory"
+        case .hookNotAFile(let hook): return "\(hook) hook \(shown) is not a file of the tree"
+        }
+    }
+}

@@ -1,0 +1,68 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Whole-file reads and crash-safe whole-file writes with plain POSIX calls: write a temporary
+/// file beside the target, fsync it, rename it over the target, fsync the directory. Foundation's
+/// `.atomic` writes skip the directory fsync on this toolchain.
+public enum AtomicFile {
+    /// Reads a whole file.
+    public static func read(_ path: String) throws(SystemCallError) -> [UInt8] {
+        let fd = try Posix.openAt(AT_FDCWD, path, O_RDONLY)
+        defer { close(fd) }
+        var out = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw SystemCallError(call: "read", code: errno)
+            }
+            if count == 0 { return out }
+            out.append(contentsOf: chunk[..<count])
+        }
+    }
+
+    /// Replaces `path` with `bytes` atomically and durably; the file gets `mode`.
+    public static func write(_ bytes: [UInt8], to path: String, mode: mode_t = 0o644) throws(SystemCallError) {
+        let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+        let temporary = "\(path).tmp-\(getpid())"
+        let fd = try Posix.openAt(AT_FDCWD, temporary, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW)
+        do throws(SystemCallError) {
+            try writeAll(fd, bytes)
+            guard fchmod(fd, mode) == 0 else { throw SystemCallError(call: "fchmod", code: errno) }
+            guard fsync(fd) == 0 else { throw SystemCallError(call: "fsync", code: errno) }
+            close(fd)
+        } catch {
+            close(fd)
+            unlink(temporary)
+            throw error
+        }
+        guard rename(temporary, path) == 0 else {
+            let code = errno
+            unlink(temporary)
+            throw SystemCallError(call: "rename", code: code)
+        }
+        try syncDirectory(directory.isEmpty ? "/" : directory)
+    }
+
+    /// Writes to standard output or any open descriptor.
+    public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws(SystemCallError) {
+        var offset = 0
+        while offset < bytes.count {
+            let count = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw SystemCallError(call: "write", code: errno)
+            }
+            offset += count
+        }
+    }
+
+    /// fsync of a directory, making a rename in it durable.
+    public static func syncDirectory(_ path: String) throws(SystemCallError) {
+        let fd = try Posix.openAt(AT_FDCWD, path, O_RDONLY | O_DIRECTORY)
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw SystemCallError(call: "fsync", code: errno) }
+    }
+}

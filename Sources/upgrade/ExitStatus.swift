@@ -1,0 +1,58 @@
+import UpgradeCore
+import UpgradeScan
+
+/// The exit codes `upgrade` documents (README, `upgrade --help`). They are stable: scripts and
+/// cron jobs branch on them.
+enum ExitStatus: Int32, Error {
+    /// Done, or nothing to do.
+    case success = 0
+    /// An I/O or system error (a message names the path and the call).
+    case failure = 1
+    /// Bad flags or arguments.
+    case usage = 2
+    /// A tree or manifest breaks the rules: hostile path, device or FIFO in the tree, malformed
+    /// manifest file. Nothing was changed.
+    case invalidInput = 3
+
+    static let helpText = """
+        EXIT CODES
+          0   done, or nothing to do
+          1   I/O or system error (the message names the path and the failing call)
+          2   usage error (bad flags or arguments)
+          3   invalid input: a path breaks the path rules, a device/FIFO/socket is in the tree,
+              or a manifest file is malformed; nothing was changed
+        """
+}
+
+/// An error that knows which exit code it deserves.
+protocol ClassifiedError: Error, CustomStringConvertible {
+    var exitStatus: ExitStatus { get }
+}
+
+extension ScanError: ClassifiedError {
+    var exitStatus: ExitStatus {
+        switch self {
+        case .specialFile, .invalidPath: .invalidInput
+        case .rootUnusable, .unreadable, .changedDuringScan: .failure
+        }
+    }
+}
+
+extension TreeSourceError: ClassifiedError {
+    var exitStatus: ExitStatus {
+        switch self {
+        case .missing: .failure
+        case .badManifest: .invalidInput
+        }
+    }
+}
+
+extension SystemCallError: ClassifiedError {
+    var exitStatus: ExitStatus { .failure }
+}
+
+/// An error with a ready message.
+struct CommandFailure: ClassifiedError {
+    let description: String
+    let exitStatus: ExitStatus
+}

@@ -1,0 +1,59 @@
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `upgrade` command.
+struct Upgrade: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "upgrade",
+        abstract: "Bring an installed software tree to a signed release with the fewest bytes on the wire.",
+        discussion: ExitStatus.helpText,
+        version: "0.1.0",
+        subcommands: [ManifestCommand.self, DiffCommand.self]
+    )
+}
+
+@main
+enum Main {
+    static func main() async {
+        let status: ExitStatus
+        do {
+            var command = try Upgrade.parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+            status = .success
+        } catch let exit as ExitCode {
+            Glibc.exit(exit.rawValue)
+        } catch let status as ExitStatus {
+            Glibc.exit(status.rawValue)
+        } catch {
+            status = report(error)
+        }
+        Glibc.exit(status.rawValue)
+    }
+
+    /// Prints an error the way a person needs it and picks the documented exit code.
+    static func report(_ error: any Error) -> ExitStatus {
+        let parserCode = Upgrade.exitCode(for: error)
+        if parserCode == .success {
+            // --help and --version.
+            print(Upgrade.fullMessage(for: error))
+            return .success
+        }
+        if let classified = error as? any ClassifiedError {
+            Terminal.error("\(classified)")
+            return classified.exitStatus
+        }
+        if parserCode == .validationFailure || error is ValidationError || "\(type(of: error))".contains("CommandError") {
+            Terminal.error(Upgrade.fullMessage(for: error))
+            Terminal.error("Run 'upgrade --help' for usage.")
+            return .usage
+        }
+        Terminal.error("\(error)")
+        return .failure
+    }
+}
