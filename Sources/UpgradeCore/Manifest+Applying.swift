@@ -115,6 +115,13 @@ public struct PlanApplicationError: Error, Hashable, Sendable, CustomStringConve
     /// Why it cannot be applied.
     public let reason: Reason
 
+    /// Creates an error for the operation at `step`.
+    public init(step: Int, operation: PlanOperation, reason: Reason) {
+        self.step = step
+        self.operation = operation
+        self.reason = reason
+    }
+
     public var description: String {
         let head = "plan step \(step + 1) (\(operation.name) \(operation.path.debugDescription))"
         switch reason {

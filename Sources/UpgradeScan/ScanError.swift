@@ -37,5 +37,11 @@ public struct ScanWarning: Hashable, Sendable, CustomStringConvertible {
     /// Why.
     public let reason: String
 
+    /// A warning about `path`.
+    public init(path: String, reason: String) {
+        self.path = path
+        self.reason = reason
+    }
+
     public var description: String { "skipped \(path.debugDescription): \(reason)" }
 }

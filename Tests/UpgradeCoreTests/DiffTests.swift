@@ -1,0 +1,188 @@
+import Foundation
+import Testing
+import UpgradeCore
+
+/// Deterministic PRNG so a failing seed can be replayed.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Random valid trees over a small name pool, so that two trees share many paths with
+/// different kinds, contents and modes.
+enum TreeGenerator {
+    static let names = ["a", "b", "a b", "a-b", "é", "日本", "lib", "x.so", ".hidden", "Z"]
+    static let fileModes: [UInt32] = [0o644, 0o755, 0o600, 0o444, 0o4755]
+    static let dirModes: [UInt32] = [0o755, 0o700, 0o555, 0o500]
+
+    static func tree(_ rng: inout SplitMix64, depth: Int = 3) -> Manifest {
+        var entries = [ManifestEntry]()
+        fill(&entries, prefix: nil, depth: depth, rng: &rng)
+        return try! Manifest(entries: entries)
+    }
+
+    private static func fill(_ entries: inout [ManifestEntry], prefix: String?, depth: Int, rng: inout SplitMix64) {
+        for name in names where Int.random(in: 0..<10, using: &rng) < 4 {
+            let path = prefix.map { "\($0)/\(name)" } ?? name
+            switch Int.random(in: 0..<10, using: &rng) {
+            case 0..<5:
+                let content = UInt64.random(in: 0..<3, using: &rng)
+                entries.append(.file(path, mode: fileModes.randomElement(using: &rng)!, sampleContent(content, size: content * 100)))
+            case 5..<7:
+                entries.append(.symlink(path, target: ["../x", "/abs", "a", "dangling/too"].randomElement(using: &rng)!))
+            default:
+                entries.append(.directory(path, mode: dirModes.randomElement(using: &rng)!))
+                if depth > 1 { fill(&entries, prefix: path, depth: depth - 1, rng: &rng) }
+            }
+        }
+    }
+
+    /// A few random edits of `tree`: the realistic case of a small upgrade.
+    static func mutate(_ tree: Manifest, _ rng: inout SplitMix64) -> Manifest {
+        var entries = tree.entries
+        for _ in 0..<Int.random(in: 1...4, using: &rng) where !entries.isEmpty {
+            let index = Int.random(in: 0..<entries.count, using: &rng)
+            let entry = entries[index]
+            switch (entry.content, Int.random(in: 0..<4, using: &rng)) {
+            case (.file(var file), 0):
+                file.xxh128.low &+= 1
+                entries[index].content = .file(file)
+            case (.file, 1), (.directory, 1):
+                entries[index].mode ^= 0o020
+            case (.symlink, _):
+                entries[index].content = .symlink(target: "retargeted")
+            default:
+                // Remove the entry and its subtree.
+                entries.removeAll { $0.path == entry.path || PathRules.isDescendant($0.path, of: entry.path) }
+            }
+        }
+        return try! Manifest(entries: entries)
+    }
+}
+
+@Suite("Diff engine")
+struct DiffTests {
+    @Test("applying plan(A, B) to A yields exactly B for random trees", arguments: 0..<8)
+    func randomTreesRoundTrip(batch: Int) throws {
+        var rng = SplitMix64(state: UInt64(batch) &* 7919)
+        for round in 0..<250 {
+            let a = TreeGenerator.tree(&rng)
+            let b = round % 2 == 0 ? TreeGenerator.tree(&rng) : TreeGenerator.mutate(a, &rng)
+            let plan = plan(from: a, to: b)
+            let result = try a.applying(plan)
+            #expect(result == b, "batch \(batch) round \(round): differing \(result.differingPaths(from: b))")
+            #expect(result.digest == b.digest)
+            // The plan for identical trees is empty, and the reverse plan restores A.
+            #expect(UpgradeCore.plan(from: b, to: b).isEmpty)
+            #expect(try b.applying(UpgradeCore.plan(from: b, to: a)) == a)
+        }
+    }
+
+    @Test("the plan is deterministic: same input, byte-identical JSON")
+    func deterministic() throws {
+        var rng = SplitMix64(state: 42)
+        for _ in 0..<50 {
+            let a = TreeGenerator.tree(&rng)
+            let b = TreeGenerator.tree(&rng)
+            let once = plan(from: a, to: b).jsonEncoded()
+            let shuffledA = try Manifest(entries: a.entries.shuffled(using: &rng))
+            let shuffledB = try Manifest(entries: b.entries.shuffled(using: &rng))
+            #expect(plan(from: shuffledA, to: shuffledB).jsonEncoded() == once)
+        }
+    }
+
+    @Test("file to directory: the file goes before the directory and its contents arrive")
+    func fileToDirectory() throws {
+        let a = try Manifest(entries: [.file("x", sampleContent(1)), .file("keep", sampleContent(2))])
+        let b = try Manifest(entries: [.directory("x"), .file("x/inner", sampleContent(3)), .file("keep", sampleContent(2))])
+        let operations = plan(from: a, to: b).operations
+        #expect(operations == [
+            .delete(path: "x", kind: .file),
+            .mkdir(path: "x", mode: 0o755),
+            .add(path: "x/inner", mode: 0o644, content: sampleContent(3)),
+        ])
+    }
+
+    @Test("directory to symlink: the subtree is removed deepest first, then the link is made")
+    func directoryToSymlink() throws {
+        let a = try Manifest(entries: [
+            .directory("lib"), .directory("lib/sub"), .file("lib/sub/f", sampleContent(1)), .file("lib/g", sampleContent(2)),
+            .file("lib-b", sampleContent(3)),
+        ])
+        let b = try Manifest(entries: [.symlink("lib", target: "lib64"), .file("lib-b", sampleContent(3))])
+        let operations = plan(from: a, to: b).operations
+        #expect(operations == [
+            .delete(path: "lib/sub/f", kind: .file),
+            .delete(path: "lib/sub", kind: .directory),
+            .delete(path: "lib/g", kind: .file),
+            .delete(path: "lib", kind: .directory),
+            .symlink(path: "lib", target: "lib64"),
+        ])
+    }
+
+    @Test("additions come before deletions; deletions are deepest first")
+    func additionsBeforeDeletions() throws {
+        let a = try Manifest(entries: [.directory("old"), .file("old/f", sampleContent(1))])
+        let b = try Manifest(entries: [.file("new", sampleContent(2))])
+        #expect(plan(from: a, to: b).operations == [
+            .add(path: "new", mode: 0o644, content: sampleContent(2)),
+            .delete(path: "old/f", kind: .file),
+            .delete(path: "old", kind: .directory),
+        ])
+    }
+
+    @Test("mode-only changes become chmods, after content, deepest first")
+    func modeOnly() throws {
+        let a = try Manifest(entries: [.directory("d"), .file("d/f", mode: 0o644, sampleContent(1))])
+        let b = try Manifest(entries: [.directory("d", mode: 0o555), .file("d/f", mode: 0o755, sampleContent(1)), .file("d/new", sampleContent(2))])
+        #expect(plan(from: a, to: b).operations == [
+            .add(path: "d/new", mode: 0o644, content: sampleContent(2)),
+            .chmod(path: "d/f", mode: 0o755),
+            .chmod(path: "d", mode: 0o555),
+        ])
+    }
+
+    @Test("a new read-only directory is created writable, filled, then locked")
+    func readOnlyNewDirectory() throws {
+        let b = try Manifest(entries: [.directory("ro", mode: 0o555), .file("ro/f", sampleContent(1))])
+        #expect(plan(from: .empty, to: b).operations == [
+            .mkdir(path: "ro", mode: 0o755),
+            .add(path: "ro/f", mode: 0o644, content: sampleContent(1)),
+            .chmod(path: "ro", mode: 0o555),
+        ])
+    }
+
+    @Test("a symlink retarget is one symlink operation; a replaced file carries its new mode")
+    func retargetAndReplace() throws {
+        let a = try Manifest(entries: [.symlink("cur", target: "v1"), .file("bin", mode: 0o644, sampleContent(1))])
+        let b = try Manifest(entries: [.symlink("cur", target: "v2"), .file("bin", mode: 0o755, sampleContent(2))])
+        #expect(plan(from: a, to: b).operations == [
+            .replace(path: "bin", mode: 0o755, content: sampleContent(2)),
+            .symlink(path: "cur", target: "v2"),
+        ])
+    }
+
+    @Test("the in-memory applier refuses unsafe orders")
+    func applierRefusesUnsafe() throws {
+        let a = try Manifest(entries: [.directory("d"), .file("d/f", sampleContent(1)), .symlink("l", target: "/etc")])
+        let bad: [(PlanOperation, PlanApplicationError.Reason)] = [
+            (.delete(path: "d", kind: .directory), .directoryNotEmpty(1)),
+            (.add(path: "l/passwd", mode: 0o644, content: sampleContent(2)), .parentNotDirectory("l", .symlink)),
+            (.add(path: "d/f", mode: 0o644, content: sampleContent(2)), .exists(.file)),
+            (.replace(path: "nope", mode: 0o644, content: sampleContent(2)), .missing),
+            (.mkdir(path: "x/y", mode: 0o755), .parentMissing("x")),
+            (.add(path: "../escape", mode: 0o644, content: sampleContent(2)), .invalidPath(PathError(path: "../escape", rule: .dotDotComponent))),
+        ]
+        for (operation, reason) in bad {
+            #expect(throws: PlanApplicationError(step: 0, operation: operation, reason: reason)) {
+                try a.applying(Plan(operations: [operation]))
+            }
+        }
+    }
+}
