@@ -3,7 +3,7 @@ import PackageDescription
 
 /// Settings shared by every Swift target: Swift 6 mode is the package default; warnings fail the build.
 let strict: [SwiftSetting] = [
-    .treatAllWarnings(as: .error),
+    .treatAllWarnings(as: .error)
 ]
 
 let package = Package(

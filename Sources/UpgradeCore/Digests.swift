@@ -49,14 +49,17 @@ public struct XXH128Digest: Hashable, Sendable, Comparable {
 }
 
 /// A SHA-256 digest: the integrity check of content, manifests and releases.
+///
+/// Stored inline as four words, so manifests of 100,000 entries hold no extra heap objects.
 public struct SHA256Hash: Hashable, Sendable, Comparable {
-    /// The 32 digest bytes.
-    public let bytes: [UInt8]
+    private var words: (UInt64, UInt64, UInt64, UInt64)
 
     /// Wraps 32 bytes; returns nil for any other length.
     public init?(bytes: some Collection<UInt8>) {
         guard bytes.count == 32 else { return nil }
-        self.bytes = Array(bytes)
+        var values = [UInt64](repeating: 0, count: 4)
+        for (offset, byte) in bytes.enumerated() { values[offset / 8] = values[offset / 8] << 8 | UInt64(byte) }
+        words = (values[0], values[1], values[2], values[3])
     }
 
     /// Parses 64 hex digits.
@@ -65,11 +68,33 @@ public struct SHA256Hash: Hashable, Sendable, Comparable {
         self.init(bytes: bytes)
     }
 
+    /// The 32 digest bytes.
+    public var bytes: [UInt8] {
+        var out = [UInt8]()
+        out.reserveCapacity(32)
+        out.appendBigEndian(words.0)
+        out.appendBigEndian(words.1)
+        out.appendBigEndian(words.2)
+        out.appendBigEndian(words.3)
+        return out
+    }
+
     /// 64 lowercase hex digits.
     public var hex: String { bytes.hexString }
 
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs.words == rhs.words
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(words.0)
+        hasher.combine(words.1)
+        hasher.combine(words.2)
+        hasher.combine(words.3)
+    }
+
     public static func < (lhs: Self, rhs: Self) -> Bool {
-        lhs.bytes.lexicographicallyPrecedes(rhs.bytes)
+        lhs.words < rhs.words
     }
 }
 

@@ -63,7 +63,9 @@ extension Manifest {
             }
             let count = try reader.u64()
             // Each entry takes at least 6 bytes; a larger count is a lie that would make us allocate.
-            guard count <= UInt64(reader.remaining / 6) else { throw ManifestDecodingError.malformed("entry count \(count) exceeds the data") }
+            guard count <= UInt64(reader.remaining / 6) else {
+                throw ManifestDecodingError.malformed("entry count \(count) exceeds the data")
+            }
             var entries = [ManifestEntry]()
             entries.reserveCapacity(Int(count))
             for _ in 0..<count {

@@ -33,7 +33,9 @@ extension Manifest {
             throw .malformed("JSON: \(JSON.describe(error))")
         }
         guard document.format == Self.jsonFormat else {
-            throw .malformed("format is \(document.format.debugDescription), expected \(Self.jsonFormat.debugDescription)")
+            throw .malformed(
+                "format is \(document.format.debugDescription), expected \(Self.jsonFormat.debugDescription)"
+            )
         }
         var scripts = [Hooks.Kind: String]()
         for (name, path) in document.hooks ?? [:] {
@@ -105,7 +107,9 @@ struct EntryJSON: Codable {
 
     func entry() throws(ManifestDecodingError) -> ManifestEntry {
         let shown = path.debugDescription
-        guard let kind = EntryKind(name: kind) else { throw .malformed("entry \(shown) has unknown kind \(kind.debugDescription)") }
+        guard let kind = EntryKind(name: kind) else {
+            throw .malformed("entry \(shown) has unknown kind \(kind.debugDescription)")
+        }
         func parsedMode() throws(ManifestDecodingError) -> UInt32 {
             guard let mode, let value = FileMode.parse(mode) else {
                 throw .malformed("entry \(shown) needs an octal mode such as \"0644\"")
@@ -173,6 +177,8 @@ public enum JSON {
     }
 
     private static func path(_ context: DecodingError.Context) -> String {
-        context.codingPath.isEmpty ? "top level" : context.codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
+        context.codingPath.isEmpty
+            ? "top level"
+            : context.codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
     }
 }

@@ -151,7 +151,9 @@ public struct Manifest: Hashable, Sendable {
 
     /// Validates and sorts `entries`; throws ``PathError`` naming the first offending path.
     public init(entries: [ManifestEntry], hooks: Hooks = Hooks()) throws(PathError) {
-        let sorted = entries.sorted { PathRules.byteOrder($0.path, $1.path) }
+        // Scanners emit entries nearly in order; checking first avoids moving 100,000 entries.
+        let inOrder = zip(entries, entries.dropFirst()).allSatisfy { !PathRules.byteOrder($1.path, $0.path) }
+        let sorted = inOrder ? entries : entries.sorted { PathRules.byteOrder($0.path, $1.path) }
         try Self.validate(sorted: sorted, hooks: hooks)
         self.entries = sorted
         self.hooks = hooks

@@ -1,3 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The one validator for every path that enters from outside: manifests, plans, bundles, peers.
 ///
 /// A valid path is relative, normalized (no `.`, `..` or empty components, no leading or
@@ -15,31 +23,57 @@ public enum PathRules {
 
     /// Checks one path; throws ``PathError`` naming the path and the broken rule.
     public static func validate(_ path: String) throws(PathError) {
-        let bytes = Array(path.utf8)
-        try validate(bytes: bytes, display: path)
+        // Swift strings are valid UTF-8 by construction; only the byte-level rules remain.
+        let violation: PathError.Rule? =
+            path.utf8.withContiguousStorageIfAvailable { check($0) } ?? check(Array(path.utf8)[...])
+        if let violation { throw PathError(path: path, rule: violation) }
     }
 
     /// Checks a path given as raw bytes (as read from a file or the network).
     public static func validate(bytes: [UInt8], display: String? = nil) throws(PathError) {
         let shown = display ?? String(decoding: bytes, as: UTF8.self)
-        func fail(_ rule: PathError.Rule) -> PathError { PathError(path: shown, rule: rule) }
-
-        if bytes.isEmpty { throw fail(.empty) }
-        if bytes.contains(0) { throw fail(.containsNUL) }
-        if String(validating: bytes, as: UTF8.self) == nil { throw fail(.invalidUTF8) }
-        if bytes.first == UInt8(ascii: "/") { throw fail(.absolute) }
-        if bytes.count > maxPathBytes { throw fail(.tooLong(bytes.count)) }
-
-        var depth = 0
-        for component in bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false) {
-            depth += 1
-            if component.isEmpty { throw fail(.emptyComponent) }
-            if component.elementsEqual([UInt8(ascii: ".")]) { throw fail(.dotComponent) }
-            if component.elementsEqual([UInt8(ascii: "."), UInt8(ascii: ".")]) { throw fail(.dotDotComponent) }
-            if component.count > maxComponentBytes { throw fail(.componentTooLong(component.count)) }
+        if String(validating: bytes, as: UTF8.self) == nil { throw PathError(path: shown, rule: .invalidUTF8) }
+        if let violation = bytes.withUnsafeBufferPointer({ check($0) }) {
+            throw PathError(path: shown, rule: violation)
         }
-        if depth > maxDepth { throw fail(.tooDeep(depth)) }
     }
+
+    /// One pass over the bytes, no allocation: the first rule broken, or nil.
+    private static func check(_ bytes: some Collection<UInt8>) -> PathError.Rule? {
+        if bytes.isEmpty { return .empty }
+        if bytes.first == slash { return .absolute }
+        if bytes.count > maxPathBytes { return .tooLong(bytes.count) }
+        var depth = 1
+        var componentLength = 0
+        var dots = 0
+        var sawNUL = false
+        func endComponent() -> PathError.Rule? {
+            if componentLength == 0 { return .emptyComponent }
+            if componentLength == dots && dots == 1 { return .dotComponent }
+            if componentLength == dots && dots == 2 { return .dotDotComponent }
+            if componentLength > maxComponentBytes { return .componentTooLong(componentLength) }
+            return nil
+        }
+        for byte in bytes {
+            if byte == slash {
+                if let rule = endComponent() { return rule }
+                depth += 1
+                componentLength = 0
+                dots = 0
+            } else {
+                if byte == 0 { sawNUL = true }
+                if byte == dot { dots += 1 }
+                componentLength += 1
+            }
+        }
+        if sawNUL { return .containsNUL }
+        if let rule = endComponent() { return rule }
+        if depth > maxDepth { return .tooDeep(depth) }
+        return nil
+    }
+
+    private static let slash = UInt8(ascii: "/")
+    private static let dot = UInt8(ascii: ".")
 
     /// Checks a symlink target: non-empty, no NUL, valid UTF-8, bounded length.
     ///
@@ -68,25 +102,18 @@ public enum PathRules {
 
     /// Orders paths by their UTF-8 bytes, the order of the canonical manifest.
     public static func byteOrder(_ lhs: String, _ rhs: String) -> Bool {
-        var lhs = lhs
-        var rhs = rhs
-        return lhs.withUTF8 { l in
-            rhs.withUTF8 { r in
-                let common = min(l.count, r.count)
-                if common > 0, let lb = l.baseAddress, let rb = r.baseAddress {
-                    let cmp = memcmpBytes(lb, rb, common)
-                    if cmp != 0 { return cmp < 0 }
+        let fast = lhs.utf8.withContiguousStorageIfAvailable { l in
+            rhs.utf8.withContiguousStorageIfAvailable { r in
+                let common = Swift.min(l.count, r.count)
+                if common > 0 {
+                    let order = memcmp(l.baseAddress!, r.baseAddress!, common)
+                    if order != 0 { return order < 0 }
                 }
                 return l.count < r.count
             }
         }
-    }
-
-    private static func memcmpBytes(_ a: UnsafePointer<UInt8>, _ b: UnsafePointer<UInt8>, _ n: Int) -> Int {
-        for i in 0..<n where a[i] != b[i] {
-            return a[i] < b[i] ? -1 : 1
-        }
-        return 0
+        if let fast, let result = fast { return result }
+        return lhs.utf8.lexicographicallyPrecedes(rhs.utf8)
     }
 }
 

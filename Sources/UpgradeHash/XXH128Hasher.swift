@@ -35,7 +35,8 @@ public struct XXH128Hasher: ~Copyable {
 
     /// Feeds bytes.
     public mutating func update(data: some Sequence<UInt8>) {
-        if let done: Void = data.withContiguousStorageIfAvailable({ update(bufferPointer: UnsafeRawBufferPointer($0)) }) {
+        if let done: Void = data.withContiguousStorageIfAvailable({ update(bufferPointer: UnsafeRawBufferPointer($0)) })
+        {
             return done
         }
         let copy = Array(data)

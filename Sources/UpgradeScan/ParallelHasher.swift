@@ -1,86 +1,124 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Synchronization
 import UpgradeCore
 internal import UpgradeHash
 
-/// Hashes files on `concurrency` tasks that pull work from a shared counter, each with its own
-/// read buffer. Reads are blocking syscalls on purpose: with a warm page cache the work is
-/// CPU-bound, and one task per core is what keeps both cores busy without oversubscribing.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Hashes the large files the walk left behind on `concurrency` tasks that pull work from a
+/// shared counter, each with its own read buffer and hasher. Reads are blocking syscalls on
+/// purpose: with a warm page cache the work is CPU-bound, and one task per core keeps every core
+/// busy without oversubscribing.
 struct ParallelHasher: Sendable {
     let rootFD: Int32
     let options: ScanOptions
 
+    /// Digests in the order of `jobs`.
+    func hash(_ jobs: [HashJob]) async throws -> [FileHashing.Digest] {
+        guard !jobs.isEmpty else { return [] }
+        let next = WorkCounter()
+        let workers = max(1, min(options.concurrency, jobs.count))
+        return try await withThrowingTaskGroup(of: [(Int, FileHashing.Digest)].self) { group in
+            for _ in 0..<workers {
+                group.addTask {
+                    var buffer = [UInt8](repeating: 0, count: options.readBufferSize)
+                    var hasher = XXH128Hasher()
+                    var done = [(Int, FileHashing.Digest)]()
+                    while true {
+                        let index = next.take()
+                        guard index < jobs.count else { break }
+                        try Task.checkCancellation()
+                        let job = jobs[index]
+                        let digest = try FileHashing.hash(
+                            directoryFD: rootFD,
+                            name: job.path,
+                            path: job.path,
+                            expected: job.identity,
+                            buffer: &buffer,
+                            hasher: &hasher
+                        )
+                        done.append((index, digest))
+                    }
+                    return done
+                }
+            }
+            var results = [FileHashing.Digest?](repeating: nil, count: jobs.count)
+            for try await batch in group {
+                for (index, digest) in batch { results[index] = digest }
+            }
+            return results.map { $0! }
+        }
+    }
+}
+
+/// Reading and hashing one file.
+enum FileHashing {
     /// A file's digest and the identity of the file actually read.
     struct Digest: Sendable {
         var xxh128: XXH128Digest
         var identity: FileIdentity
     }
 
-    /// Digests in the order of `jobs`.
-    func hash(_ jobs: [HashJob]) async throws(ScanError) -> [Digest] {
-        guard !jobs.isEmpty else { return [] }
-        let next = WorkCounter()
-        let workers = max(1, min(options.concurrency, jobs.count))
-        do {
-            return try await withThrowingTaskGroup(of: [(Int, Digest)].self) { group in
-                for _ in 0..<workers {
-                    group.addTask {
-                        var buffer = [UInt8](repeating: 0, count: options.readBufferSize)
-                        var hasher = XXH128Hasher()
-                        var done = [(Int, Digest)]()
-                        while true {
-                            let index = next.take()
-                            guard index < jobs.count else { break }
-                            try Task.checkCancellation()
-                            done.append((index, try hashFile(jobs[index], buffer: &buffer, hasher: &hasher)))
-                        }
-                        return done
-                    }
-                }
-                var results = [Digest?](repeating: nil, count: jobs.count)
-                for try await batch in group {
-                    for (index, digest) in batch { results[index] = digest }
-                }
-                return results.map { $0! }
-            }
-        } catch let error as ScanError {
-            throw error
-        } catch {
-            throw .changedDuringScan(path: "(cancelled)")
-        }
-    }
-
-    private func hashFile(_ job: HashJob, buffer: inout [UInt8], hasher: inout XXH128Hasher) throws(ScanError) -> Digest {
+    /// Opens `name` relative to `directoryFD` without following a final symlink, checks it is
+    /// the inode the walk saw, and hashes it: in one shot when it fits `buffer`, streaming
+    /// otherwise (which needs `hasher`).
+    static func hash(
+        directoryFD: Int32,
+        name: String,
+        path: String,
+        expected: FileIdentity,
+        buffer: inout [UInt8],
+        hasher: UnsafeMutablePointer<XXH128Hasher>?
+    ) throws(ScanError) -> Digest {
         let fd: Int32
         do {
-            fd = try Posix.openAt(rootFD, job.path, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK)
+            fd = try Posix.openAt(directoryFD, name, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK)
         } catch {
-            if error.code == ELOOP || error.code == ENOENT { throw .changedDuringScan(path: job.path) }
-            throw .unreadable(path: job.path, error)
+            if error.code == ELOOP || error.code == ENOENT { throw .changedDuringScan(path: path) }
+            throw .unreadable(path: path, error)
         }
         defer { close(fd) }
         let info: stat
         do {
             info = try Posix.stat(fd)
         } catch {
-            throw .unreadable(path: job.path, error)
+            throw .unreadable(path: path, error)
         }
         // The walk saw this inode; anything else means the tree moved under us.
         let identity = FileIdentity(info)
-        guard info.fileType == S_IFREG, identity.inode == job.identity.inode, identity.device == job.identity.device else {
-            throw .changedDuringScan(path: job.path)
+        guard info.fileType == S_IFREG, identity.inode == expected.inode, identity.device == expected.device else {
+            throw .changedDuringScan(path: path)
         }
-        let expected = Int(identity.size)
-        if expected >= options.readBufferSize {
-            _ = posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)
+        let size = Int(identity.size)
+        if size < buffer.count {
+            // Fits: one read, one-shot hash. A file that grows after the fstat is seen by its
+            // new mtime on the next scan; one that shrinks fails the length check.
+            let (count, code) = buffer.withUnsafeMutableBytes { raw -> (Int, Int32) in
+                var total = 0
+                while total < size {
+                    let count = read(fd, raw.baseAddress! + total, raw.count - total)
+                    if count < 0 {
+                        if errno == EINTR { continue }
+                        return (total, errno)
+                    }
+                    if count == 0 { break }
+                    total += count
+                }
+                return (total, 0)
+            }
+            if code != 0 { throw .unreadable(path: path, SystemCallError(call: "read", code: code)) }
+            guard count == size else { throw .changedDuringScan(path: path) }
+            let digest = buffer.withUnsafeBytes {
+                XXH128Hasher.hash(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<count]))
+            }
+            return Digest(xxh128: digest, identity: identity)
         }
-
-        hasher.reset()
+        guard let hasher else { preconditionFailure("streaming hash of \(path) without a hasher") }
+        _ = posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)
+        hasher.pointee.reset()
         var total = 0
-        var oneShot: XXH128Digest?
-        let result: Int32 = buffer.withUnsafeMutableBytes { raw in
+        let code: Int32 = buffer.withUnsafeMutableBytes { raw in
             while true {
                 let count = read(fd, raw.baseAddress, raw.count)
                 if count < 0 {
@@ -88,24 +126,34 @@ struct ParallelHasher: Sendable {
                     return errno
                 }
                 if count == 0 { return 0 }
-                // A file that fits the buffer in one read: hash it in one shot, cheaper than streaming.
-                if total == 0 && count == expected && count < raw.count {
-                    oneShot = XXH128Hasher.hash(bufferPointer: UnsafeRawBufferPointer(rebasing: raw[..<count]))
-                    total = count
-                    continue
-                }
-                // More bytes after a one-shot read: the file grew after fstat; the size check fails below.
-                if oneShot != nil {
-                    total += count
-                    continue
-                }
-                hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: raw[..<count]))
+                hasher.pointee.update(bufferPointer: UnsafeRawBufferPointer(rebasing: raw[..<count]))
                 total += count
             }
         }
-        if result != 0 { throw .unreadable(path: job.path, SystemCallError(call: "read", code: result)) }
-        guard total == expected else { throw .changedDuringScan(path: job.path) }
-        return Digest(xxh128: oneShot ?? hasher.finalize(), identity: identity)
+        if code != 0 { throw .unreadable(path: path, SystemCallError(call: "read", code: code)) }
+        guard total == size else { throw .changedDuringScan(path: path) }
+        return Digest(xxh128: hasher.pointee.finalize(), identity: identity)
+    }
+
+    /// The streaming variant with an inout hasher.
+    static func hash(
+        directoryFD: Int32,
+        name: String,
+        path: String,
+        expected: FileIdentity,
+        buffer: inout [UInt8],
+        hasher: inout XXH128Hasher
+    ) throws(ScanError) -> Digest {
+        try withUnsafeMutablePointer(to: &hasher) { pointer throws(ScanError) in
+            try hash(
+                directoryFD: directoryFD,
+                name: name,
+                path: path,
+                expected: expected,
+                buffer: &buffer,
+                hasher: pointer
+            )
+        }
     }
 }
 

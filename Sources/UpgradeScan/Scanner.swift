@@ -1,7 +1,8 @@
+public import UpgradeCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-public import UpgradeCore
 
 /// How a scan treats the tree.
 public struct ScanOptions: Sendable {
@@ -37,6 +38,8 @@ public struct ScanResult: Sendable {
     public let warnings: [ScanWarning]
     /// The stat cache to keep for the next scan.
     public let statCache: StatCache
+    /// False when ``statCache`` is the cache the scan started from, unchanged: nothing to save.
+    public let statCacheChanged: Bool
     /// How much work the scan did.
     public let statistics: Statistics
 
@@ -75,23 +78,36 @@ public struct Scanner: Sendable {
         }
         defer { close(rootFD) }
 
-        var walk = TreeWalk(options: options, cache: cache)
-        try walk.walk(directoryFD: rootFD, prefix: "")
-
+        var walk: Subtree
+        do {
+            walk = try await TreeWalk(rootFD: rootFD, options: options, cache: cache).walk()
+            let jobs = walk.pending.map {
+                HashJob(record: $0, path: walk.records[$0].path, identity: walk.records[$0].identity)
+            }
+            let hashes = try await ParallelHasher(rootFD: rootFD, options: options).hash(jobs)
+            for (job, digest) in zip(jobs, hashes) {
+                walk.records[job.record].xxh128 = digest.xxh128
+                walk.records[job.record].identity = digest.identity
+                walk.filesHashed += 1
+                walk.bytesHashed += digest.identity.size
+            }
+        } catch let error as ScanError {
+            throw error
+        } catch let error as PathError {
+            throw .invalidPath(error)
+        } catch let error as SystemCallError {
+            throw .unreadable(path: ".", error)
+        } catch {
+            throw .changedDuringScan(path: "(scan cancelled: \(error))")
+        }
         var statistics = ScanResult.Statistics()
         statistics.cacheHits = walk.cacheHits
-        let hashes = try await ParallelHasher(rootFD: rootFD, options: options).hash(walk.pending)
-        for (job, digest) in zip(walk.pending, hashes) {
-            walk.records[job.record].xxh128 = digest.xxh128
-            walk.records[job.record].identity = digest.identity
-            statistics.filesHashed += 1
-            statistics.bytesHashed += digest.identity.size
-        }
+        statistics.filesHashed = walk.filesHashed
+        statistics.bytesHashed = walk.bytesHashed
 
         var entries = [ManifestEntry]()
         entries.reserveCapacity(walk.records.count)
-        var cacheRecords = [String: StatCache.Record](minimumCapacity: walk.records.count)
-        let racyLimit = started.subtracting(nanoseconds: options.racyWindowNanoseconds)
+        var fileCount = 0
         for record in walk.records {
             switch record.kind {
             case .directory:
@@ -99,13 +115,17 @@ public struct Scanner: Sendable {
             case .symlink:
                 entries.append(.symlink(record.path, target: record.target))
             case .file:
+                fileCount += 1
                 let content = FileContent(size: record.identity.size, xxh128: record.xxh128)
                 entries.append(.file(record.path, mode: record.mode, content))
-                if !record.identity.changed(atOrAfter: racyLimit) {
-                    cacheRecords[record.path] = StatCache.Record(identity: record.identity, xxh128: record.xxh128)
-                }
             }
         }
+        // Every file a cache hit and no cached file gone: the old cache is still exact.
+        let unchanged = walk.filesHashed == 0 && fileCount == cache.records.count
+        let newCache =
+            unchanged
+            ? cache
+            : Self.cache(of: walk.records, racyLimit: started.subtracting(nanoseconds: options.racyWindowNanoseconds))
         statistics.entries = entries.count
         let manifest: Manifest
         do {
@@ -116,11 +136,23 @@ public struct Scanner: Sendable {
         return ScanResult(
             manifest: manifest,
             warnings: walk.warnings,
-            statCache: StatCache(records: cacheRecords),
+            statCache: newCache,
+            statCacheChanged: !unchanged,
             statistics: statistics
         )
     }
 
+}
+
+extension Scanner {
+    /// The records worth caching: files not changed within the racy window before the scan.
+    static func cache(of records: [WalkRecord], racyLimit: Timestamp) -> StatCache {
+        var cached = [String: StatCache.Record](minimumCapacity: records.count)
+        for record in records where record.kind == .file && !record.identity.changed(atOrAfter: racyLimit) {
+            cached[record.path] = StatCache.Record(identity: record.identity, xxh128: record.xxh128)
+        }
+        return StatCache(records: cached)
+    }
 }
 
 /// A wall-clock instant with nanoseconds, comparable with file timestamps.
@@ -143,4 +175,3 @@ struct Timestamp: Comparable {
         (lhs.seconds, lhs.nanoseconds) < (rhs.seconds, rhs.nanoseconds)
     }
 }
-

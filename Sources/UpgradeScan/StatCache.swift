@@ -1,8 +1,9 @@
+public import UpgradeCore
+internal import UpgradeHash
+
 #if canImport(Glibc)
 import Glibc
 #endif
-public import UpgradeCore
-internal import UpgradeHash
 
 /// What a file looked like when it was last hashed; equal metadata means equal content, as in
 /// git's index. The inode, device and ctime make a copy, a rename or a `touch -d` visible.
@@ -16,8 +17,13 @@ public struct FileIdentity: Hashable, Sendable {
     public var ctimeNanoseconds: UInt32
 
     init(
-        device: UInt64, inode: UInt64, size: UInt64, mtimeSeconds: Int64, mtimeNanoseconds: UInt32,
-        ctimeSeconds: Int64, ctimeNanoseconds: UInt32
+        device: UInt64,
+        inode: UInt64,
+        size: UInt64,
+        mtimeSeconds: Int64,
+        mtimeNanoseconds: UInt32,
+        ctimeSeconds: Int64,
+        ctimeNanoseconds: UInt32
     ) {
         self.device = device
         self.inode = inode
@@ -80,7 +86,7 @@ public struct StatCache: Sendable {
         out.reserveCapacity(16 + records.count * 96)
         out += Self.magic
         append(UInt64(records.count), to: &out)
-        for (path, record) in records.sorted(by: { PathRules.byteOrder($0.key, $1.key) }) {
+        for (path, record) in records {
             append(UInt16(path.utf8.count), to: &out)
             out += path.utf8
             let id = record.identity
@@ -104,7 +110,9 @@ public struct StatCache: Sendable {
     public init?(encoded bytes: [UInt8]) {
         guard bytes.count >= Self.magic.count + 8 + 16, bytes.starts(with: Self.magic) else { return nil }
         let body = bytes.count - 16
-        let check = bytes.withUnsafeBytes { XXH128Hasher.hash(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<body])) }
+        let check = bytes.withUnsafeBytes {
+            XXH128Hasher.hash(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<body]))
+        }
         var reader = FastReader(bytes: bytes, offset: Self.magic.count, end: body)
         guard check == XXH128Digest(high: FastReader.load(bytes, body), low: FastReader.load(bytes, body + 8)),
             let count = reader.u64(), count <= UInt64(body / 70)
@@ -118,9 +126,13 @@ public struct StatCache: Sendable {
                 let high = reader.u64(), let low = reader.u64()
             else { return nil }
             let identity = FileIdentity(
-                device: device, inode: inode, size: size,
-                mtimeSeconds: Int64(bitPattern: mtime), mtimeNanoseconds: mtimeNanos,
-                ctimeSeconds: Int64(bitPattern: ctime), ctimeNanoseconds: ctimeNanos
+                device: device,
+                inode: inode,
+                size: size,
+                mtimeSeconds: Int64(bitPattern: mtime),
+                mtimeNanoseconds: mtimeNanos,
+                ctimeSeconds: Int64(bitPattern: ctime),
+                ctimeNanoseconds: ctimeNanos
             )
             records[path] = Record(identity: identity, xxh128: XXH128Digest(high: high, low: low))
         }

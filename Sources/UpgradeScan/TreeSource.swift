@@ -1,7 +1,8 @@
+public import UpgradeCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-public import UpgradeCore
 
 /// Where a manifest comes from on the command line: a directory to scan or a manifest file.
 public enum TreeSource {
@@ -26,7 +27,9 @@ public enum TreeSource {
         cache: CacheLocation = .stateDirectory
     ) async throws -> (manifest: Manifest, scan: ScanResult?) {
         var info = stat()
-        guard stat(path, &info) == 0 else { throw TreeSourceError.missing(path: path, SystemCallError(call: "stat", code: errno)) }
+        guard stat(path, &info) == 0 else {
+            throw TreeSourceError.missing(path: path, SystemCallError(call: "stat", code: errno))
+        }
         if info.st_mode & S_IFMT == S_IFDIR {
             let result = try await scan(path, options: options, cache: cache)
             return (result.manifest, result)
@@ -62,7 +65,7 @@ public enum TreeSource {
         }
         let cache = cacheFile.flatMap { try? AtomicFile.read($0) }.flatMap(StatCache.init(encoded:)) ?? StatCache()
         let result = try await Scanner(options: options).scan(root: root, cache: cache)
-        if let cacheFile {
+        if let cacheFile, result.statCacheChanged {
             // A cache that cannot be written costs the next scan time, not correctness.
             try? AtomicFile.write(result.statCache.encoded(), to: cacheFile, mode: 0o600)
         }

@@ -1,10 +1,11 @@
+import UpgradeCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UpgradeCore
 
-/// One path found by the walk, before hashing.
-struct WalkRecord {
+/// One path found by the walk.
+struct WalkRecord: Sendable {
     var path: String
     var kind: EntryKind
     var mode: UInt32
@@ -13,7 +14,7 @@ struct WalkRecord {
     var xxh128 = XXH128Digest(high: 0, low: 0)
 }
 
-/// A file whose content must be read.
+/// A file whose content is read after the walk, by the parallel hasher.
 struct HashJob: Sendable {
     /// Index into the walk's records.
     var record: Int
@@ -21,93 +22,200 @@ struct HashJob: Sendable {
     var identity: FileIdentity
 }
 
-/// Depth-first walk with `openat`/`fstatat` relative to open directory descriptors: no path is
-/// resolved twice and no symlink is followed. Only the ancestors of the current directory are
-/// open, so descriptors stay bounded by the depth limit.
-struct TreeWalk {
-    let options: ScanOptions
-    let cache: StatCache
+/// A directory's subtree, in walk order: each directory's record is followed by its subtree,
+/// siblings in name-byte order (nearly the canonical order, so building the manifest rarely sorts).
+struct Subtree: Sendable {
     var records: [WalkRecord] = []
-    var pending: [HashJob] = []
+    /// Indices into `records` of files too large to hash inline.
+    var pending: [Int] = []
     var warnings: [ScanWarning] = []
     var cacheHits = 0
+    var filesHashed = 0
+    var bytesHashed: UInt64 = 0
 
-    init(options: ScanOptions, cache: StatCache) {
-        self.options = options
-        self.cache = cache
+    mutating func append(_ child: Subtree) {
+        let offset = records.count
+        records += child.records
+        pending += child.pending.map { $0 + offset }
+        warnings += child.warnings
+        cacheHits += child.cacheHits
+        filesHashed += child.filesHashed
+        bytesHashed += child.bytesHashed
+    }
+}
+
+/// Walks a tree with one task per directory: a task lists and stats its directory with
+/// `fstatat(AT_SYMLINK_NOFOLLOW)`, hashes its small files inline through single-component
+/// `openat(O_NOFOLLOW)` on its own descriptor, and runs its subdirectories as child tasks, so
+/// the syscall-bound walk and the hashing spread over every core. A directory is reopened by
+/// path from the root and checked to be the inode its parent saw, so a directory swapped for a
+/// symlink mid-scan fails the scan instead of leading it outside the root.
+struct TreeWalk: Sendable {
+    let rootFD: Int32
+    let options: ScanOptions
+    let cache: StatCache
+
+    /// Files up to this size are hashed inline by the directory task.
+    static let inlineLimit = 64 * 1024
+
+    func walk() async throws -> Subtree {
+        try await scanDirectory(prefix: "", expected: nil, depth: 0)
     }
 
-    mutating func walk(directoryFD: Int32, prefix: String) throws(ScanError) {
-        let names: [[UInt8]]
+    private func scanDirectory(prefix: String, expected: FileIdentity?, depth: Int) async throws -> Subtree {
+        let fd: Int32
         do {
-            names = try Posix.listDirectory(directoryFD)
+            fd = try Posix.openAt(rootFD, prefix.isEmpty ? "." : prefix, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
         } catch {
-            throw .unreadable(path: prefix.isEmpty ? "." : prefix, error)
+            if error.code == ELOOP || error.code == ENOTDIR || error.code == ENOENT {
+                throw ScanError.changedDuringScan(path: prefix)
+            }
+            throw ScanError.unreadable(path: prefix, error)
         }
-        for rawName in names {
-            guard let name = String(validating: rawName, as: UTF8.self) else {
-                let shown = prefix.isEmpty ? String(decoding: rawName, as: UTF8.self) : prefix + "/" + String(decoding: rawName, as: UTF8.self)
-                throw .invalidPath(PathError(path: shown, rule: .invalidUTF8))
+        var local = Subtree()
+        var directories = [(slot: Int, path: String, identity: FileIdentity)]()
+        do {
+            defer { close(fd) }
+            if let expected {
+                let info = try Posix.stat(fd)
+                guard info.st_ino == expected.inode, info.st_dev == expected.device else {
+                    throw ScanError.changedDuringScan(path: prefix)
+                }
             }
-            let path = prefix.isEmpty ? name : prefix + "/" + name
-            if options.excluded.contains(path) { continue }
+            var names = try Posix.listDirectory(fd)
+            names.sort { $0.lexicographicallyPrecedes($1) }
+            var buffer = [UInt8]()
+            for rawName in names {
+                guard let record = try entry(rawName, in: fd, prefix: prefix, depth: depth, into: &local) else {
+                    continue
+                }
+                switch record.kind {
+                case .directory:
+                    directories.append((local.records.count, record.path, record.identity))
+                    local.records.append(record)
+                case .file:
+                    var record = record
+                    if let hash = cache.hash(for: record.path, identity: record.identity) {
+                        record.xxh128 = hash
+                        local.cacheHits += 1
+                    } else if record.identity.size <= UInt64(Self.inlineLimit) {
+                        if buffer.isEmpty { buffer = [UInt8](repeating: 0, count: Self.inlineLimit + 1) }
+                        let name = String(decoding: rawName, as: UTF8.self)
+                        let digest = try FileHashing.hash(
+                            directoryFD: fd,
+                            name: name,
+                            path: record.path,
+                            expected: record.identity,
+                            buffer: &buffer,
+                            hasher: nil
+                        )
+                        record.xxh128 = digest.xxh128
+                        record.identity = digest.identity
+                        local.filesHashed += 1
+                        local.bytesHashed += digest.identity.size
+                    } else {
+                        local.pending.append(local.records.count)
+                    }
+                    local.records.append(record)
+                case .symlink:
+                    local.records.append(record)
+                }
+            }
+        } catch let error as ScanError {
+            throw error
+        } catch let error as SystemCallError {
+            throw ScanError.unreadable(path: prefix.isEmpty ? "." : prefix, error)
+        }
+        guard !directories.isEmpty else { return local }
+
+        // Children in parallel, then splice each subtree in after its directory's record.
+        let children = try await withThrowingTaskGroup(of: (Int, Subtree).self) { group in
+            for (index, directory) in directories.enumerated() {
+                group.addTask {
+                    (
+                        index,
+                        try await scanDirectory(prefix: directory.path, expected: directory.identity, depth: depth + 1)
+                    )
+                }
+            }
+            var results = [Subtree?](repeating: nil, count: directories.count)
+            for try await (index, subtree) in group { results[index] = subtree }
+            return results.map { $0! }
+        }
+        var assembled = Subtree()
+        assembled.warnings = local.warnings
+        var next = 0
+        for (directory, child) in zip(directories, children) {
+            var head = Subtree()
+            head.records = Array(local.records[next...directory.slot])
+            head.pending = local.pending.filter { $0 >= next && $0 <= directory.slot }.map { $0 - next }
+            assembled.append(head)
+            assembled.append(child)
+            next = directory.slot + 1
+        }
+        var tail = Subtree()
+        tail.records = Array(local.records[next...])
+        tail.pending = local.pending.filter { $0 >= next }.map { $0 - next }
+        assembled.append(tail)
+        assembled.cacheHits += local.cacheHits
+        assembled.filesHashed += local.filesHashed
+        assembled.bytesHashed += local.bytesHashed
+        return assembled
+    }
+
+    /// Stats one name; nil when it is excluded, vanished or skipped.
+    private func entry(
+        _ rawName: [UInt8],
+        in fd: Int32,
+        prefix: String,
+        depth: Int,
+        into local: inout Subtree
+    ) throws -> WalkRecord? {
+        guard let name = String(validating: rawName, as: UTF8.self) else {
+            let shown = (prefix.isEmpty ? "" : prefix + "/") + String(decoding: rawName, as: UTF8.self)
+            throw ScanError.invalidPath(PathError(path: shown, rule: .invalidUTF8))
+        }
+        let path = prefix.isEmpty ? name : prefix + "/" + name
+        if options.excluded.contains(path) { return nil }
+        // readdir names are non-empty, slash-free and not `.`/`..`; the full path rules run once,
+        // in Manifest.init. Length and depth are checked here so the walk itself cannot run away.
+        if rawName.count > PathRules.maxComponentBytes || path.utf8.count > PathRules.maxPathBytes {
+            try PathRules.validate(path)
+        }
+        if depth >= PathRules.maxDepth { throw ScanError.invalidPath(PathError(path: path, rule: .tooDeep(depth + 1))) }
+        let info: stat
+        do {
+            info = try Posix.statAt(fd, name)
+        } catch {
+            // Vanished between readdir and stat: it is not part of the tree any more.
+            if error.code == ENOENT { return nil }
+            throw ScanError.unreadable(path: path, error)
+        }
+        let identity = FileIdentity(info)
+        switch info.fileType {
+        case S_IFREG:
+            return WalkRecord(path: path, kind: .file, mode: info.permissions, identity: identity)
+        case S_IFDIR:
+            return WalkRecord(path: path, kind: .directory, mode: info.permissions, identity: identity)
+        case S_IFLNK:
+            let raw: [UInt8]
             do {
-                try PathRules.validate(path)
+                raw = try Posix.readLink(fd, name)
             } catch {
-                throw .invalidPath(error)
+                throw ScanError.unreadable(path: path, error)
             }
-            let info: stat
-            do {
-                info = try Posix.statAt(directoryFD, name)
-            } catch {
-                // Vanished between readdir and stat: it is not part of the tree any more.
-                if error.code == ENOENT { continue }
-                throw .unreadable(path: path, error)
+            guard let target = String(validating: raw, as: UTF8.self) else {
+                throw ScanError.invalidPath(PathError(path: path, rule: .invalidUTF8))
             }
-            let identity = FileIdentity(info)
-            switch info.fileType {
-            case S_IFREG:
-                let index = records.count
-                records.append(WalkRecord(path: path, kind: .file, mode: info.permissions, identity: identity))
-                if let hash = cache.hash(for: path, identity: identity) {
-                    records[index].xxh128 = hash
-                    cacheHits += 1
-                } else {
-                    pending.append(HashJob(record: index, path: path, identity: identity))
-                }
-            case S_IFDIR:
-                records.append(WalkRecord(path: path, kind: .directory, mode: info.permissions, identity: identity))
-                let child: Int32
-                do {
-                    child = try Posix.openAt(directoryFD, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
-                } catch {
-                    throw .unreadable(path: path, error)
-                }
-                defer { close(child) }
-                try walk(directoryFD: child, prefix: path)
-            case S_IFLNK:
-                let raw: [UInt8]
-                do {
-                    raw = try Posix.readLink(directoryFD, name)
-                } catch {
-                    throw .unreadable(path: path, error)
-                }
-                guard let target = String(validating: raw, as: UTF8.self) else {
-                    throw .invalidPath(PathError(path: path, rule: .invalidUTF8))
-                }
-                do {
-                    try PathRules.validateSymlinkTarget(target, of: path)
-                } catch {
-                    throw .invalidPath(error)
-                }
-                records.append(WalkRecord(path: path, kind: .symlink, mode: 0, identity: identity, target: target))
-            default:
-                let kind = Self.describe(info.fileType)
-                switch options.specialFiles {
-                case .reject: throw .specialFile(path: path, kind: kind)
-                case .skip: warnings.append(ScanWarning(path: path, reason: "it is a \(kind)"))
-                }
+            try PathRules.validateSymlinkTarget(target, of: path)
+            return WalkRecord(path: path, kind: .symlink, mode: 0, identity: identity, target: target)
+        default:
+            let kind = Self.describe(info.fileType)
+            switch options.specialFiles {
+            case .reject: throw ScanError.specialFile(path: path, kind: kind)
+            case .skip: local.warnings.append(ScanWarning(path: path, reason: "it is a \(kind)"))
             }
+            return nil
         }
     }
 

@@ -31,7 +31,11 @@ public enum Zstd {
         while true {
             let (result, produced, read): (Int, Int, Int) = input.withUnsafeBytes { inp in
                 chunk.withUnsafeMutableBytes { out in
-                    var inBuffer = ZSTD_inBuffer(src: inp.baseAddress?.advanced(by: consumed), size: inp.count - consumed, pos: 0)
+                    var inBuffer = ZSTD_inBuffer(
+                        src: inp.baseAddress?.advanced(by: consumed),
+                        size: inp.count - consumed,
+                        pos: 0
+                    )
                     var outBuffer = ZSTD_outBuffer(dst: out.baseAddress, size: out.count, pos: 0)
                     let result = ZSTD_decompressStream(stream, &outBuffer, &inBuffer)
                     return (result, outBuffer.pos, inBuffer.pos)

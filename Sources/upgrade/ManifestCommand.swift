@@ -55,10 +55,12 @@ struct ManifestCommand: AsyncParsableCommand {
 
     static func summaryLine(_ manifest: Manifest, _ scan: ScanResult?) -> String {
         let s = manifest.summary
-        var line = "\(Terminal.count(s.files, "file")), \(Terminal.count(s.directories, "directory").replacingOccurrences(of: "directorys", with: "directories")), "
+        var line =
+            "\(Terminal.count(s.files, "file")), \(Terminal.count(s.directories, "directory").replacingOccurrences(of: "directorys", with: "directories")), "
             + "\(Terminal.count(s.symlinks, "symlink")), \(Terminal.bytes(s.bytes)); digest \(manifest.digest.hex)"
         if let stats = scan?.statistics {
-            line += "; hashed \(Terminal.count(stats.filesHashed, "file")) (\(Terminal.bytes(stats.bytesHashed))), \(stats.cacheHits) from the stat cache"
+            line +=
+                "; hashed \(Terminal.count(stats.filesHashed, "file")) (\(Terminal.bytes(stats.bytesHashed))), \(stats.cacheHits) from the stat cache"
         }
         return line
     }
@@ -79,7 +81,9 @@ struct ScanFlags: ParsableArguments {
     var jobs: Int?
 
     func validate() throws {
-        if noStatCache && statCache != nil { throw ValidationError("--stat-cache and --no-stat-cache exclude each other") }
+        if noStatCache && statCache != nil {
+            throw ValidationError("--stat-cache and --no-stat-cache exclude each other")
+        }
         if let jobs, !(1...256).contains(jobs) { throw ValidationError("--jobs must be between 1 and 256") }
     }
 

@@ -1,8 +1,9 @@
+import Foundation
+import UpgradeScan
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-import UpgradeScan
 
 /// Output helpers: people get listings and summaries on a terminal; pipes get data only.
 enum Terminal {

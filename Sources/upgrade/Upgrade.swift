@@ -1,4 +1,5 @@
 import ArgumentParser
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -48,7 +49,8 @@ enum Main {
             Terminal.error("\(classified)")
             return classified.exitStatus
         }
-        if parserCode == .validationFailure || error is ValidationError || "\(type(of: error))".contains("CommandError") {
+        if parserCode == .validationFailure || error is ValidationError || "\(type(of: error))".contains("CommandError")
+        {
             Terminal.error(Upgrade.fullMessage(for: error))
             Terminal.error("Run 'upgrade --help' for usage.")
             return .usage

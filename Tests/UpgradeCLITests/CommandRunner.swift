@@ -45,12 +45,19 @@ func runProgram(_ executable: String, _ arguments: [String]) throws -> CommandRe
     let outData = out.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     while !reader.isFinished { usleep(1000) }
-    return CommandResult(status: process.terminationStatus, stdout: outData, stderr: String(decoding: errorData, as: UTF8.self))
+    return CommandResult(
+        status: process.terminationStatus,
+        stdout: outData,
+        stderr: String(decoding: errorData, as: UTF8.self)
+    )
 }
 
 /// `xxhsum -H2` of every file under `root`, keyed by path relative to `root`.
 func referenceHashes(_ root: String) throws -> [String: String] {
-    let result = try runProgram("/bin/sh", ["-c", "cd \"$1\" && find . -type f -print0 | xargs -0 -r xxhsum -H2", "sh", root])
+    let result = try runProgram(
+        "/bin/sh",
+        ["-c", "cd \"$1\" && find . -type f -print0 | xargs -0 -r xxhsum -H2", "sh", root]
+    )
     precondition(result.status == 0, "xxhsum failed: \(result.stderr) (install the Debian package xxhash)")
     var hashes = [String: String]()
     for line in result.text.split(separator: "\n") {

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import UpgradeCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,7 +13,9 @@ struct DiffCommandTests {
 
     @Test("diff of the example releases lists the expected operations")
     func examples() throws {
-        let result = try Upgrade.run(["diff", "\(Self.examples)/myapp-1.0", "\(Self.examples)/myapp-1.1", "--summary", "--no-stat-cache"])
+        let result = try Upgrade.run([
+            "diff", "\(Self.examples)/myapp-1.0", "\(Self.examples)/myapp-1.1", "--summary", "--no-stat-cache",
+        ])
         #expect(result.status == 0, "\(result.stderr)")
         let lines = result.text.split(separator: "\n").map(String.init)
         #expect(lines.contains { $0.hasPrefix("replace") && $0.contains("bin/myapp") })
@@ -40,10 +43,12 @@ struct DiffCommandTests {
         let document = try #require(try JSONSerialization.jsonObject(with: result.stdout) as? [String: Any])
         let operations = try #require(document["operations"] as? [[String: Any]])
         let names = operations.map { "\($0["op"]!) \($0["path"]!)" }
-        #expect(names == [
-            "delete x", "delete gone/deep/f", "delete gone/deep", "delete gone",
-            "symlink gone", "add tool", "mkdir x", "mkdir x/now", "mkdir x/now/a", "add x/now/a/dir",
-        ])
+        #expect(
+            names == [
+                "delete x", "delete gone/deep/f", "delete gone/deep", "delete gone",
+                "symlink gone", "add tool", "mkdir x", "mkdir x/now", "mkdir x/now/a", "add x/now/a/dir",
+            ]
+        )
         #expect((document["summary"] as? [String: Any])?["filesAdded"] as? Int == 2)
     }
 

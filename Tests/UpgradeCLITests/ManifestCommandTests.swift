@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import UpgradeCore
+
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,4 +1,5 @@
 import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -24,7 +25,10 @@ final class TemporaryTree {
     @discardableResult
     func file(_ relative: String, _ content: [UInt8], mode: Int = 0o644) throws -> String {
         let full = path(relative)
-        try FileManager.default.createDirectory(atPath: (full as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: (full as NSString).deletingLastPathComponent,
+            withIntermediateDirectories: true
+        )
         guard FileManager.default.createFile(atPath: full, contents: Data(content)) else { throw POSIXError(.EIO) }
         chmod(full, mode_t(mode))
         return full

@@ -33,9 +33,17 @@ enum TreeGenerator {
             switch Int.random(in: 0..<10, using: &rng) {
             case 0..<5:
                 let content = UInt64.random(in: 0..<3, using: &rng)
-                entries.append(.file(path, mode: fileModes.randomElement(using: &rng)!, sampleContent(content, size: content * 100)))
+                entries.append(
+                    .file(
+                        path,
+                        mode: fileModes.randomElement(using: &rng)!,
+                        sampleContent(content, size: content * 100)
+                    )
+                )
             case 5..<7:
-                entries.append(.symlink(path, target: ["../x", "/abs", "a", "dangling/too"].randomElement(using: &rng)!))
+                entries.append(
+                    .symlink(path, target: ["../x", "/abs", "a", "dangling/too"].randomElement(using: &rng)!)
+                )
             default:
                 entries.append(.directory(path, mode: dirModes.randomElement(using: &rng)!))
                 if depth > 1 { fill(&entries, prefix: path, depth: depth - 1, rng: &rng) }
@@ -100,72 +108,89 @@ struct DiffTests {
     @Test("file to directory: the file goes before the directory and its contents arrive")
     func fileToDirectory() throws {
         let a = try Manifest(entries: [.file("x", sampleContent(1)), .file("keep", sampleContent(2))])
-        let b = try Manifest(entries: [.directory("x"), .file("x/inner", sampleContent(3)), .file("keep", sampleContent(2))])
-        let operations = plan(from: a, to: b).operations
-        #expect(operations == [
-            .delete(path: "x", kind: .file),
-            .mkdir(path: "x", mode: 0o755),
-            .add(path: "x/inner", mode: 0o644, content: sampleContent(3)),
+        let b = try Manifest(entries: [
+            .directory("x"), .file("x/inner", sampleContent(3)), .file("keep", sampleContent(2)),
         ])
+        let operations = plan(from: a, to: b).operations
+        #expect(
+            operations == [
+                .delete(path: "x", kind: .file),
+                .mkdir(path: "x", mode: 0o755),
+                .add(path: "x/inner", mode: 0o644, content: sampleContent(3)),
+            ]
+        )
     }
 
     @Test("directory to symlink: the subtree is removed deepest first, then the link is made")
     func directoryToSymlink() throws {
         let a = try Manifest(entries: [
-            .directory("lib"), .directory("lib/sub"), .file("lib/sub/f", sampleContent(1)), .file("lib/g", sampleContent(2)),
+            .directory("lib"), .directory("lib/sub"), .file("lib/sub/f", sampleContent(1)),
+            .file("lib/g", sampleContent(2)),
             .file("lib-b", sampleContent(3)),
         ])
         let b = try Manifest(entries: [.symlink("lib", target: "lib64"), .file("lib-b", sampleContent(3))])
         let operations = plan(from: a, to: b).operations
-        #expect(operations == [
-            .delete(path: "lib/sub/f", kind: .file),
-            .delete(path: "lib/sub", kind: .directory),
-            .delete(path: "lib/g", kind: .file),
-            .delete(path: "lib", kind: .directory),
-            .symlink(path: "lib", target: "lib64"),
-        ])
+        #expect(
+            operations == [
+                .delete(path: "lib/sub/f", kind: .file),
+                .delete(path: "lib/sub", kind: .directory),
+                .delete(path: "lib/g", kind: .file),
+                .delete(path: "lib", kind: .directory),
+                .symlink(path: "lib", target: "lib64"),
+            ]
+        )
     }
 
     @Test("additions come before deletions; deletions are deepest first")
     func additionsBeforeDeletions() throws {
         let a = try Manifest(entries: [.directory("old"), .file("old/f", sampleContent(1))])
         let b = try Manifest(entries: [.file("new", sampleContent(2))])
-        #expect(plan(from: a, to: b).operations == [
-            .add(path: "new", mode: 0o644, content: sampleContent(2)),
-            .delete(path: "old/f", kind: .file),
-            .delete(path: "old", kind: .directory),
-        ])
+        #expect(
+            plan(from: a, to: b).operations == [
+                .add(path: "new", mode: 0o644, content: sampleContent(2)),
+                .delete(path: "old/f", kind: .file),
+                .delete(path: "old", kind: .directory),
+            ]
+        )
     }
 
     @Test("mode-only changes become chmods, after content, deepest first")
     func modeOnly() throws {
         let a = try Manifest(entries: [.directory("d"), .file("d/f", mode: 0o644, sampleContent(1))])
-        let b = try Manifest(entries: [.directory("d", mode: 0o555), .file("d/f", mode: 0o755, sampleContent(1)), .file("d/new", sampleContent(2))])
-        #expect(plan(from: a, to: b).operations == [
-            .add(path: "d/new", mode: 0o644, content: sampleContent(2)),
-            .chmod(path: "d/f", mode: 0o755),
-            .chmod(path: "d", mode: 0o555),
+        let b = try Manifest(entries: [
+            .directory("d", mode: 0o555), .file("d/f", mode: 0o755, sampleContent(1)), .file("d/new", sampleContent(2)),
         ])
+        #expect(
+            plan(from: a, to: b).operations == [
+                .add(path: "d/new", mode: 0o644, content: sampleContent(2)),
+                .chmod(path: "d/f", mode: 0o755),
+                .chmod(path: "d", mode: 0o555),
+            ]
+        )
     }
 
     @Test("a new read-only directory is created writable, filled, then locked")
     func readOnlyNewDirectory() throws {
         let b = try Manifest(entries: [.directory("ro", mode: 0o555), .file("ro/f", sampleContent(1))])
-        #expect(plan(from: .empty, to: b).operations == [
-            .mkdir(path: "ro", mode: 0o755),
-            .add(path: "ro/f", mode: 0o644, content: sampleContent(1)),
-            .chmod(path: "ro", mode: 0o555),
-        ])
+        #expect(
+            plan(from: .empty, to: b).operations == [
+                .mkdir(path: "ro", mode: 0o755),
+                .add(path: "ro/f", mode: 0o644, content: sampleContent(1)),
+                .chmod(path: "ro", mode: 0o555),
+            ]
+        )
     }
 
     @Test("a symlink retarget is one symlink operation; a replaced file carries its new mode")
     func retargetAndReplace() throws {
         let a = try Manifest(entries: [.symlink("cur", target: "v1"), .file("bin", mode: 0o644, sampleContent(1))])
         let b = try Manifest(entries: [.symlink("cur", target: "v2"), .file("bin", mode: 0o755, sampleContent(2))])
-        #expect(plan(from: a, to: b).operations == [
-            .replace(path: "bin", mode: 0o755, content: sampleContent(2)),
-            .symlink(path: "cur", target: "v2"),
-        ])
+        #expect(
+            plan(from: a, to: b).operations == [
+                .replace(path: "bin", mode: 0o755, content: sampleContent(2)),
+                .symlink(path: "cur", target: "v2"),
+            ]
+        )
     }
 
     @Test("the in-memory applier refuses unsafe orders")
@@ -177,7 +202,10 @@ struct DiffTests {
             (.add(path: "d/f", mode: 0o644, content: sampleContent(2)), .exists(.file)),
             (.replace(path: "nope", mode: 0o644, content: sampleContent(2)), .missing),
             (.mkdir(path: "x/y", mode: 0o755), .parentMissing("x")),
-            (.add(path: "../escape", mode: 0o644, content: sampleContent(2)), .invalidPath(PathError(path: "../escape", rule: .dotDotComponent))),
+            (
+                .add(path: "../escape", mode: 0o644, content: sampleContent(2)),
+                .invalidPath(PathError(path: "../escape", rule: .dotDotComponent))
+            ),
         ]
         for (operation, reason) in bad {
             #expect(throws: PlanApplicationError(step: 0, operation: operation, reason: reason)) {

@@ -93,7 +93,8 @@ struct ManifestEncodingTests {
         unordered += entryA + entryB + [0]
         #expect(throws: ManifestDecodingError.self) { try Manifest(canonical: Array(unordered)) }
 
-        let hostile = #"{"format":"upgrade-manifest/1","entries":[{"path":"../etc/passwd","kind":"file","mode":"0644","size":1,"xxh128":"00000000000000000000000000000001"}]}"#
+        let hostile =
+            #"{"format":"upgrade-manifest/1","entries":[{"path":"../etc/passwd","kind":"file","mode":"0644","size":1,"xxh128":"00000000000000000000000000000001"}]}"#
         #expect(throws: ManifestDecodingError.invalidPath(PathError(path: "../etc/passwd", rule: .dotDotComponent))) {
             try Manifest(json: Data(hostile.utf8))
         }

@@ -44,7 +44,10 @@ struct PathRulesTests {
 
     @Test(
         "ordinary paths pass",
-        arguments: ["a", "a b/c d", "日本語/ファイル.txt", "émigré", ".hidden", "...", "a..b", "x/.config", String(repeating: "z", count: 255)]
+        arguments: [
+            "a", "a b/c d", "日本語/ファイル.txt", "émigré", ".hidden", "...", "a..b", "x/.config",
+            String(repeating: "z", count: 255),
+        ]
     )
     func acceptsOrdinaryPaths(path: String) throws {
         try PathRules.validate(path)

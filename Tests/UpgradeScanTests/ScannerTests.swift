@@ -3,6 +3,7 @@ import Testing
 import UpgradeCore
 import UpgradeHash
 import UpgradeScan
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -29,7 +30,11 @@ struct ScannerTests {
 
         let result = try await Scanner(options: Self.quick).scan(root: tree.root)
         let index = result.manifest.index()
-        #expect(result.manifest.entries.map(\.path) == ["bin", "bin/tool", "dangling", "empty", "emptydir", "link", "名前 with space.txt"])
+        #expect(
+            result.manifest.entries.map(\.path) == [
+                "bin", "bin/tool", "dangling", "empty", "emptydir", "link", "名前 with space.txt",
+            ]
+        )
         #expect(index["bin/tool"]?.mode == 0o755)
         #expect(index["bin/tool"]?.file?.size == 18)
         #expect(index["bin/tool"]?.file?.xxh128 == XXH128Hasher.hash(data: Array("#!/bin/sh\necho hi\n".utf8)))
@@ -40,7 +45,10 @@ struct ScannerTests {
         #expect(result.statistics.filesHashed == 3)
     }
 
-    @Test("streaming and one-shot hashing agree across the read-buffer boundary", arguments: [0, 1, 240, 4095, 4096, 4097, 65_537])
+    @Test(
+        "streaming and one-shot hashing agree across the read-buffer boundary",
+        arguments: [0, 1, 240, 4095, 4096, 4097, 65_537]
+    )
     func bufferBoundaries(size: Int) async throws {
         let tree = try TemporaryTree()
         let bytes = noise(size, seed: UInt64(size))
@@ -82,7 +90,9 @@ struct ScannerTests {
             for (i, byte) in socketPath.utf8.enumerated() where i < raw.count - 1 { raw[i] = byte }
         }
         let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         #expect(bound == 0)
         await #expect(throws: ScanError.specialFile(path: "sock", kind: "socket")) {
@@ -151,7 +161,9 @@ struct ScannerTests {
 
     @Test("a missing root is an error naming it")
     func missingRoot() async throws {
-        let error = await #expect(throws: ScanError.self) { try await Scanner().scan(root: "/nonexistent/upgrade-root") }
+        let error = await #expect(throws: ScanError.self) {
+            try await Scanner().scan(root: "/nonexistent/upgrade-root")
+        }
         #expect("\(error!)".contains("/nonexistent/upgrade-root"))
     }
 }
