@@ -41,6 +41,21 @@ let package = Package(
         .target(name: "UpgradeHash", dependencies: ["CXXHash", "UpgradeCore"], swiftSettings: strict),
         // zstd compression as a Swift value type (the only importer of CZstd).
         .target(name: "UpgradeZstd", dependencies: ["CZstd"], swiftSettings: strict),
+        // Keys, signed envelopes, release headers, channel records, versions: pure, clock injected.
+        .target(
+            name: "UpgradeTrust",
+            dependencies: ["UpgradeCore", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict
+        ),
+        // The release repository on disk: objects, publish, verify, catalog.
+        .target(
+            name: "UpgradeRepository",
+            dependencies: [
+                "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeZstd",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict
+        ),
         // Tree scanner, stat cache, manifest files on disk.
         .target(name: "UpgradeScan", dependencies: ["UpgradeCore", "UpgradeHash"], swiftSettings: strict),
 
@@ -48,7 +63,7 @@ let package = Package(
         .executableTarget(
             name: "upgrade",
             dependencies: [
-                "UpgradeCore", "UpgradeScan",
+                "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeRepository",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
@@ -62,6 +77,11 @@ let package = Package(
             dependencies: ["UpgradeScan", "UpgradeHash", "UpgradeZstd", "UpgradeCore"],
             swiftSettings: strict
         ),
-        .testTarget(name: "UpgradeCLITests", dependencies: ["UpgradeCore"], swiftSettings: strict),
+        .testTarget(name: "UpgradeTrustTests", dependencies: ["UpgradeTrust", "UpgradeCore"], swiftSettings: strict),
+        .testTarget(
+            name: "UpgradeCLITests",
+            dependencies: ["UpgradeCore", "UpgradeTrust", "UpgradeRepository"],
+            swiftSettings: strict
+        ),
     ]
 )

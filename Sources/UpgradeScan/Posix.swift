@@ -82,6 +82,12 @@ public struct SystemCallError: Error, Hashable, Sendable, CustomStringConvertibl
     /// The errno value.
     public let code: Int32
 
+    /// A failure of `call` with `code`.
+    public init(call: String, code: Int32) {
+        self.call = call
+        self.code = code
+    }
+
     public var description: String { "\(call): \(Posix.message(code))" }
 }
 

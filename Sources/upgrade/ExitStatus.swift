@@ -1,5 +1,7 @@
 import UpgradeCore
+import UpgradeRepository
 import UpgradeScan
+import UpgradeTrust
 
 /// The exit codes `upgrade` documents (README, `upgrade --help`). They are stable: scripts and
 /// cron jobs branch on them.
@@ -13,6 +15,10 @@ enum ExitStatus: Int32, Error {
     /// A tree or manifest breaks the rules: hostile path, device or FIFO in the tree, malformed
     /// manifest file. Nothing was changed.
     case invalidInput = 3
+    /// A signature, digest or content check failed: the input cannot be trusted.
+    case verificationFailed = 4
+    /// Refused because it conflicts with what exists: a key file, a published version.
+    case refused = 5
 
     static let helpText = """
         EXIT CODES
@@ -21,6 +27,9 @@ enum ExitStatus: Int32, Error {
           2   usage error (bad flags or arguments)
           3   invalid input: a path breaks the path rules, a device/FIFO/socket is in the tree,
               or a manifest file is malformed; nothing was changed
+          4   verification failed: a signature, digest or content check did not pass
+          5   refused: conflicts with what exists (a key file, a version published with
+              other content, a version not newer than the latest)
         """
 }
 
@@ -49,6 +58,33 @@ extension TreeSourceError: ClassifiedError {
 
 extension SystemCallError: ClassifiedError {
     var exitStatus: ExitStatus { .failure }
+}
+
+extension PublishError: ClassifiedError {
+    var exitStatus: ExitStatus {
+        switch self {
+        case .invalidName, .invalidVersion, .invalidHook: .usage
+        case .versionNotNewer, .versionConflict: .refused
+        case .changedDuringPublish: .failure
+        }
+    }
+}
+
+extension KeyFileError: ClassifiedError {
+    var exitStatus: ExitStatus {
+        switch self {
+        case .exists: .refused
+        case .tooOpen, .unreadable, .noTrustedKey: .invalidInput
+        }
+    }
+}
+
+extension KeyError: ClassifiedError {
+    var exitStatus: ExitStatus { .invalidInput }
+}
+
+extension TrustError: ClassifiedError {
+    var exitStatus: ExitStatus { .verificationFailed }
 }
 
 /// An error with a ready message.

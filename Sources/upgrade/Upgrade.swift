@@ -11,7 +11,10 @@ struct Upgrade: AsyncParsableCommand {
         abstract: "Bring an installed software tree to a signed release with the fewest bytes on the wire.",
         discussion: ExitStatus.helpText,
         version: "0.1.0",
-        subcommands: [ManifestCommand.self, DiffCommand.self]
+        subcommands: [
+            ManifestCommand.self, DiffCommand.self, KeygenCommand.self, PublishCommand.self, ReleasesCommand.self,
+            VerifyRepoCommand.self,
+        ]
     )
 }
 

@@ -1,0 +1,227 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+public import UpgradeCore
+import UpgradeScan
+public import UpgradeTrust
+
+/// What to publish.
+public struct PublishRequest: Sendable {
+    public var repository: String
+    public var product: String
+    public var version: String
+    public var channel: String = "stable"
+    public var tree: String
+    public var platform: String = PublishRequest.hostPlatform
+    public var hooks: [Hooks.Kind: String] = [:]
+    /// zstd level for objects: 19 suits publish-once, download-many.
+    public var compressionLevel: Int32 = 19
+    /// How long the release header stays installable.
+    public var releaseLifetime: Int64 = 365 * 86_400
+    /// How long the channel record stays valid; re-publishing re-signs it.
+    public var channelLifetime: Int64 = 30 * 86_400
+    /// Files compressed at once.
+    public var concurrency: Int = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+    /// The clock.
+    public var now: Int64 = Timestamps.now()
+
+    /// A request with the defaults.
+    public init(repository: String, product: String, version: String, tree: String) {
+        self.repository = repository
+        self.product = product
+        self.version = version
+        self.tree = tree
+    }
+
+    /// `linux-x86_64` on this machine.
+    public static var hostPlatform: String {
+        #if arch(x86_64)
+        "linux-x86_64"
+        #elseif arch(arm64)
+        "linux-aarch64"
+        #else
+        "linux-unknown"
+        #endif
+    }
+}
+
+/// What a publish did.
+public struct PublishResult: Sendable {
+    public var header: ReleaseHeader
+    public var channel: ChannelRecord?
+    /// False when the same version with the same content was already published (idempotent re-run).
+    public var newRelease: Bool
+    public var objectsWritten = 0
+    public var objectsReused = 0
+    public var bytesWritten: UInt64 = 0
+}
+
+/// Publishes a tree as a signed release: objects first, then manifest and header (the commit
+/// point), then the channel pointer; each written to a temporary name, fsynced and renamed, so a
+/// crash at any instant leaves a repository that verifies and a re-run that completes.
+public struct Publisher: Sendable {
+    let layout: RepositoryLayout
+    let key: PrivateKey
+
+    /// A publisher signing with `key` into the repository at `request.repository`.
+    public init(repository: String, key: PrivateKey) {
+        layout = RepositoryLayout(root: repository)
+        self.key = key
+    }
+
+    public func publish(_ request: PublishRequest) async throws -> PublishResult {
+        guard Names.isValid(request.product) else { throw PublishError.invalidName("product", request.product) }
+        guard Names.isValid(request.channel) else { throw PublishError.invalidName("channel", request.channel) }
+        guard let version = Version(request.version) else { throw PublishError.invalidVersion(request.version) }
+
+        try FileSystem.makeDirectories(layout.root)
+        if !FileSystem.exists(layout.marker) {
+            try AtomicFile.write(Array("{\"format\":\"upgrade-repository/1\"}\n".utf8), to: layout.marker)
+        }
+        let lock = try FileLock(path: layout.lockFile)
+        defer { withExtendedLifetime(lock) {} }
+
+        let catalog = Catalog(layout: layout)
+        let published = try catalog.releases(of: request.product)
+        let existing = published.first { $0.header.version == request.version }
+        if existing == nil, let newest = published.compactMap({ Version($0.header.version) }).max(), !(newest < version) {
+            throw PublishError.versionNotNewer(request.version, newest: newest.description)
+        }
+
+        // Scan, then store every file's content (in parallel) and record its SHA-256.
+        var options = ScanOptions()
+        options.concurrency = request.concurrency
+        let scan = try await Scanner(options: options).scan(root: request.tree)
+        let store = ObjectStore(layout: layout, level: request.compressionLevel)
+        let files = scan.manifest.entries.enumerated().compactMap { index, entry in entry.file.map { (index, entry.path, $0.size) } }
+        let stored = try await Self.storeAll(files, tree: request.tree, store: store, concurrency: request.concurrency)
+        try store.syncDirectories(stored.map(\.sha256))
+
+        var entries = scan.manifest.entries
+        for ((index, _, _), result) in zip(files, stored) {
+            guard case .file(var content) = entries[index].content else { continue }
+            content.sha256 = result.sha256
+            entries[index].content = .file(content)
+        }
+        let manifest: Manifest
+        do {
+            manifest = try Manifest(entries: entries, hooks: Hooks(request.hooks))
+        } catch {
+            throw PublishError.invalidHook(error)
+        }
+        var result = PublishResult(
+            header: existing?.header ?? ReleaseHeader(
+                product: request.product, version: request.version,
+                sequence: (published.map(\.header.sequence).max() ?? 0) + 1,
+                platform: request.platform, created: request.now, expires: request.now + request.releaseLifetime,
+                entries: manifest.entries.count, totalSize: manifest.summary.bytes, manifestSHA256: manifest.digest
+            ),
+            newRelease: existing == nil
+        )
+        result.objectsWritten = stored.filter(\.written).count
+        result.objectsReused = stored.count - result.objectsWritten
+        result.bytesWritten = stored.filter(\.written).reduce(0) { $0 + $1.compressedSize }
+
+        let headerBytes: [UInt8]
+        if let existing {
+            // Same version again: the same content is an idempotent re-run, anything else a conflict.
+            guard existing.header.manifestSHA256 == manifest.digest.hex else {
+                throw PublishError.versionConflict(request.version, differing: existing.manifest.map { manifest.differingPaths(from: $0) } ?? [])
+            }
+            headerBytes = existing.headerBytes
+        } else {
+            try FileSystem.makeDirectories(layout.release(request.product, request.version))
+            try AtomicFile.write(manifest.canonicalEncoding(), to: layout.manifest(request.product, request.version))
+            headerBytes = result.header.signed(with: key).encoded()
+            try AtomicFile.write(headerBytes, to: layout.header(request.product, request.version))
+        }
+        result.channel = try updateChannel(request, header: result.header, headerBytes: headerBytes, catalog: catalog)
+        return result
+    }
+
+    /// Points the channel at the release, unless it already points at a later one.
+    private func updateChannel(_ request: PublishRequest, header: ReleaseHeader, headerBytes: [UInt8], catalog: Catalog) throws -> ChannelRecord? {
+        let current = catalog.channel(request.product, request.channel)
+        if let current, current.releaseSequence > header.sequence { return nil }
+        let record = ChannelRecord(
+            product: request.product, channel: request.channel, version: header.version, releaseSequence: header.sequence,
+            headerSHA256: SHA256Hash.of(headerBytes), sequence: (current?.sequence ?? 0) + 1,
+            created: request.now, expires: request.now + request.channelLifetime
+        )
+        try FileSystem.makeDirectories(layout.productChannels(request.product))
+        try AtomicFile.write(record.signed(with: key).encoded(), to: layout.channel(request.product, request.channel))
+        return record
+    }
+
+    private static func storeAll(
+        _ files: [(Int, String, UInt64)], tree: String, store: ObjectStore, concurrency: Int
+    ) async throws -> [ObjectStore.Stored] {
+        let next = Counter()
+        return try await withThrowingTaskGroup(of: [(Int, ObjectStore.Stored)].self) { group in
+            for _ in 0..<max(1, min(concurrency, files.count)) {
+                group.addTask {
+                    var done = [(Int, ObjectStore.Stored)]()
+                    while let index = next.take(below: files.count) {
+                        try Task.checkCancellation()
+                        done.append((index, try store.store(path: tree + "/" + files[index].1, size: files[index].2)))
+                    }
+                    return done
+                }
+            }
+            var results = [ObjectStore.Stored?](repeating: nil, count: files.count)
+            for try await batch in group {
+                for (index, stored) in batch { results[index] = stored }
+            }
+            return results.map { $0! }
+        }
+    }
+}
+
+import Synchronization
+
+/// Hands out indices to worker tasks.
+final class Counter: Sendable {
+    private let value = Atomic<Int>(0)
+
+    func take(below limit: Int) -> Int? {
+        let index = value.add(1, ordering: .relaxed).oldValue
+        return index < limit ? index : nil
+    }
+}
+
+extension SHA256Hash {
+    /// SHA-256 of bytes.
+    static func of(_ bytes: [UInt8]) -> SHA256Hash {
+        SHA256Hash(bytes: Array(Crypto.SHA256.hash(data: bytes)))!
+    }
+}
+
+import Crypto
+
+/// Why a publish was refused.
+public enum PublishError: Error, CustomStringConvertible {
+    case invalidName(String, String)
+    case invalidVersion(String)
+    case versionNotNewer(String, newest: String)
+    case versionConflict(String, differing: [String])
+    case changedDuringPublish(path: String)
+    case invalidHook(PathError)
+
+    public var description: String {
+        switch self {
+        case .invalidName(let what, let name):
+            "invalid \(what) name \(name.debugDescription): use 1–64 of A–Z a–z 0–9 . _ - (not starting with .)"
+        case .invalidVersion(let version):
+            "invalid version \(version.debugDescription): use semantic versioning, e.g. 1.4.2 or 2.0.0-rc.1"
+        case .versionNotNewer(let version, let newest):
+            "version \(version) is not newer than the latest published \(newest); versions must grow with the sequence"
+        case .versionConflict(let version, let paths):
+            "version \(version) is already published with different content"
+                + (paths.isEmpty ? "" : " (differs at \(paths.prefix(5).map(\.debugDescription).joined(separator: ", "))\(paths.count > 5 ? ", …" : ""))")
+                + "; publish it under a new version"
+        case .changedDuringPublish(let path): "\(path.debugDescription) changed while it was being published; publish again"
+        case .invalidHook(let error): "\(error)"
+        }
+    }
+}

@@ -1,0 +1,44 @@
+public import UpgradeCore
+
+/// Where things live in a repository directory, which any static HTTP server can serve:
+///
+/// ```
+/// REPO/upgrade-repository.json            marker: {"format": "upgrade-repository/1"}
+/// REPO/objects/ab/abcdef…                  file content by SHA-256, zstd-compressed
+/// REPO/releases/PRODUCT/VERSION/manifest   canonical manifest (with SHA-256 per file)
+/// REPO/releases/PRODUCT/VERSION/header     signed release header (the commit point)
+/// REPO/channels/PRODUCT/CHANNEL            signed channel record
+/// ```
+public struct RepositoryLayout: Sendable {
+    /// The repository directory.
+    public let root: String
+
+    /// A layout rooted at `root`.
+    public init(root: String) { self.root = root }
+
+    public static let markerName = "upgrade-repository.json"
+    public var marker: String { root + "/" + Self.markerName }
+    public var objects: String { root + "/objects" }
+    public var releases: String { root + "/releases" }
+    public var channels: String { root + "/channels" }
+    public var lockFile: String { root + "/.lock" }
+
+    /// The fan-out directory of an object.
+    public func objectDirectory(_ sha: SHA256Hash) -> String { objects + "/" + sha.hex.prefix(2) }
+    /// An object's file.
+    public func object(_ sha: SHA256Hash) -> String { objectDirectory(sha) + "/" + sha.hex }
+    /// Path of an object relative to the repository root (for messages and URLs).
+    public static func objectPath(_ sha: SHA256Hash) -> String { "objects/\(sha.hex.prefix(2))/\(sha.hex)" }
+
+    public func productReleases(_ product: String) -> String { releases + "/" + product }
+    public func release(_ product: String, _ version: String) -> String { productReleases(product) + "/" + version }
+    public func manifest(_ product: String, _ version: String) -> String { release(product, version) + "/manifest" }
+    public func header(_ product: String, _ version: String) -> String { release(product, version) + "/header" }
+    public func productChannels(_ product: String) -> String { channels + "/" + product }
+    public func channel(_ product: String, _ channel: String) -> String { productChannels(product) + "/" + channel }
+
+    /// A path relative to the root, for messages.
+    public func relative(_ path: String) -> String {
+        path.hasPrefix(root + "/") ? String(path.dropFirst(root.count + 1)) : path
+    }
+}

@@ -1,0 +1,163 @@
+import Foundation
+public import UpgradeCore
+
+/// The small signed document that names a release: what it is, where it sits in its product's
+/// sequence, how long it may be installed, and the digest of its canonical manifest.
+public struct ReleaseHeader: Hashable, Sendable, Codable {
+    /// The envelope type of a release header.
+    public static let envelopeType = "upgrade-release-header/1"
+
+    public var product: String
+    public var version: String
+    /// Grows by one with every release of the product: the source of truth for ordering.
+    public var sequence: UInt64
+    /// e.g. `linux-x86_64`.
+    public var platform: String
+    /// Seconds since the epoch.
+    public var created: Int64
+    /// Seconds since the epoch; a client refuses to install the release after it.
+    public var expires: Int64
+    /// Manifest entries.
+    public var entries: Int
+    /// Total size of the release's files.
+    public var totalSize: UInt64
+    /// SHA-256 of the canonical manifest, hex.
+    public var manifestSHA256: String
+
+    /// Creates a header.
+    public init(
+        product: String, version: String, sequence: UInt64, platform: String, created: Int64, expires: Int64,
+        entries: Int, totalSize: UInt64, manifestSHA256: SHA256Hash
+    ) {
+        self.product = product
+        self.version = version
+        self.sequence = sequence
+        self.platform = platform
+        self.created = created
+        self.expires = expires
+        self.entries = entries
+        self.totalSize = totalSize
+        self.manifestSHA256 = manifestSHA256.hex
+    }
+
+    /// Signs the header.
+    public func signed(with key: PrivateKey) -> SignedEnvelope {
+        SignedEnvelope(type: Self.envelopeType, payload: Payload.encode(self), signedWith: key)
+    }
+
+    /// Verifies `envelope` and decodes its header: signature by a trusted key, not expired at
+    /// `now`, sequence at least `minimumSequence`.
+    public static func verify(
+        _ envelope: SignedEnvelope, trusted: TrustedKeys, now: Int64, minimumSequence: UInt64 = 0
+    ) throws(TrustError) -> ReleaseHeader {
+        _ = try envelope.verify(expectedType: envelopeType, trusted: trusted)
+        let header: ReleaseHeader = try Payload.decode(envelope.payload)
+        guard SHA256Hash(hex: header.manifestSHA256) != nil else { throw .malformed("manifestSHA256 is not a SHA-256") }
+        guard now < header.expires else { throw .expired(what: "release \(header.product) \(header.version)", expiredAt: header.expires, now: now) }
+        guard header.sequence >= minimumSequence else {
+            throw .sequenceTooLow(what: "release \(header.product) \(header.version)", sequence: header.sequence, minimum: minimumSequence)
+        }
+        return header
+    }
+
+    /// Checks that `manifest` is the one this header signs.
+    public func check(_ manifest: Manifest) throws(TrustError) {
+        let digest = manifest.digest.hex
+        guard digest == manifestSHA256 else {
+            throw .mismatch("manifest digest \(digest) is not the signed \(manifestSHA256)")
+        }
+        let summary = manifest.summary
+        guard manifest.entries.count == entries, summary.bytes == totalSize else {
+            throw .mismatch("manifest has \(manifest.entries.count) entries / \(summary.bytes) bytes, header says \(entries) / \(totalSize)")
+        }
+    }
+}
+
+/// The signed pointer from a channel (`stable`, `beta`, …) to a release.
+public struct ChannelRecord: Hashable, Sendable, Codable {
+    /// The envelope type of a channel record.
+    public static let envelopeType = "upgrade-channel/1"
+
+    public var product: String
+    public var channel: String
+    public var version: String
+    /// The release's own sequence.
+    public var releaseSequence: UInt64
+    /// SHA-256 of the release header file (the envelope bytes), hex.
+    public var headerSHA256: String
+    /// Grows with every re-signing of this channel, so an old record cannot be replayed.
+    public var sequence: UInt64
+    public var created: Int64
+    /// A client refuses the record after this time: a frozen mirror cannot hide new releases forever.
+    public var expires: Int64
+
+    /// Creates a record.
+    public init(
+        product: String, channel: String, version: String, releaseSequence: UInt64, headerSHA256: SHA256Hash,
+        sequence: UInt64, created: Int64, expires: Int64
+    ) {
+        self.product = product
+        self.channel = channel
+        self.version = version
+        self.releaseSequence = releaseSequence
+        self.headerSHA256 = headerSHA256.hex
+        self.sequence = sequence
+        self.created = created
+        self.expires = expires
+    }
+
+    /// Signs the record.
+    public func signed(with key: PrivateKey) -> SignedEnvelope {
+        SignedEnvelope(type: Self.envelopeType, payload: Payload.encode(self), signedWith: key)
+    }
+
+    /// Verifies `envelope` and decodes its record: trusted signature, not expired, sequence at
+    /// least `minimumSequence`.
+    public static func verify(
+        _ envelope: SignedEnvelope, trusted: TrustedKeys, now: Int64, minimumSequence: UInt64 = 0
+    ) throws(TrustError) -> ChannelRecord {
+        _ = try envelope.verify(expectedType: envelopeType, trusted: trusted)
+        let record: ChannelRecord = try Payload.decode(envelope.payload)
+        guard now < record.expires else {
+            throw .expired(what: "channel \(record.product)/\(record.channel)", expiredAt: record.expires, now: now)
+        }
+        guard record.sequence >= minimumSequence else {
+            throw .sequenceTooLow(what: "channel \(record.product)/\(record.channel)", sequence: record.sequence, minimum: minimumSequence)
+        }
+        return record
+    }
+}
+
+/// Compact JSON with sorted keys: the signed payload bytes.
+enum Payload {
+    static func encode(_ value: some Encodable) -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return [UInt8](try! encoder.encode(value))
+    }
+
+    static func decode<T: Decodable>(_ bytes: [UInt8]) throws(TrustError) -> T {
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(bytes))
+        } catch {
+            throw .malformed("payload: \(JSON.describe(error))")
+        }
+    }
+}
+
+extension ReleaseHeader {
+    /// Decodes the payload without checking any signature: for a publisher reading its own
+    /// repository to pick the next sequence, never for deciding what to install.
+    public init(unverified envelope: SignedEnvelope) throws(TrustError) {
+        guard envelope.type == Self.envelopeType else { throw .wrongType(expected: Self.envelopeType, found: envelope.type) }
+        self = try Payload.decode(envelope.payload)
+    }
+}
+
+extension ChannelRecord {
+    /// Decodes the payload without checking any signature (see ``ReleaseHeader/init(unverified:)``).
+    public init(unverified envelope: SignedEnvelope) throws(TrustError) {
+        guard envelope.type == Self.envelopeType else { throw .wrongType(expected: Self.envelopeType, found: envelope.type) }
+        self = try Payload.decode(envelope.payload)
+    }
+}
