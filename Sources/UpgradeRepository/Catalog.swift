@@ -37,7 +37,9 @@ public struct Catalog: Sendable {
             guard FileSystem.exists(headerPath) else { continue }
             let bytes = try AtomicFile.read(headerPath)
             let header = try ReleaseHeader(unverified: SignedEnvelope(encoded: bytes))
-            releases.append(Release(header: header, headerBytes: bytes, manifestPath: layout.manifest(product, version)))
+            releases.append(
+                Release(header: header, headerBytes: bytes, manifestPath: layout.manifest(product, version))
+            )
         }
         return releases.sorted { $0.header.sequence < $1.header.sequence }
     }

@@ -1,7 +1,8 @@
+import UpgradeScan
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UpgradeScan
 
 /// The few filesystem calls the repository needs beyond ``AtomicFile``.
 enum FileSystem {

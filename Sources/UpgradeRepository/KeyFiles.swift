@@ -1,8 +1,9 @@
+import UpgradeScan
+public import UpgradeTrust
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import UpgradeScan
-public import UpgradeTrust
 
 /// Key files on disk.
 public enum KeyFiles {
@@ -88,7 +89,8 @@ public enum KeyFileError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .exists(let path): "\(path.debugDescription) already exists; refusing to overwrite a key (pass --force to replace it)"
+        case .exists(let path):
+            "\(path.debugDescription) already exists; refusing to overwrite a key (pass --force to replace it)"
         case .tooOpen(let path, let mode):
             "private key \(path.debugDescription) has mode \(String(mode, radix: 8)); run chmod 600 on it"
         case .unreadable(let path, let why): "\(path.debugDescription): \(why)"

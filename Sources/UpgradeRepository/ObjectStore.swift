@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Crypto
 import UpgradeCore
 import UpgradeScan
 import UpgradeZstd
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Content-addressed, zstd-compressed objects: one per distinct file content, named by the
 /// SHA-256 of the uncompressed bytes.
@@ -41,7 +42,9 @@ struct ObjectStore: Sendable {
 
         // Pass 2: compress while hashing again, so the stored bytes are the bytes named.
         try FileSystem.makeDirectories(layout.objectDirectory(sha))
-        let temporary = "\(target).tmp-\(getpid())"
+        // Unique per writer: two tasks storing the same content race harmlessly, each renaming
+        // identical bytes into place.
+        let temporary = "\(target).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let out = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o644)
         guard out >= 0 else { throw SystemCallError(call: "open \(temporary)", code: errno) }
         var written: UInt64 = 0
@@ -98,7 +101,9 @@ struct ObjectStore: Sendable {
                 try decompressor.decompress(chunk) { hasher.update(bufferPointer: $0) }
             }
             guard decompressor.finished else { return "truncated zstd data" }
-            guard decompressor.produced == size else { return "decompresses to \(decompressor.produced) bytes, expected \(size)" }
+            guard decompressor.produced == size else {
+                return "decompresses to \(decompressor.produced) bytes, expected \(size)"
+            }
             let actual = SHA256Hash(bytes: Array(hasher.finalize()))!
             guard actual == sha else { return "content SHA-256 is \(actual.hex)" }
             return nil
@@ -108,7 +113,11 @@ struct ObjectStore: Sendable {
     }
 
     /// Reads `fd` to the end in `buffer`-sized chunks; returns the byte count.
-    static func readAll(_ fd: Int32, _ buffer: inout [UInt8], _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> UInt64 {
+    static func readAll(
+        _ fd: Int32,
+        _ buffer: inout [UInt8],
+        _ body: (UnsafeRawBufferPointer) throws -> Void
+    ) throws -> UInt64 {
         var total: UInt64 = 0
         while true {
             let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
@@ -122,4 +131,3 @@ struct ObjectStore: Sendable {
         }
     }
 }
-

@@ -1,10 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+import Crypto
 import Foundation
+import Synchronization
 public import UpgradeCore
 import UpgradeScan
 public import UpgradeTrust
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What to publish.
 public struct PublishRequest: Sendable {
@@ -85,7 +88,8 @@ public struct Publisher: Sendable {
         let catalog = Catalog(layout: layout)
         let published = try catalog.releases(of: request.product)
         let existing = published.first { $0.header.version == request.version }
-        if existing == nil, let newest = published.compactMap({ Version($0.header.version) }).max(), !(newest < version) {
+        if existing == nil, let newest = published.compactMap({ Version($0.header.version) }).max(), !(newest < version)
+        {
             throw PublishError.versionNotNewer(request.version, newest: newest.description)
         }
 
@@ -94,12 +98,37 @@ public struct Publisher: Sendable {
         options.concurrency = request.concurrency
         let scan = try await Scanner(options: options).scan(root: request.tree)
         let store = ObjectStore(layout: layout, level: request.compressionLevel)
-        let files = scan.manifest.entries.enumerated().compactMap { index, entry in entry.file.map { (index, entry.path, $0.size) } }
-        let stored = try await Self.storeAll(files, tree: request.tree, store: store, concurrency: request.concurrency)
-        try store.syncDirectories(stored.map(\.sha256))
+        let files = scan.manifest.entries.enumerated().compactMap { index, entry in
+            entry.file.map { (index, entry.path, $0.size) }
+        }
+        // Files that look identical (same size and XXH3-128) are stored after the first of their
+        // kind, so parallel tasks never race to write one object; each still gets its own SHA-256.
+        var seen = Set<FileContentKey>()
+        var firsts = [Int]()
+        var repeats = [Int]()
+        for (position, file) in files.enumerated() {
+            let content = scan.manifest.entries[file.0].file!
+            if seen.insert(FileContentKey(size: content.size, xxh128: content.xxh128)).inserted {
+                firsts.append(position)
+            } else {
+                repeats.append(position)
+            }
+        }
+        var stored = [ObjectStore.Stored?](repeating: nil, count: files.count)
+        for batch in [firsts, repeats] {
+            let results = try await Self.storeAll(
+                batch.map { files[$0] },
+                tree: request.tree,
+                store: store,
+                concurrency: request.concurrency
+            )
+            for (position, result) in zip(batch, results) { stored[position] = result }
+        }
+        let storedFiles = stored.map { $0! }
+        try store.syncDirectories(storedFiles.map(\.sha256))
 
         var entries = scan.manifest.entries
-        for ((index, _, _), result) in zip(files, stored) {
+        for ((index, _, _), result) in zip(files, storedFiles) {
             guard case .file(var content) = entries[index].content else { continue }
             content.sha256 = result.sha256
             entries[index].content = .file(content)
@@ -111,23 +140,32 @@ public struct Publisher: Sendable {
             throw PublishError.invalidHook(error)
         }
         var result = PublishResult(
-            header: existing?.header ?? ReleaseHeader(
-                product: request.product, version: request.version,
-                sequence: (published.map(\.header.sequence).max() ?? 0) + 1,
-                platform: request.platform, created: request.now, expires: request.now + request.releaseLifetime,
-                entries: manifest.entries.count, totalSize: manifest.summary.bytes, manifestSHA256: manifest.digest
-            ),
+            header: existing?.header
+                ?? ReleaseHeader(
+                    product: request.product,
+                    version: request.version,
+                    sequence: (published.map(\.header.sequence).max() ?? 0) + 1,
+                    platform: request.platform,
+                    created: request.now,
+                    expires: request.now + request.releaseLifetime,
+                    entries: manifest.entries.count,
+                    totalSize: manifest.summary.bytes,
+                    manifestSHA256: manifest.digest
+                ),
             newRelease: existing == nil
         )
-        result.objectsWritten = stored.filter(\.written).count
-        result.objectsReused = stored.count - result.objectsWritten
-        result.bytesWritten = stored.filter(\.written).reduce(0) { $0 + $1.compressedSize }
+        result.objectsWritten = storedFiles.filter(\.written).count
+        result.objectsReused = storedFiles.count - result.objectsWritten
+        result.bytesWritten = storedFiles.filter(\.written).reduce(0) { $0 + $1.compressedSize }
 
         let headerBytes: [UInt8]
         if let existing {
             // Same version again: the same content is an idempotent re-run, anything else a conflict.
             guard existing.header.manifestSHA256 == manifest.digest.hex else {
-                throw PublishError.versionConflict(request.version, differing: existing.manifest.map { manifest.differingPaths(from: $0) } ?? [])
+                throw PublishError.versionConflict(
+                    request.version,
+                    differing: existing.manifest.map { manifest.differingPaths(from: $0) } ?? []
+                )
             }
             headerBytes = existing.headerBytes
         } else {
@@ -141,13 +179,23 @@ public struct Publisher: Sendable {
     }
 
     /// Points the channel at the release, unless it already points at a later one.
-    private func updateChannel(_ request: PublishRequest, header: ReleaseHeader, headerBytes: [UInt8], catalog: Catalog) throws -> ChannelRecord? {
+    private func updateChannel(
+        _ request: PublishRequest,
+        header: ReleaseHeader,
+        headerBytes: [UInt8],
+        catalog: Catalog
+    ) throws -> ChannelRecord? {
         let current = catalog.channel(request.product, request.channel)
         if let current, current.releaseSequence > header.sequence { return nil }
         let record = ChannelRecord(
-            product: request.product, channel: request.channel, version: header.version, releaseSequence: header.sequence,
-            headerSHA256: SHA256Hash.of(headerBytes), sequence: (current?.sequence ?? 0) + 1,
-            created: request.now, expires: request.now + request.channelLifetime
+            product: request.product,
+            channel: request.channel,
+            version: header.version,
+            releaseSequence: header.sequence,
+            headerSHA256: SHA256Hash.of(headerBytes),
+            sequence: (current?.sequence ?? 0) + 1,
+            created: request.now,
+            expires: request.now + request.channelLifetime
         )
         try FileSystem.makeDirectories(layout.productChannels(request.product))
         try AtomicFile.write(record.signed(with: key).encoded(), to: layout.channel(request.product, request.channel))
@@ -155,7 +203,10 @@ public struct Publisher: Sendable {
     }
 
     private static func storeAll(
-        _ files: [(Int, String, UInt64)], tree: String, store: ObjectStore, concurrency: Int
+        _ files: [(Int, String, UInt64)],
+        tree: String,
+        store: ObjectStore,
+        concurrency: Int
     ) async throws -> [ObjectStore.Stored] {
         let next = Counter()
         return try await withThrowingTaskGroup(of: [(Int, ObjectStore.Stored)].self) { group in
@@ -178,7 +229,11 @@ public struct Publisher: Sendable {
     }
 }
 
-import Synchronization
+/// What makes two scanned files look identical before their SHA-256 is known.
+struct FileContentKey: Hashable {
+    var size: UInt64
+    var xxh128: XXH128Digest
+}
 
 /// Hands out indices to worker tasks.
 final class Counter: Sendable {
@@ -196,8 +251,6 @@ extension SHA256Hash {
         SHA256Hash(bytes: Array(Crypto.SHA256.hash(data: bytes)))!
     }
 }
-
-import Crypto
 
 /// Why a publish was refused.
 public enum PublishError: Error, CustomStringConvertible {
@@ -218,9 +271,12 @@ public enum PublishError: Error, CustomStringConvertible {
             "version \(version) is not newer than the latest published \(newest); versions must grow with the sequence"
         case .versionConflict(let version, let paths):
             "version \(version) is already published with different content"
-                + (paths.isEmpty ? "" : " (differs at \(paths.prefix(5).map(\.debugDescription).joined(separator: ", "))\(paths.count > 5 ? ", …" : ""))")
+                + (paths.isEmpty
+                    ? ""
+                    : " (differs at \(paths.prefix(5).map(\.debugDescription).joined(separator: ", "))\(paths.count > 5 ? ", …" : ""))")
                 + "; publish it under a new version"
-        case .changedDuringPublish(let path): "\(path.debugDescription) changed while it was being published; publish again"
+        case .changedDuringPublish(let path):
+            "\(path.debugDescription) changed while it was being published; publish again"
         case .invalidHook(let error): "\(error)"
         }
     }

@@ -38,8 +38,12 @@ public struct RepositoryVerifier: Sendable {
 
     public func verify() -> RepositoryReport {
         var report = RepositoryReport()
-        func problem(_ path: String, _ message: String) { report.problems.append(RepositoryFinding(path: layout.relative(path), message: message)) }
-        func warning(_ path: String, _ message: String) { report.warnings.append(RepositoryFinding(path: layout.relative(path), message: message)) }
+        func problem(_ path: String, _ message: String) {
+            report.problems.append(RepositoryFinding(path: layout.relative(path), message: message))
+        }
+        func warning(_ path: String, _ message: String) {
+            report.warnings.append(RepositoryFinding(path: layout.relative(path), message: message))
+        }
 
         guard FileSystem.exists(layout.marker) else {
             problem(layout.marker, "missing: \(layout.root.debugDescription) is not an upgrade repository")
@@ -53,7 +57,10 @@ public struct RepositoryVerifier: Sendable {
                 let headerPath = layout.header(product, version)
                 let manifestPath = layout.manifest(product, version)
                 guard FileSystem.exists(headerPath) else {
-                    warning(layout.release(product, version), "incomplete release without a header (interrupted publish): ignored; publish it again")
+                    warning(
+                        layout.release(product, version),
+                        "incomplete release without a header (interrupted publish): ignored; publish it again"
+                    )
                     continue
                 }
                 report.releases += 1
@@ -68,7 +75,10 @@ public struct RepositoryVerifier: Sendable {
                     continue
                 }
                 if header.product != product || header.version != version {
-                    problem(headerPath, "signed for \(header.product) \(header.version), stored as \(product) \(version)")
+                    problem(
+                        headerPath,
+                        "signed for \(header.product) \(header.version), stored as \(product) \(version)"
+                    )
                 }
                 if header.expires <= now { warning(headerPath, "release expired at \(Timestamps.iso(header.expires))") }
                 let manifest: Manifest
@@ -76,7 +86,10 @@ public struct RepositoryVerifier: Sendable {
                     let bytes = try AtomicFile.read(manifestPath)
                     let digest = SHA256Hash.of(bytes)
                     guard digest.hex == header.manifestSHA256 else {
-                        problem(manifestPath, "SHA-256 \(digest.hex) does not match the signed manifest digest \(header.manifestSHA256)")
+                        problem(
+                            manifestPath,
+                            "SHA-256 \(digest.hex) does not match the signed manifest digest \(header.manifestSHA256)"
+                        )
                         continue
                     }
                     manifest = try Manifest(canonical: bytes)
@@ -92,7 +105,10 @@ public struct RepositoryVerifier: Sendable {
                         continue
                     }
                     if let known = required[sha], known.size != file.size {
-                        problem(manifestPath, "file \(entry.path.debugDescription) has size \(file.size) but \(known.by) gives \(known.size) for the same content")
+                        problem(
+                            manifestPath,
+                            "file \(entry.path.debugDescription) has size \(file.size) but \(known.by) gives \(known.size) for the same content"
+                        )
                     }
                     required[sha] = (file.size, "\(product) \(version)")
                 }
@@ -128,7 +144,11 @@ public struct RepositoryVerifier: Sendable {
                 }
                 report.channels += 1
                 do {
-                    let record = try ChannelRecord.verify(SignedEnvelope(encoded: AtomicFile.read(path)), trusted: trusted, now: now)
+                    let record = try ChannelRecord.verify(
+                        SignedEnvelope(encoded: AtomicFile.read(path)),
+                        trusted: trusted,
+                        now: now
+                    )
                     guard record.product == product, record.channel == channel else {
                         problem(path, "signed for \(record.product)/\(record.channel)")
                         continue

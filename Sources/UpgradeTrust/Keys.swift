@@ -10,14 +10,17 @@ public struct PublicKey: Hashable, Sendable, CustomStringConvertible {
 
     /// Wraps raw bytes; nil unless they are a valid Ed25519 public key.
     public init?(rawRepresentation: some Collection<UInt8>) {
-        guard (try? Curve25519.Signing.PublicKey(rawRepresentation: Array(rawRepresentation))) != nil else { return nil }
+        guard (try? Curve25519.Signing.PublicKey(rawRepresentation: Array(rawRepresentation))) != nil else {
+            return nil
+        }
         self.rawRepresentation = Array(rawRepresentation)
     }
 
     /// Parses the text form (surrounding whitespace ignored).
     public init(text: String) throws(KeyError) {
         let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard trimmed.hasPrefix(Self.prefix), let data = Data(base64Encoded: String(trimmed.dropFirst(Self.prefix.count))),
+        guard trimmed.hasPrefix(Self.prefix),
+            let data = Data(base64Encoded: String(trimmed.dropFirst(Self.prefix.count))),
             let key = PublicKey(rawRepresentation: [UInt8](data))
         else { throw .malformedPublicKey(String(trimmed.prefix(80))) }
         self = key
@@ -51,7 +54,8 @@ public struct PrivateKey: Sendable {
     /// Parses the file form.
     public init(text: String) throws(KeyError) {
         let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard trimmed.hasPrefix(Self.prefix), let data = Data(base64Encoded: String(trimmed.dropFirst(Self.prefix.count))),
+        guard trimmed.hasPrefix(Self.prefix),
+            let data = Data(base64Encoded: String(trimmed.dropFirst(Self.prefix.count))),
             let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: data)
         else { throw .malformedPrivateKey }
         self.key = key

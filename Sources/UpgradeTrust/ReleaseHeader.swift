@@ -26,8 +26,15 @@ public struct ReleaseHeader: Hashable, Sendable, Codable {
 
     /// Creates a header.
     public init(
-        product: String, version: String, sequence: UInt64, platform: String, created: Int64, expires: Int64,
-        entries: Int, totalSize: UInt64, manifestSHA256: SHA256Hash
+        product: String,
+        version: String,
+        sequence: UInt64,
+        platform: String,
+        created: Int64,
+        expires: Int64,
+        entries: Int,
+        totalSize: UInt64,
+        manifestSHA256: SHA256Hash
     ) {
         self.product = product
         self.version = version
@@ -48,14 +55,23 @@ public struct ReleaseHeader: Hashable, Sendable, Codable {
     /// Verifies `envelope` and decodes its header: signature by a trusted key, not expired at
     /// `now`, sequence at least `minimumSequence`.
     public static func verify(
-        _ envelope: SignedEnvelope, trusted: TrustedKeys, now: Int64, minimumSequence: UInt64 = 0
+        _ envelope: SignedEnvelope,
+        trusted: TrustedKeys,
+        now: Int64,
+        minimumSequence: UInt64 = 0
     ) throws(TrustError) -> ReleaseHeader {
         _ = try envelope.verify(expectedType: envelopeType, trusted: trusted)
         let header: ReleaseHeader = try Payload.decode(envelope.payload)
         guard SHA256Hash(hex: header.manifestSHA256) != nil else { throw .malformed("manifestSHA256 is not a SHA-256") }
-        guard now < header.expires else { throw .expired(what: "release \(header.product) \(header.version)", expiredAt: header.expires, now: now) }
+        guard now < header.expires else {
+            throw .expired(what: "release \(header.product) \(header.version)", expiredAt: header.expires, now: now)
+        }
         guard header.sequence >= minimumSequence else {
-            throw .sequenceTooLow(what: "release \(header.product) \(header.version)", sequence: header.sequence, minimum: minimumSequence)
+            throw .sequenceTooLow(
+                what: "release \(header.product) \(header.version)",
+                sequence: header.sequence,
+                minimum: minimumSequence
+            )
         }
         return header
     }
@@ -68,7 +84,9 @@ public struct ReleaseHeader: Hashable, Sendable, Codable {
         }
         let summary = manifest.summary
         guard manifest.entries.count == entries, summary.bytes == totalSize else {
-            throw .mismatch("manifest has \(manifest.entries.count) entries / \(summary.bytes) bytes, header says \(entries) / \(totalSize)")
+            throw .mismatch(
+                "manifest has \(manifest.entries.count) entries / \(summary.bytes) bytes, header says \(entries) / \(totalSize)"
+            )
         }
     }
 }
@@ -93,8 +111,14 @@ public struct ChannelRecord: Hashable, Sendable, Codable {
 
     /// Creates a record.
     public init(
-        product: String, channel: String, version: String, releaseSequence: UInt64, headerSHA256: SHA256Hash,
-        sequence: UInt64, created: Int64, expires: Int64
+        product: String,
+        channel: String,
+        version: String,
+        releaseSequence: UInt64,
+        headerSHA256: SHA256Hash,
+        sequence: UInt64,
+        created: Int64,
+        expires: Int64
     ) {
         self.product = product
         self.channel = channel
@@ -114,7 +138,10 @@ public struct ChannelRecord: Hashable, Sendable, Codable {
     /// Verifies `envelope` and decodes its record: trusted signature, not expired, sequence at
     /// least `minimumSequence`.
     public static func verify(
-        _ envelope: SignedEnvelope, trusted: TrustedKeys, now: Int64, minimumSequence: UInt64 = 0
+        _ envelope: SignedEnvelope,
+        trusted: TrustedKeys,
+        now: Int64,
+        minimumSequence: UInt64 = 0
     ) throws(TrustError) -> ChannelRecord {
         _ = try envelope.verify(expectedType: envelopeType, trusted: trusted)
         let record: ChannelRecord = try Payload.decode(envelope.payload)
@@ -122,7 +149,11 @@ public struct ChannelRecord: Hashable, Sendable, Codable {
             throw .expired(what: "channel \(record.product)/\(record.channel)", expiredAt: record.expires, now: now)
         }
         guard record.sequence >= minimumSequence else {
-            throw .sequenceTooLow(what: "channel \(record.product)/\(record.channel)", sequence: record.sequence, minimum: minimumSequence)
+            throw .sequenceTooLow(
+                what: "channel \(record.product)/\(record.channel)",
+                sequence: record.sequence,
+                minimum: minimumSequence
+            )
         }
         return record
     }
@@ -149,7 +180,9 @@ extension ReleaseHeader {
     /// Decodes the payload without checking any signature: for a publisher reading its own
     /// repository to pick the next sequence, never for deciding what to install.
     public init(unverified envelope: SignedEnvelope) throws(TrustError) {
-        guard envelope.type == Self.envelopeType else { throw .wrongType(expected: Self.envelopeType, found: envelope.type) }
+        guard envelope.type == Self.envelopeType else {
+            throw .wrongType(expected: Self.envelopeType, found: envelope.type)
+        }
         self = try Payload.decode(envelope.payload)
     }
 }
@@ -157,7 +190,9 @@ extension ReleaseHeader {
 extension ChannelRecord {
     /// Decodes the payload without checking any signature (see ``ReleaseHeader/init(unverified:)``).
     public init(unverified envelope: SignedEnvelope) throws(TrustError) {
-        guard envelope.type == Self.envelopeType else { throw .wrongType(expected: Self.envelopeType, found: envelope.type) }
+        guard envelope.type == Self.envelopeType else {
+            throw .wrongType(expected: Self.envelopeType, found: envelope.type)
+        }
         self = try Payload.decode(envelope.payload)
     }
 }

@@ -27,7 +27,9 @@ public struct SignedEnvelope: Hashable, Sendable {
     public init(type: String, payload: [UInt8], signedWith key: PrivateKey) {
         self.type = type
         self.payload = payload
-        signatures = [Signature(keyid: key.publicKey.keyID, sig: key.signature(for: Self.message(type: type, payload: payload)))]
+        signatures = [
+            Signature(keyid: key.publicKey.keyID, sig: key.signature(for: Self.message(type: type, payload: payload)))
+        ]
     }
 
     init(type: String, payload: [UInt8], signatures: [Signature]) {
@@ -108,7 +110,8 @@ public enum TrustError: Error, Hashable, Sendable, CustomStringConvertible {
         case .wrongType(let expected, let found): "signed document is a \(found), expected a \(expected)"
         case .untrustedKey(let ids):
             ids.isEmpty
-                ? "signed document carries no signature" : "signed by untrusted key \(ids.joined(separator: ", ")); pass its public key with --trust"
+                ? "signed document carries no signature"
+                : "signed by untrusted key \(ids.joined(separator: ", ")); pass its public key with --trust"
         case .badSignature(let id): "signature by key \(id) does not match the document (tampered?)"
         case .expired(let what, let at, let now):
             "\(what) expired at \(Timestamps.iso(at)) (now \(Timestamps.iso(now))); the publisher must re-sign it"

@@ -15,7 +15,11 @@ public struct Version: Comparable, Hashable, Sendable, CustomStringConvertible {
     /// Parses `text`; nil when it is not a version.
     public init?(_ text: String) {
         guard !text.isEmpty, text.utf8.count <= 64,
-            text.utf8.allSatisfy({ $0 < 0x80 && (Character(UnicodeScalar($0)).isLetter || Character(UnicodeScalar($0)).isNumber || "+-.".utf8.contains($0)) })
+            text.utf8.allSatisfy({
+                $0 < 0x80
+                    && (Character(UnicodeScalar($0)).isLetter || Character(UnicodeScalar($0)).isNumber
+                        || "+-.".utf8.contains($0))
+            })
         else { return nil }
         var rest = Substring(text)
         var build: String?
@@ -26,7 +30,9 @@ public struct Version: Comparable, Hashable, Sendable, CustomStringConvertible {
         }
         var prerelease = [String]()
         if let dash = rest.firstIndex(of: "-") {
-            prerelease = rest[rest.index(after: dash)...].split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+            prerelease = rest[rest.index(after: dash)...].split(separator: ".", omittingEmptySubsequences: false).map(
+                String.init
+            )
             rest = rest[..<dash]
             guard prerelease.allSatisfy({ !$0.isEmpty }) else { return nil }
         }
@@ -81,7 +87,8 @@ public enum Names {
     public static func isValid(_ name: String) -> Bool {
         guard (1...64).contains(name.utf8.count), !name.hasPrefix(".") else { return false }
         return name.utf8.allSatisfy { byte in
-            (0x30...0x39).contains(byte) || (0x41...0x5a).contains(byte) || (0x61...0x7a).contains(byte) || "._-".utf8.contains(byte)
+            (0x30...0x39).contains(byte) || (0x41...0x5a).contains(byte) || (0x61...0x7a).contains(byte)
+                || "._-".utf8.contains(byte)
         }
     }
 }

@@ -27,7 +27,9 @@ public final class ZstdCompressor {
 
     /// Compresses `input`; with `end`, finishes the frame. Output goes to `sink` in pieces.
     public func compress(
-        _ input: UnsafeRawBufferPointer, end: Bool, sink: ([UInt8]) throws -> Void
+        _ input: UnsafeRawBufferPointer,
+        end: Bool,
+        sink: ([UInt8]) throws -> Void
     ) throws {
         var inBuffer = ZSTD_inBuffer(src: input.baseAddress, size: input.count, pos: 0)
         while true {

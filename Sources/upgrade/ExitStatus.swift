@@ -63,7 +63,8 @@ extension SystemCallError: ClassifiedError {
 extension PublishError: ClassifiedError {
     var exitStatus: ExitStatus {
         switch self {
-        case .invalidName, .invalidVersion, .invalidHook: .usage
+        case .invalidName, .invalidVersion: .usage
+        case .invalidHook: .invalidInput
         case .versionNotNewer, .versionConflict: .refused
         case .changedDuringPublish: .failure
         }

@@ -24,10 +24,13 @@ struct PublishCommand: AsyncParsableCommand {
     @Option(help: "Version (semantic versioning, e.g. 1.4.2).") var version: String
     @Option(help: "Private key file written by `upgrade keygen`.") var key: String
     @Option(help: "Channel to point at the release.") var channel = "stable"
-    @Option(help: "Platform recorded in the header (default: this machine's).") var platform = PublishRequest.hostPlatform
+    @Option(help: "Platform recorded in the header (default: this machine's).") var platform = PublishRequest
+        .hostPlatform
     @Option(name: .customLong("pre-install"), help: "Script of the tree run before the commit.") var preInstall: String?
-    @Option(name: .customLong("post-install"), help: "Script of the tree run after the commit.") var postInstall: String?
-    @Option(name: .customLong("health-check"), help: "Script of the tree that must succeed after an upgrade.") var healthCheck: String?
+    @Option(name: .customLong("post-install"), help: "Script of the tree run after the commit.") var postInstall:
+        String?
+    @Option(name: .customLong("health-check"), help: "Script of the tree that must succeed after an upgrade.")
+    var healthCheck: String?
     @Option(help: "zstd level for objects (1-19).") var level: Int32 = 19
     @Option(help: "Days the release stays installable.") var expiresDays = 365
     @Option(help: "Days the channel record stays valid (re-publish to re-sign).") var channelExpiresDays = 30
@@ -47,7 +50,8 @@ struct PublishCommand: AsyncParsableCommand {
         request.compressionLevel = level
         request.releaseLifetime = Int64(expiresDays) * 86_400
         request.channelLifetime = Int64(channelExpiresDays) * 86_400
-        request.hooks = [.preInstall: preInstall, .postInstall: postInstall, .healthCheck: healthCheck].compactMapValues { $0 }
+        request.hooks = [.preInstall: preInstall, .postInstall: postInstall, .healthCheck: healthCheck].compactMapValues
+        { $0 }
         let result = try await Publisher(repository: repo, key: key).publish(request)
         let header = result.header
         if json {
@@ -55,17 +59,24 @@ struct PublishCommand: AsyncParsableCommand {
                 "product": header.product, "version": header.version, "sequence": header.sequence,
                 "manifestSHA256": header.manifestSHA256, "newRelease": result.newRelease,
                 "objectsWritten": result.objectsWritten, "objectsReused": result.objectsReused,
-                "bytesWritten": result.bytesWritten, "channel": result.channel.map { "\($0.channel)#\($0.sequence)" } ?? NSNull(),
+                "bytesWritten": result.bytesWritten,
+                "channel": result.channel.map { "\($0.channel)#\($0.sequence)" } ?? NSNull(),
             ]
             let data = try JSONSerialization.data(withJSONObject: document, options: [.sortedKeys, .prettyPrinted])
             print(String(decoding: data, as: UTF8.self))
             return
         }
         let verb = result.newRelease ? "published" : "already published (same content)"
-        print("\(verb): \(header.product) \(header.version) (sequence \(header.sequence), \(header.entries) entries, \(Terminal.bytes(header.totalSize)))")
-        print("objects: \(result.objectsWritten) written (\(Terminal.bytes(result.bytesWritten)) compressed), \(result.objectsReused) already present")
+        print(
+            "\(verb): \(header.product) \(header.version) (sequence \(header.sequence), \(header.entries) entries, \(Terminal.bytes(header.totalSize)))"
+        )
+        print(
+            "objects: \(result.objectsWritten) written (\(Terminal.bytes(result.bytesWritten)) compressed), \(result.objectsReused) already present"
+        )
         if let channel = result.channel {
-            print("channel \(channel.channel) -> \(channel.version) (record sequence \(channel.sequence), expires \(Timestamps.iso(channel.expires)))")
+            print(
+                "channel \(channel.channel) -> \(channel.version) (record sequence \(channel.sequence), expires \(Timestamps.iso(channel.expires)))"
+            )
         } else {
             print("channel \(request.channel) left pointing at a later release")
         }

@@ -25,18 +25,32 @@ struct ReleasesCommand: AsyncParsableCommand {
                 document.append([
                     "product": product,
                     "releases": releases.map {
-                        ["version": $0.header.version, "sequence": $0.header.sequence, "created": Timestamps.iso($0.header.created),
-                         "expires": Timestamps.iso($0.header.expires), "entries": $0.header.entries, "totalSize": $0.header.totalSize,
-                         "platform": $0.header.platform] as [String: Any]
+                        [
+                            "version": $0.header.version, "sequence": $0.header.sequence,
+                            "created": Timestamps.iso($0.header.created),
+                            "expires": Timestamps.iso($0.header.expires), "entries": $0.header.entries,
+                            "totalSize": $0.header.totalSize,
+                            "platform": $0.header.platform,
+                        ] as [String: Any]
                     },
-                    "channels": Dictionary(uniqueKeysWithValues: channels.map { ($0.channel, ["version": $0.version, "sequence": $0.sequence, "expires": Timestamps.iso($0.expires)] as [String: Any]) }),
+                    "channels": Dictionary(
+                        uniqueKeysWithValues: channels.map {
+                            (
+                                $0.channel,
+                                ["version": $0.version, "sequence": $0.sequence, "expires": Timestamps.iso($0.expires)]
+                                    as [String: Any]
+                            )
+                        }
+                    ),
                 ])
                 continue
             }
             print(product)
             for release in releases {
                 let tags = channels.filter { $0.releaseSequence == release.header.sequence }.map(\.channel)
-                print("  \(release.header.version.padding(toLength: 14, withPad: " ", startingAt: 0)) #\(release.header.sequence)  \(Timestamps.iso(release.header.created))  \(release.header.entries) entries, \(Terminal.bytes(release.header.totalSize))\(tags.isEmpty ? "" : "  [\(tags.joined(separator: ", "))]")")
+                print(
+                    "  \(release.header.version.padding(toLength: 14, withPad: " ", startingAt: 0)) #\(release.header.sequence)  \(Timestamps.iso(release.header.created))  \(release.header.entries) entries, \(Terminal.bytes(release.header.totalSize))\(tags.isEmpty ? "" : "  [\(tags.joined(separator: ", "))]")"
+                )
             }
         }
         if json {

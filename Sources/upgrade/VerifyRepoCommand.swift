@@ -7,7 +7,8 @@ struct VerifyRepoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify-repo",
         abstract: "Check every signature, manifest digest, object and channel record of a repository.",
-        discussion: "Prints each problem as PATH: PROBLEM and exits 4 when there is any; leftovers of an interrupted publish are warnings."
+        discussion:
+            "Prints each problem as PATH: PROBLEM and exits 4 when there is any; leftovers of an interrupted publish are warnings."
     )
 
     @Option(help: "Repository directory.") var repo: String
@@ -24,7 +25,8 @@ struct VerifyRepoCommand: AsyncParsableCommand {
         let report = RepositoryVerifier(repository: repo, trusted: keys).verify()
         if !quiet { for warning in report.warnings { Terminal.warning("\(warning)") } }
         for problem in report.problems { print("\(problem)") }
-        let summary = "\(Terminal.count(report.releases, "release")), \(Terminal.count(report.objects, "object")), \(Terminal.count(report.channels, "channel")) checked: \(Terminal.count(report.problems.count, "problem"))"
+        let summary =
+            "\(Terminal.count(report.releases, "release")), \(Terminal.count(report.objects, "object")), \(Terminal.count(report.channels, "channel")) checked: \(Terminal.count(report.problems.count, "problem"))"
         if report.problems.isEmpty {
             print(summary)
         } else {
