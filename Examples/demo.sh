@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
-# The main job on the embedded example: scan the two example releases of myapp and show the
-# ordered plan that upgrades 1.0 to 1.1. (Publishing, serving and syncing join as they land.)
+# The main job on the embedded example, as far as it exists today: a publisher key, two signed
+# releases of Examples/myapp published into a local repository, the repository verified, and
+# the ordered plan that upgrades an installed 1.0 tree to 1.1. (Serving and syncing join as
+# they land.)
 set -euo pipefail
 upgrade=${1:-upgrade}
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-echo "== manifest of myapp 1.0"
-"$upgrade" manifest "$here/myapp-1.0" --no-stat-cache --output "$work/myapp-1.0.manifest"
-"$upgrade" manifest "$work/myapp-1.0.manifest" --json | grep -E '"(digest|files|bytes)"'
+echo "== publisher key"
+"$upgrade" keygen --output "$work/publisher.key"
 
-echo "== plan from 1.0 to 1.1"
-"$upgrade" diff "$work/myapp-1.0.manifest" "$here/myapp-1.1" --no-stat-cache --summary
+echo "== publish myapp 1.0 and 1.1"
+"$upgrade" publish --repo "$work/repo" --product myapp --version 1.0 --key "$work/publisher.key" "$here/myapp-1.0"
+"$upgrade" publish --repo "$work/repo" --product myapp --version 1.1 --key "$work/publisher.key" \
+    --health-check bin/myapp "$here/myapp-1.1"
+"$upgrade" releases --repo "$work/repo"
+
+echo "== verify the repository against the public key"
+"$upgrade" verify-repo --repo "$work/repo" --trust "$work/publisher.key.pub"
+
+echo "== an installed 1.0 tree, and the plan from it to the published 1.1"
+cp -a "$here/myapp-1.0" "$work/installed"
+"$upgrade" diff "$work/installed" "$work/repo/releases/myapp/1.1/manifest" --no-stat-cache --summary
