@@ -51,7 +51,20 @@ let package = Package(
         .target(
             name: "UpgradeRepository",
             dependencies: [
-                "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeZstd",
+                "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeZstd", "UpgradeBundle",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict
+        ),
+        // Linux syscalls that need _GNU_SOURCE (renameat2, O_PATH, syncfs, spawn setsid).
+        .target(name: "CUpgradeSys"),
+        // Offline bundle container: writer and random-access reader.
+        .target(name: "UpgradeBundle", dependencies: ["UpgradeCore", "UpgradeScan"], swiftSettings: strict),
+        // The transactional apply engine: staging, journal, commit, rollback, recovery, hooks.
+        .target(
+            name: "UpgradeApply",
+            dependencies: [
+                "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeZstd", "UpgradeBundle", "CUpgradeSys",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict
@@ -63,7 +76,7 @@ let package = Package(
         .executableTarget(
             name: "upgrade",
             dependencies: [
-                "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeRepository",
+                "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeRepository", "UpgradeApply", "UpgradeBundle",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
@@ -80,7 +93,7 @@ let package = Package(
         .testTarget(name: "UpgradeTrustTests", dependencies: ["UpgradeTrust", "UpgradeCore"], swiftSettings: strict),
         .testTarget(
             name: "UpgradeCLITests",
-            dependencies: ["UpgradeCore", "UpgradeTrust", "UpgradeRepository"],
+            dependencies: ["UpgradeCore", "UpgradeTrust", "UpgradeRepository", "UpgradeApply", "UpgradeScan"],
             swiftSettings: strict
         ),
     ]

@@ -1,5 +1,5 @@
 /// What kind of filesystem object an entry is.
-public enum EntryKind: UInt8, Hashable, Sendable, CaseIterable, CustomStringConvertible {
+public enum EntryKind: UInt8, Hashable, Sendable, CaseIterable, Codable, CustomStringConvertible {
     case file = 1
     case directory = 2
     case symlink = 3

@@ -45,3 +45,71 @@ struct OperationJSON: Codable {
         }
     }
 }
+
+extension Plan {
+    /// Decodes the JSON form, checking every field; paths are validated when the plan is applied.
+    public init(json data: Data) throws(PlanDecodingError) {
+        let document: PlanJSON
+        do {
+            document = try JSONDecoder().decode(PlanJSON.self, from: data)
+        } catch {
+            throw .malformed("JSON: \(JSON.describe(error))")
+        }
+        guard document.format == Self.jsonFormat else {
+            throw .malformed("format is \(document.format.debugDescription)")
+        }
+        var operations = [PlanOperation]()
+        operations.reserveCapacity(document.operations.count)
+        for (index, operation) in document.operations.enumerated() {
+            operations.append(try operation.operation(index))
+        }
+        self.init(operations: operations)
+    }
+}
+
+extension OperationJSON {
+    func operation(_ index: Int) throws(PlanDecodingError) -> PlanOperation {
+        func fail(_ why: String) -> PlanDecodingError {
+            .malformed("operation \(index + 1) (\(op) \(path.debugDescription)): \(why)")
+        }
+        func parsedMode() throws(PlanDecodingError) -> UInt32 {
+            guard let mode, let value = FileMode.parse(mode) else { throw fail("needs an octal mode") }
+            return value
+        }
+        func content() throws(PlanDecodingError) -> FileContent {
+            guard let size, let hex = xxh128, let xxh = XXH128Digest(hex: hex) else {
+                throw fail("needs size and xxh128")
+            }
+            var sha: SHA256Hash?
+            if let hex = sha256 {
+                guard let digest = SHA256Hash(hex: hex) else { throw fail("bad sha256") }
+                sha = digest
+            }
+            return FileContent(size: size, xxh128: xxh, sha256: sha)
+        }
+        switch op {
+        case "mkdir": return .mkdir(path: path, mode: try parsedMode())
+        case "add": return .add(path: path, mode: try parsedMode(), content: try content())
+        case "replace": return .replace(path: path, mode: try parsedMode(), content: try content())
+        case "symlink":
+            guard let target else { throw fail("needs a target") }
+            return .symlink(path: path, target: target)
+        case "delete":
+            guard let kind, let parsed = EntryKind(name: kind) else { throw fail("needs a kind") }
+            return .delete(path: path, kind: parsed)
+        case "chmod": return .chmod(path: path, mode: try parsedMode())
+        default: throw fail("unknown operation")
+        }
+    }
+}
+
+/// Why bytes are not a plan.
+public enum PlanDecodingError: Error, Hashable, Sendable, CustomStringConvertible {
+    case malformed(String)
+
+    public var description: String {
+        switch self {
+        case .malformed(let why): "malformed plan: \(why)"
+        }
+    }
+}

@@ -1,3 +1,5 @@
+import UpgradeApply
+import UpgradeBundle
 import UpgradeCore
 import UpgradeRepository
 import UpgradeScan
@@ -19,6 +21,16 @@ enum ExitStatus: Int32, Error {
     case verificationFailed = 4
     /// Refused because it conflicts with what exists: a key file, a published version.
     case refused = 5
+    /// The plan or the tree is unsafe: a hostile path, a symlink where a directory should be.
+    case unsafePlan = 6
+    /// Not enough free space for staging.
+    case noSpace = 7
+    /// A hook or the health check failed and the tree was rolled back.
+    case rolledBack = 8
+    /// Recovery could not restore a consistent tree; a person must look.
+    case manualIntervention = 9
+    /// Another run holds the root's lock (EX_TEMPFAIL).
+    case busy = 75
 
     static let helpText = """
         EXIT CODES
@@ -30,6 +42,12 @@ enum ExitStatus: Int32, Error {
           4   verification failed: a signature, digest or content check did not pass
           5   refused: conflicts with what exists (a key file, a version published with
               other content, a version not newer than the latest)
+          6   unsafe plan: a hostile path, or a symlink where the plan needs a directory;
+              nothing was changed
+          7   not enough free space to stage the upgrade; nothing was changed
+          8   a hook or the health check failed; the tree was rolled back to the old release
+          9   needs manual intervention: recovery could not restore a consistent tree
+          75  busy: another upgrade holds the root's lock (try again later)
         """
 }
 
@@ -86,6 +104,29 @@ extension KeyError: ClassifiedError {
 
 extension TrustError: ClassifiedError {
     var exitStatus: ExitStatus { .verificationFailed }
+}
+
+extension ApplyError: ClassifiedError {
+    var exitStatus: ExitStatus {
+        switch self {
+        case .busy: .busy
+        case .verification: .verificationFailed
+        case .unsafePlan, .unsafePath: .unsafePlan
+        case .noSpace: .noSpace
+        case .crossDevice: .invalidInput
+        case .rolledBack: .rolledBack
+        case .manualIntervention: .manualIntervention
+        case .nothingToRollBack: .refused
+        }
+    }
+}
+
+extension BundleError: ClassifiedError {
+    var exitStatus: ExitStatus { .verificationFailed }
+}
+
+extension BundleBuildError: ClassifiedError {
+    var exitStatus: ExitStatus { .invalidInput }
 }
 
 /// An error with a ready message.

@@ -13,7 +13,8 @@ struct Upgrade: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             ManifestCommand.self, DiffCommand.self, KeygenCommand.self, PublishCommand.self, ReleasesCommand.self,
-            VerifyRepoCommand.self,
+            VerifyRepoCommand.self, BundleCommand.self, ApplyCommand.self, StatusCommand.self, VerifyCommand.self,
+            RollbackCommand.self,
         ]
     )
 }

@@ -1,0 +1,19 @@
+// Linux calls the Swift Glibc module does not expose (they need _GNU_SOURCE), wrapped as plain
+// functions so the header itself stays portable C. Only UpgradeApply imports this module.
+#ifndef UPGRADE_SYS_H
+#define UPGRADE_SYS_H
+
+#include <spawn.h>
+
+/// renameat2(..., RENAME_NOREPLACE): fails with EEXIST instead of replacing the target.
+int upgrade_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
+/// The O_PATH open flag.
+int upgrade_o_path(void);
+/// syncfs(2): flushes the filesystem holding fd.
+int upgrade_syncfs(int fd);
+/// The POSIX_SPAWN_SETSID flag (the child starts its own session and process group).
+short upgrade_spawn_setsid_flag(void);
+/// posix_spawn_file_actions_addchdir_np.
+int upgrade_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path);
+
+#endif

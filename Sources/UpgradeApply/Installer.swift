@@ -1,0 +1,560 @@
+internal import CUpgradeSys
+import Foundation
+public import UpgradeCore
+public import UpgradeScan
+public import UpgradeTrust
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What to install: a signed release (header and manifest), the plan that reaches it from the
+/// tree as it should be, and where the payloads come from. Bundles and (later) the network fill
+/// this in the same way.
+public struct InstallRequest: Sendable {
+    public var root: String
+    public var stateDirectoryName = TreeSource.stateDirectoryName
+    public var trusted: TrustedKeys
+    public var headerBytes: [UInt8]
+    public var manifestBytes: [UInt8]
+    public var plan: Plan
+    public var payloads: any PayloadSource
+    public var dryRun = false
+    /// Seconds to wait for another run's lock before giving up (exit 75).
+    public var lockTimeout: Double = 60
+    public var hookTimeout: Double = 300
+    public var healthCheckTimeout: Double = 60
+    public var allowDowngrade = false
+    public var now: Int64 = Timestamps.now()
+    public var observer: any MutationObserver = NoObserver()
+    public var scanOptions = ScanOptions()
+
+    public init(
+        root: String,
+        trusted: TrustedKeys,
+        headerBytes: [UInt8],
+        manifestBytes: [UInt8],
+        plan: Plan,
+        payloads: any PayloadSource
+    ) {
+        self.root = root
+        self.trusted = trusted
+        self.headerBytes = headerBytes
+        self.manifestBytes = manifestBytes
+        self.plan = plan
+        self.payloads = payloads
+    }
+}
+
+/// What an install, a rollback or a recovery did.
+public struct InstallReport: Sendable, Codable {
+    public var result: String
+    public var product: String?
+    public var fromVersion: String?
+    public var toVersion: String?
+    public var summary: Plan.Summary?
+    public var recovered: String?
+    public var operations: [String]?
+}
+
+/// The transactional apply engine (see docs/design.md, "Apply engine").
+public enum Installer {
+    // MARK: Install
+
+    public static func install(_ request: InstallRequest) throws -> InstallReport {
+        var request = request
+        try makeRoot(request.root, observer: request.observer)
+        request.root = absolute(request.root)
+        let root = try SafeTree(path: request.root, observer: request.observer)
+        let store = try openState(root: root, request.root, name: request.stateDirectoryName)
+        let lock = try store.lock(timeout: request.lockTimeout)
+        defer { close(lock) }
+        let recovered = try recover(store: store, root: root)
+
+        // Verify everything before the first change.
+        let header: ReleaseHeader
+        do {
+            header = try ReleaseHeader.verify(
+                SignedEnvelope(encoded: request.headerBytes),
+                trusted: request.trusted,
+                now: request.now
+            )
+        } catch {
+            throw ApplyError.verification("\(error)")
+        }
+        let installed = store.current
+        let installedHeader = installed.flatMap {
+            try? ReleaseHeader(unverified: SignedEnvelope(encoded: $0.headerBytes))
+        }
+        if let installedHeader {
+            guard installedHeader.product == header.product else {
+                throw ApplyError.verification(
+                    "the release is for product \(header.product), this root has \(installedHeader.product) installed"
+                )
+            }
+            guard header.sequence >= installedHeader.sequence || request.allowDowngrade else {
+                throw ApplyError.verification(
+                    "release \(header.version) (sequence \(header.sequence)) is older than the installed \(installedHeader.version) (sequence \(installedHeader.sequence)); pass --allow-downgrade to install it anyway"
+                )
+            }
+        }
+        let target: Manifest
+        do {
+            target = try Manifest(canonical: request.manifestBytes)
+            try header.check(target)
+        } catch {
+            throw ApplyError.verification("release manifest: \(error)")
+        }
+        let local = try scan(root: request.root, store: store, options: request.scanOptions)
+        do {
+            try request.plan.verify(against: local, yields: target, reserved: [request.stateDirectoryName])
+        } catch .unsafe(let why) {
+            throw ApplyError.unsafePlan("unsafe plan: \(why)")
+        } catch {
+            throw ApplyError.verification("\(error)")
+        }
+
+        var report = InstallReport(
+            result: "installed",
+            product: header.product,
+            fromVersion: installedHeader?.version,
+            toVersion: header.version,
+            summary: request.plan.summary,
+            recovered: recovered
+        )
+        if request.dryRun {
+            report.result = "dry run"
+            report.operations = request.plan.operations.map { "\($0.name) \($0.path)" }
+            return report
+        }
+        if request.plan.isEmpty && installedHeader?.manifestSHA256 == header.manifestSHA256 {
+            report.result = "nothing to do"
+            return report
+        }
+        try transact(
+            root: root,
+            store: store,
+            plan: request.plan,
+            local: local,
+            target: target,
+            headerBytes: request.headerBytes,
+            header: header,
+            fromVersion: installedHeader?.version,
+            payloads: request.payloads,
+            timeouts: (request.hookTimeout, request.healthCheckTimeout)
+        )
+        try store.write("last-result.json", encode(report))
+        return report
+    }
+
+    // MARK: Rollback
+
+    /// Returns the root to the release installed before the current one, from the backups the
+    /// last transaction kept.
+    public static func rollback(
+        root rootPath: String,
+        stateDirectoryName: String = TreeSource.stateDirectoryName,
+        lockTimeout: Double = 60,
+        observer: any MutationObserver = NoObserver()
+    ) throws -> InstallReport {
+        let rootPath = absolute(rootPath)
+        let root = try SafeTree(path: rootPath, observer: observer)
+        let store = try openState(root: root, rootPath, name: stateDirectoryName)
+        let lock = try store.lock(timeout: lockTimeout)
+        defer { close(lock) }
+        let recovered = try recover(store: store, root: root)
+        guard let current = store.current else {
+            throw ApplyError.nothingToRollBack("no release is installed in \(rootPath)")
+        }
+        guard let previousID = current.previous, let previous = store.state(previousID) else {
+            throw ApplyError.nothingToRollBack("no earlier release is kept for \(rootPath)")
+        }
+        guard let journalBytes = store.read("state/\(current.id)/journal"),
+            let journal = try? JSONDecoder().decode(Journal.self, from: Data(journalBytes))
+        else { throw ApplyError.nothingToRollBack("the backups of the last upgrade are gone") }
+        // Backups hold the previous release's entries at the paths the last transaction replaced or removed.
+        let previousIndex = previous.manifest.index()
+        var files = [SHA256Hash: String]()
+        for step in journal.steps {
+            let backupName: String?
+            switch step {
+            case .place(_, _, let backup): backupName = backup
+            case .remove(_, _, let backup): backupName = backup
+            default: backupName = nil
+            }
+            if let backupName, let sha = previousIndex[step.path]?.file?.sha256 {
+                files[sha] = "state/\(current.id)/undo/\(backupName)"
+            }
+        }
+        let local = try scan(root: rootPath, store: store, options: ScanOptions())
+        let targetHeader = try ReleaseHeader(unverified: SignedEnvelope(encoded: previous.headerBytes))
+        let currentHeader = try ReleaseHeader(unverified: SignedEnvelope(encoded: current.headerBytes))
+        let plan = Plan(from: local, to: previous.manifest)
+        // Files present in the previous release and unchanged since stay; the rest come from backups.
+        try transact(
+            root: root,
+            store: store,
+            plan: plan,
+            local: local,
+            target: previous.manifest,
+            headerBytes: previous.headerBytes,
+            header: targetHeader,
+            fromVersion: currentHeader.version,
+            payloads: FilePayloads(tree: store.tree, files: files),
+            timeouts: (300, 60),
+            runHooks: false
+        )
+        let report = InstallReport(
+            result: "rolled back",
+            product: targetHeader.product,
+            fromVersion: currentHeader.version,
+            toVersion: targetHeader.version,
+            summary: plan.summary,
+            recovered: recovered
+        )
+        try store.write("last-result.json", encode(report))
+        return report
+    }
+
+    // MARK: Recovery, status, verify
+
+    /// Finishes or undoes an interrupted transaction; nil when there was none.
+    public static func recover(
+        root rootPath: String,
+        stateDirectoryName: String = TreeSource.stateDirectoryName,
+        lockTimeout: Double = 60,
+        observer: any MutationObserver = NoObserver()
+    ) throws -> String? {
+        guard FileManager.default.fileExists(atPath: rootPath + "/" + stateDirectoryName) else { return nil }
+        let root = try SafeTree(path: rootPath, observer: observer)
+        let store = try openState(root: root, rootPath, name: stateDirectoryName)
+        let lock = try store.lock(timeout: lockTimeout)
+        defer { close(lock) }
+        return try recover(store: store, root: root)
+    }
+
+    /// The installed release, any pending journal, and the last result.
+    public static func status(
+        root rootPath: String,
+        stateDirectoryName: String = TreeSource.stateDirectoryName
+    ) throws -> [String: String] {
+        var status = [String: String]()
+        let statePath = rootPath + "/" + stateDirectoryName
+        guard FileManager.default.fileExists(atPath: statePath) else {
+            status["installed"] = "none"
+            return status
+        }
+        let root = try SafeTree(path: rootPath, observer: NoObserver())
+        let store = try StateStore(root: root, name: stateDirectoryName, rootPath: rootPath)
+        if let current = store.current,
+            let header = try? ReleaseHeader(unverified: SignedEnvelope(encoded: current.headerBytes))
+        {
+            status["product"] = header.product
+            status["version"] = header.version
+            status["sequence"] = String(header.sequence)
+            status["manifestSHA256"] = header.manifestSHA256
+            status["expires"] = Timestamps.iso(header.expires)
+            status["rollbackAvailable"] = current.previous.flatMap(store.state) != nil ? "yes" : "no"
+        } else {
+            status["installed"] = "none"
+        }
+        if let journal = try? store.journal() {
+            status["pendingJournal"] =
+                "\(journal.state.rawValue): \(journal.fromVersion ?? "none") -> \(journal.toVersion) (recovered by the next command)"
+        }
+        if let last = store.read("last-result.json") { status["lastResult"] = String(decoding: last, as: UTF8.self) }
+        return status
+    }
+
+    /// Paths where the tree differs from the installed release (locally modified, added or removed).
+    public static func verify(
+        root rootPath: String,
+        stateDirectoryName: String = TreeSource.stateDirectoryName
+    ) throws -> [String] {
+        let root = try SafeTree(path: rootPath, observer: NoObserver())
+        let store = try openState(root: root, rootPath, name: stateDirectoryName)
+        let lock = try store.lock(timeout: 60)
+        defer { close(lock) }
+        _ = try recover(store: store, root: root)
+        guard let current = store.current else {
+            throw ApplyError.nothingToRollBack("no release is installed in \(rootPath)")
+        }
+        let local = try scan(root: rootPath, store: store, options: ScanOptions())
+        return local.adoptingDigests(from: current.manifest).differingPaths(from: current.manifest)
+    }
+
+    // MARK: The transaction
+
+    static func transact(
+        root: SafeTree,
+        store: StateStore,
+        plan: Plan,
+        local: Manifest,
+        target: Manifest,
+        headerBytes: [UInt8],
+        header: ReleaseHeader,
+        fromVersion: String?,
+        payloads: any PayloadSource,
+        timeouts: (hook: Double, health: Double),
+        runHooks: Bool = true
+    ) throws {
+        // Preflight: free space for the staged files.
+        let needed = plan.summary.bytesToWrite + UInt64(plan.operations.count) * 4096
+        var vfs = statvfs()
+        if fstatvfs(store.tree.fd, &vfs) == 0 {
+            let available = UInt64(vfs.f_bavail) * UInt64(vfs.f_frsize)
+            if needed > available { throw ApplyError.noSpace(needed: needed, available: available, path: store.path) }
+        }
+
+        let id = store.newStateID()
+        var journal = Journal(
+            plan: plan,
+            tree: local,
+            product: header.product,
+            fromVersion: fromVersion,
+            toVersion: header.version
+        )
+        journal.transaction = id
+        try store.tree.removeTree("staging")
+        let staging = try store.tree.subdirectory("staging", create: true)
+        let stateDirectory = try store.tree.subdirectory("state/\(id)", create: true)
+        let backup = try stateDirectory.subdirectory("undo", create: true)
+        let driver = TransactionDriver(root: root, staging: staging, backup: backup)
+
+        // Stage and verify every payload; nothing in the tree has changed yet.
+        do {
+            for (position, operation) in plan.operations.enumerated() {
+                switch operation {
+                case .add(_, let mode, let content), .replace(_, let mode, let content):
+                    try Stager.stage(content, mode: mode, as: "s\(position)", in: staging, from: payloads)
+                case .symlink(_, let target):
+                    try staging.observer.willMutate("stage symlink s\(position)")
+                    guard symlinkat(target, staging.fd, "s\(position)") == 0 else {
+                        throw SystemCallError(call: "symlink \(staging.display)/s\(position)", code: errno)
+                    }
+                default: break
+                }
+            }
+            guard upgrade_syncfs(staging.fd) == 0 else {
+                throw SystemCallError(call: "syncfs \(staging.display)", code: errno)
+            }
+            try store.write("state/\(id)/header", headerBytes)
+            try store.write("state/\(id)/manifest", target.canonicalEncoding())
+            try store.write("state/\(id)/previous", Array((store.currentID ?? "").utf8))
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            try store.write("state/\(id)/journal", [UInt8](try encoder.encode(journal)))
+            try store.writeJournal(journal)
+        } catch let error as TransactionAbandoned {
+            throw error
+        } catch {
+            // Nothing reached the tree: drop what was staged.
+            try? store.tree.removeTree("staging")
+            try? store.tree.removeTree("state/\(id)")
+            try? store.tree.unlink("journal")
+            if let error = error as? SystemCallError, error.code == ENOSPC {
+                throw ApplyError.noSpace(needed: needed, available: 0, path: store.path)
+            }
+            throw error
+        }
+
+        let hooks = HookContext(
+            root: root,
+            store: store,
+            staging: staging,
+            plan: plan,
+            target: target,
+            header: header,
+            fromVersion: fromVersion,
+            id: id
+        )
+        do {
+            if runHooks { try hooks.run(.preInstall, timeout: timeouts.hook) }
+            try driver.commit(journal)
+            if runHooks {
+                try hooks.run(.postInstall, timeout: timeouts.hook)
+                try hooks.run(.healthCheck, timeout: timeouts.health)
+            }
+        } catch let error as TransactionAbandoned {
+            throw error
+        } catch {
+            do {
+                try driver.rollback(journal)
+                try discard(store: store, id: id)
+            } catch let abandoned as TransactionAbandoned {
+                throw abandoned
+            } catch let failure {
+                throw ApplyError.manualIntervention("rollback after \(error) failed: \(failure)")
+            }
+            throw error
+        }
+
+        // The commit record: from here on, recovery rolls forward.
+        journal.state = .committed
+        try store.writeJournal(journal)
+        try finish(store: store, id: id)
+    }
+
+    /// Makes the committed state current and cleans up; every step is idempotent.
+    static func finish(store: StateStore, id: String) throws {
+        try store.write("current", Array("\(id)\n".utf8))
+        let previous = store.state(id)?.previous
+        for name in (try? store.tree.subdirectory("state").list()) ?? [] where name != id && name != previous {
+            try store.tree.removeTree("state/\(name)")
+        }
+        // The previous state's own backups are no longer reachable by a single rollback.
+        if let previous { try store.tree.removeTree("state/\(previous)/undo") }
+        try store.tree.removeTree("staging")
+        if store.tree.exists("journal") { try store.tree.unlink("journal") }
+        try store.tree.sync()
+    }
+
+    static func discard(store: StateStore, id: String) throws {
+        try store.tree.removeTree("staging")
+        try store.tree.removeTree("state/\(id)")
+        if store.tree.exists("journal") { try store.tree.unlink("journal") }
+        try store.tree.sync()
+    }
+
+    /// Recovery of an interrupted transaction, under the lock.
+    static func recover(store: StateStore, root: SafeTree) throws -> String? {
+        guard let journal = try store.journal() else { return nil }
+        switch journal.state {
+        case .committed:
+            try finish(store: store, id: journal.transaction)
+            return "completed the interrupted upgrade to \(journal.toVersion)"
+        case .prepared:
+            let staging = try store.tree.subdirectory("staging", create: true)
+            let backup = try store.tree.subdirectory("state/\(journal.transaction)/undo", create: true)
+            do {
+                try TransactionDriver(root: root, staging: staging, backup: backup).rollback(journal)
+            } catch let error as TransactionAbandoned {
+                throw error
+            } catch let error as ApplyError {
+                throw error
+            } catch {
+                throw ApplyError.manualIntervention(
+                    "rolling back the interrupted upgrade to \(journal.toVersion) failed: \(error)"
+                )
+            }
+            try discard(store: store, id: journal.transaction)
+            let outcome = "rolled back the interrupted upgrade to \(journal.toVersion)"
+            try store.write(
+                "last-result.json",
+                encode(
+                    InstallReport(
+                        result: "recovered",
+                        product: journal.product,
+                        fromVersion: journal.toVersion,
+                        toVersion: journal.fromVersion,
+                        recovered: outcome
+                    )
+                )
+            )
+            return outcome
+        }
+    }
+
+    // MARK: Helpers
+
+    /// The root as an absolute path (hooks run with it as working directory and in their environment).
+    static func absolute(_ path: String) -> String {
+        guard let resolved = realpath(path, nil) else { return path }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+
+    static func makeRoot(_ path: String, observer: any MutationObserver) throws {
+        var info = stat()
+        if lstat(path, &info) == 0 {
+            guard info.st_mode & S_IFMT == S_IFDIR else {
+                throw ApplyError.unsafePath(path: path, "the root is not a directory")
+            }
+            return
+        }
+        try observer.willMutate("mkdir root")
+        guard mkdir(path, 0o755) == 0 || errno == EEXIST else {
+            throw SystemCallError(call: "mkdir \(path)", code: errno)
+        }
+    }
+
+    static func openState(root: SafeTree, _ rootPath: String, name: String) throws -> StateStore {
+        let store = try StateStore(root: root, name: name, rootPath: rootPath)
+        var rootInfo = stat()
+        var stateInfo = stat()
+        fstat(root.fd, &rootInfo)
+        fstat(store.tree.fd, &stateInfo)
+        guard rootInfo.st_dev == stateInfo.st_dev else {
+            throw ApplyError.crossDevice(state: store.path, root: rootPath)
+        }
+        return store
+    }
+
+    static func scan(root: String, store: StateStore, options: ScanOptions) throws -> Manifest {
+        var scanOptions = options
+        scanOptions.excluded = [String(store.path.split(separator: "/").last ?? ".upgrade")]
+        let frozen = scanOptions
+        let cache = store.path + "/statcache"
+        let result = try runBlocking { try await TreeSource.scan(root, options: frozen, cache: .file(cache)) }
+        return result.manifest
+    }
+
+    static func encode(_ report: InstallReport) -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        return [UInt8]((try? encoder.encode(report)) ?? Data())
+    }
+}
+
+/// Runs an async scan from synchronous engine code (the engine is synchronous by design: it is a
+/// sequence of syscalls that must not interleave).
+func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    nonisolated(unsafe) var result: Result<T, any Error>?
+    let done = DispatchSemaphore(value: 0)
+    Task.detached {
+        do { result = .success(try await body()) } catch { result = .failure(error) }
+        done.signal()
+    }
+    done.wait()
+    return try result!.get()
+}
+
+/// Runs the release's hooks with the context they need.
+struct HookContext {
+    let root: SafeTree
+    let store: StateStore
+    let staging: SafeTree
+    let plan: Plan
+    let target: Manifest
+    let header: ReleaseHeader
+    let fromVersion: String?
+    let id: String
+
+    func run(_ kind: Hooks.Kind, timeout: Double) throws {
+        guard let script = target.hooks.scripts[kind] else { return }
+        // Before the commit the new script may only exist in staging.
+        var executable = root.display + "/" + script
+        if kind == .preInstall,
+            let position = plan.operations.firstIndex(where: {
+                $0.path == script && ($0.name == "add" || $0.name == "replace")
+            })
+        {
+            executable = staging.display + "/s\(position)"
+        }
+        let environment = [
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "UPGRADE_ROOT": root.display, "UPGRADE_PHASE": kind.description, "UPGRADE_PRODUCT": header.product,
+            "UPGRADE_FROM_VERSION": fromVersion ?? "", "UPGRADE_TO_VERSION": header.version,
+        ]
+        let log = store.path + "/state/\(id)/\(kind).log"
+        let (outcome, output) = HookRunner(timeout: timeout).run(
+            executable,
+            environment: environment,
+            directory: root.display,
+            logPath: log
+        )
+        if case .failed(let reason) = outcome {
+            throw ApplyError.rolledBack(hook: kind, reason: reason, output: output)
+        }
+    }
+}

@@ -1,0 +1,113 @@
+import Crypto
+import UpgradeBundle
+public import UpgradeCore
+import UpgradeScan
+import UpgradeZstd
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where the bytes of a file come from: a bundle's compressed objects, the backups of an earlier
+/// transaction, later the network. Every byte is checked against the signed SHA-256 and size as
+/// it is written into staging, so what is installed is what was verified.
+public protocol PayloadSource: Sendable {
+    /// Streams the content `content` names into `sink`, uncompressed, in chunks.
+    func stream(_ content: FileContent, into sink: (UnsafeRawBufferPointer) throws -> Void) throws
+}
+
+/// Payloads from an offline bundle.
+public struct BundlePayloads: PayloadSource {
+    let bundle: BundleReader
+
+    public init(bundle: BundleReader) { self.bundle = bundle }
+
+    public func stream(_ content: FileContent, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        guard let sha = content.sha256, let entry = bundle.objects[sha] else {
+            throw ApplyError.verification("the bundle lacks the payload \(content.sha256?.hex ?? "(no SHA-256)")")
+        }
+        let decompressor = try ZstdDecompressor(limit: content.size)
+        var offset: UInt64 = 0
+        while offset < entry.length {
+            let count = Int(min(1 << 20, entry.length - offset))
+            let chunk = try bundle.read(entry, from: offset, count: count)
+            try chunk.withUnsafeBytes { try decompressor.decompress($0, into: sink) }
+            offset += UInt64(count)
+        }
+        guard decompressor.finished else { throw ApplyError.verification("payload \(sha.hex) is truncated") }
+    }
+}
+
+/// Payloads from plain files, by SHA-256 (the backups kept for `upgrade rollback`).
+struct FilePayloads: PayloadSource {
+    let tree: SafeTree
+    let files: [SHA256Hash: String]
+
+    func stream(_ content: FileContent, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        guard let sha = content.sha256, let name = files[sha] else {
+            throw ApplyError.nothingToRollBack("the backup of content \(content.sha256?.hex ?? "?") is missing")
+        }
+        try tree.withParent(name) { parentFD, last in
+            let fd = openat(parentFD, last, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+            guard fd >= 0 else { throw SystemCallError(call: "open \(tree.display)/\(name)", code: errno) }
+            defer { close(fd) }
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            while true {
+                let n = read(fd, &buffer, buffer.count)
+                if n < 0 && errno == EINTR { continue }
+                guard n >= 0 else { throw SystemCallError(call: "read \(tree.display)/\(name)", code: errno) }
+                if n == 0 { return }
+                try buffer.withUnsafeBytes { try sink(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+            }
+        }
+    }
+}
+
+extension ZstdDecompressor {
+    func decompress(_ input: UnsafeRawBufferPointer, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        try decompress(input, sink: sink)
+    }
+}
+
+/// Writes one payload into the staging directory while hashing it; refuses any byte past the
+/// signed size and any content whose SHA-256 differs.
+enum Stager {
+    static func stage(
+        _ content: FileContent,
+        mode: UInt32,
+        as name: String,
+        in staging: SafeTree,
+        from source: any PayloadSource
+    ) throws {
+        guard let expected = content.sha256 else { throw ApplyError.unsafePlan("no SHA-256 for staged file \(name)") }
+        try staging.observer.willMutate("stage \(name)")
+        let fd = openat(staging.fd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SystemCallError(call: "create \(staging.display)/\(name)", code: errno) }
+        defer { close(fd) }
+        var hasher = SHA256()
+        var written: UInt64 = 0
+        try source.stream(content) { chunk in
+            written += UInt64(chunk.count)
+            guard written <= content.size else {
+                throw ApplyError.verification("payload for \(expected.hex) runs past its signed size \(content.size)")
+            }
+            hasher.update(bufferPointer: chunk)
+            var offset = 0
+            while offset < chunk.count {
+                let n = write(fd, chunk.baseAddress! + offset, chunk.count - offset)
+                if n < 0 && errno == EINTR { continue }
+                guard n >= 0 else { throw SystemCallError(call: "write \(staging.display)/\(name)", code: errno) }
+                offset += n
+            }
+        }
+        let actual = SHA256Hash(bytes: Array(hasher.finalize()))!
+        guard written == content.size, actual == expected else {
+            throw ApplyError.verification(
+                "payload \(expected.hex) has SHA-256 \(actual.hex) and \(written) bytes (expected \(content.size))"
+            )
+        }
+        guard fchmod(fd, mode_t(mode)) == 0 else {
+            throw SystemCallError(call: "chmod \(staging.display)/\(name)", code: errno)
+        }
+    }
+}

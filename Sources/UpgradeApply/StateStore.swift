@@ -1,0 +1,153 @@
+import Foundation
+import UpgradeCore
+import UpgradeScan
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The state directory of a root (default `ROOT/.upgrade`, on the root's filesystem):
+///
+/// ```
+/// lock                 flock; holds the holder's pid
+/// current              the id of the installed state (replaced atomically)
+/// state/ID/header      signed release header of that state
+/// state/ID/manifest    its canonical manifest (with SHA-256s)
+/// state/ID/previous    the id of the state it replaced ("" for a first install)
+/// state/ID/journal     the journal of the transaction that installed it
+/// state/ID/undo/       backups made by that transaction (what `upgrade rollback` restores)
+/// journal              the transaction in progress (JSON)
+/// staging/             payloads of the transaction in progress
+/// statcache            the scanner's stat cache
+/// last-result.json     outcome of the last command that changed the root
+/// ```
+final class StateStore: @unchecked Sendable {
+    let tree: SafeTree
+    let path: String
+
+    init(root: SafeTree, name: String, rootPath: String) throws {
+        tree = try root.subdirectory(name, create: true)
+        path = rootPath + "/" + name
+    }
+
+    // MARK: Lock
+
+    /// Takes the exclusive lock, waiting up to `timeout` seconds; the lock file holds our pid.
+    func lock(timeout: Double) throws -> Int32 {
+        let fd = openat(tree.fd, "lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
+        guard fd >= 0 else { throw SystemCallError(call: "open \(path)/lock", code: errno) }
+        let deadline = Date().addingTimeInterval(timeout)
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            guard errno == EWOULDBLOCK || errno == EINTR else {
+                let code = errno
+                close(fd)
+                throw SystemCallError(call: "flock \(path)/lock", code: code)
+            }
+            if Date() >= deadline {
+                var buffer = [UInt8](repeating: 0, count: 32)
+                let count = pread(fd, &buffer, 32, 0)
+                close(fd)
+                let pid =
+                    count > 0
+                    ? Int32(
+                        String(decoding: buffer[..<count], as: UTF8.self).trimmingCharacters(
+                            in: .whitespacesAndNewlines
+                        )
+                    ) : nil
+                throw ApplyError.busy(pid: pid, waited: timeout)
+            }
+            usleep(50_000)
+        }
+        let text = Array("\(getpid())\n".utf8)
+        _ = ftruncate(fd, 0)
+        _ = pwrite(fd, text, text.count, 0)
+        return fd
+    }
+
+    // MARK: Files
+
+    func read(_ name: String) -> [UInt8]? {
+        guard let info = tree.lstat(name), info.st_mode & S_IFMT == S_IFREG else { return nil }
+        return try? tree.withParent(name) { parentFD, last -> [UInt8] in
+            let fd = openat(parentFD, last, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+            guard fd >= 0 else { throw SystemCallError(call: "open \(path)/\(name)", code: errno) }
+            defer { close(fd) }
+            var out = [UInt8]()
+            var chunk = [UInt8](repeating: 0, count: 1 << 16)
+            while true {
+                let n = Glibc.read(fd, &chunk, chunk.count)
+                if n < 0 && errno == EINTR { continue }
+                guard n >= 0 else { throw SystemCallError(call: "read \(path)/\(name)", code: errno) }
+                if n == 0 { return out }
+                out += chunk[..<n]
+            }
+        }
+    }
+
+    /// Writes `name` durably: temporary file, fsync, rename, fsync of the directory.
+    func write(_ name: String, _ bytes: [UInt8]) throws {
+        let temporary = name + ".tmp"
+        try tree.observer.willMutate("write \(name)")
+        try tree.withParent(temporary) { parentFD, last in
+            let fd = openat(parentFD, last, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { throw SystemCallError(call: "open \(path)/\(temporary)", code: errno) }
+            defer { close(fd) }
+            try AtomicFile.writeAll(fd, bytes)
+            guard fsync(fd) == 0 else { throw SystemCallError(call: "fsync \(path)/\(temporary)", code: errno) }
+        }
+        try tree.rename(from: temporary, in: tree, to: name, replace: true)
+        try tree.syncParent(of: name)
+    }
+
+    // MARK: States
+
+    /// An installed state.
+    struct InstalledState {
+        let id: String
+        let headerBytes: [UInt8]
+        let manifest: Manifest
+        let previous: String?
+    }
+
+    var currentID: String? {
+        read("current").map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }
+            .flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    func state(_ id: String) -> InstalledState? {
+        guard let header = read("state/\(id)/header"), let bytes = read("state/\(id)/manifest"),
+            let manifest = try? Manifest(canonical: bytes)
+        else { return nil }
+        let previous = read("state/\(id)/previous").map { String(decoding: $0, as: UTF8.self) }.flatMap {
+            $0.isEmpty ? nil : $0
+        }
+        return InstalledState(id: id, headerBytes: header, manifest: manifest, previous: previous)
+    }
+
+    var current: InstalledState? { currentID.flatMap(state) }
+
+    /// A fresh state id, larger than any existing one.
+    func newStateID() -> String {
+        let existing = (try? tree.subdirectory("state", create: true).list()) ?? []
+        let next = (existing.compactMap { UInt64($0) }.max() ?? 0) + 1
+        return String(format: "%08llu", next)
+    }
+
+    /// Journal of the transaction in progress.
+    func journal() throws -> Journal? {
+        guard let bytes = read("journal") else { return nil }
+        do {
+            return try JSONDecoder().decode(Journal.self, from: Data(bytes))
+        } catch {
+            throw ApplyError.manualIntervention(
+                "the journal \(path)/journal cannot be read (\(error)); restore the tree from a backup or remove the journal"
+            )
+        }
+    }
+
+    func writeJournal(_ journal: Journal) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        try write("journal", [UInt8](try encoder.encode(journal)))
+    }
+}

@@ -1,0 +1,72 @@
+import Foundation
+import UpgradeBundle
+public import UpgradeCore
+import UpgradeScan
+import UpgradeTrust
+
+/// Builds an offline bundle: the signed header, the target manifest, the plan from a base (an
+/// earlier release, a manifest exported from the target machine, or nothing for a full install)
+/// and every payload that plan needs.
+public struct BundleBuilder: Sendable {
+    let layout: RepositoryLayout
+
+    public init(repository: String) { layout = RepositoryLayout(root: repository) }
+
+    /// What a bundle holds.
+    public struct Summary: Sendable {
+        public var plan: Plan
+        public var objects: Int
+        public var payloadBytes: UInt64
+    }
+
+    /// Writes the bundle for `product` `version` relative to `base` (nil: full install).
+    public func build(product: String, version: String, base: Manifest?, output: String) throws -> Summary {
+        let catalog = Catalog(layout: layout)
+        guard let release = try catalog.releases(of: product).first(where: { $0.header.version == version }) else {
+            throw BundleBuildError.unknownRelease(product, version)
+        }
+        let manifestBytes = try AtomicFile.read(layout.manifest(product, version))
+        let target = try Manifest(canonical: manifestBytes)
+        let plan = Plan(from: base ?? .empty, to: target)
+
+        var writer = BundleWriter()
+        writer.add(.header, .bytes(release.headerBytes))
+        writer.add(.manifest, .bytes(manifestBytes))
+        writer.add(.plan, .bytes([UInt8](plan.jsonEncoded())))
+        if let base { writer.add(.baseManifest, .bytes(base.canonicalEncoding())) }
+        var added = Set<SHA256Hash>()
+        var payloadBytes: UInt64 = 0
+        for operation in plan.operations {
+            let content: FileContent
+            switch operation {
+            case .add(_, _, let c), .replace(_, _, let c): content = c
+            default: continue
+            }
+            guard let sha = content.sha256 else { throw BundleBuildError.missingDigest(operation.path) }
+            guard added.insert(sha).inserted else { continue }
+            let path = layout.object(sha)
+            guard let size = FileSystem.size(path) else {
+                throw BundleBuildError.missingObject(RepositoryLayout.objectPath(sha))
+            }
+            writer.add(.object, name: sha.hex, .file(path: path, size: size))
+            payloadBytes += size
+        }
+        try writer.write(to: output)
+        return Summary(plan: plan, objects: added.count, payloadBytes: payloadBytes)
+    }
+}
+
+/// Why a bundle cannot be built.
+public enum BundleBuildError: Error, CustomStringConvertible {
+    case unknownRelease(String, String)
+    case missingDigest(String)
+    case missingObject(String)
+
+    public var description: String {
+        switch self {
+        case .unknownRelease(let product, let version): "no published release \(product) \(version) in the repository"
+        case .missingDigest(let path): "release entry \(path.debugDescription) has no SHA-256"
+        case .missingObject(let path): "object \(path) is missing from the repository (run verify-repo)"
+        }
+    }
+}

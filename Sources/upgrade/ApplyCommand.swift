@@ -1,0 +1,101 @@
+import ArgumentParser
+import Foundation
+import UpgradeApply
+import UpgradeBundle
+import UpgradeCore
+import UpgradeRepository
+
+/// `upgrade apply`.
+struct ApplyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "apply",
+        abstract: "Upgrade a root from an offline bundle, as one transaction.",
+        discussion: """
+            Verifies the bundle (signature, sequence not lower than installed, the plan applied to \
+            the scanned root yields the signed manifest) before changing anything, stages and \
+            verifies every payload, then commits with backups; a failing hook or health check \
+            rolls the tree back. An interrupted earlier run is recovered first.
+            """
+    )
+
+    @OptionGroup var root: RootOptions
+    @Option(help: "Trusted public key (ed25519:…) or a file of keys; repeat for rotation.") var trust: [String]
+    @Flag(help: "Verify and print the plan; change nothing.") var dryRun = false
+    @Flag(help: "Print one JSON document.") var json = false
+    @Flag(help: "Install even if the release is older than the installed one.") var allowDowngrade = false
+    @Option(help: "Seconds a hook may run.") var hookTimeout: Double = 300
+    @Option(help: "Seconds the health check may run.") var healthCheckTimeout: Double = 60
+    @Argument(help: "The bundle file.") var bundle: String
+
+    func validate() throws {
+        if trust.isEmpty { throw ValidationError("--trust is required") }
+    }
+
+    func run() async throws {
+        let keys = try KeyFiles.loadTrusted(trust)
+        let reader = try BundleReader(path: bundle)
+        guard let header = try reader.section(.header, limit: 1 << 20), let manifest = try reader.section(.manifest),
+            let planBytes = try reader.section(.plan)
+        else {
+            throw CommandFailure(
+                description: "\(bundle): incomplete bundle (header, manifest and plan are required)",
+                exitStatus: .verificationFailed
+            )
+        }
+        let plan: Plan
+        do {
+            plan = try Plan(json: Data(planBytes))
+        } catch {
+            throw CommandFailure(description: "\(bundle): \(error)", exitStatus: .unsafePlan)
+        }
+        var request = InstallRequest(
+            root: root.root,
+            trusted: keys,
+            headerBytes: header,
+            manifestBytes: manifest,
+            plan: plan,
+            payloads: BundlePayloads(bundle: reader)
+        )
+        request.stateDirectoryName = root.stateDir
+        request.dryRun = dryRun
+        request.lockTimeout = root.lockTimeout
+        request.allowDowngrade = allowDowngrade
+        request.hookTimeout = hookTimeout
+        request.healthCheckTimeout = healthCheckTimeout
+        let report = try Installer.install(request)
+        Reporting.print(report, json: json)
+    }
+}
+
+/// Flags of every command that works on an installed root.
+struct RootOptions: ParsableArguments {
+    @Option(help: "The installed tree.") var root: String
+    @Option(help: "State directory name inside the root.") var stateDir = ".upgrade"
+    @Option(help: "Seconds to wait for another run's lock before exiting 75.") var lockTimeout: Double = 60
+}
+
+/// Renders install reports.
+enum Reporting {
+    static func print(_ report: InstallReport, json: Bool) {
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+            Swift.print(String(decoding: (try? encoder.encode(report)) ?? Data(), as: UTF8.self))
+            return
+        }
+        if let recovered = report.recovered { Swift.print("recovery: \(recovered)") }
+        let from = report.fromVersion ?? "nothing"
+        switch report.result {
+        case "nothing to do": return
+        case "dry run":
+            for operation in report.operations ?? [] { Swift.print(operation) }
+            Swift.print(
+                "dry run: \(report.product ?? "") \(from) -> \(report.toVersion ?? ""): \(report.summary.map(DiffCommand.summaryLine) ?? ""); nothing was changed"
+            )
+        default:
+            Swift.print(
+                "\(report.result): \(report.product ?? "") \(from) -> \(report.toVersion ?? "")\(report.summary.map { "; " + DiffCommand.summaryLine($0) } ?? "")"
+            )
+        }
+    }
+}
