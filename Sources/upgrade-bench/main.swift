@@ -41,36 +41,49 @@ struct Measurement {
     var maxRSSKiB: Int
 }
 
-/// Wall time of launching `/usr/bin/time sh -c true` through this harness: subtracted from every
-/// measurement so short runs compare the tools, not the launcher.
-nonisolated(unsafe) var launchOverhead = 0.0
-
-/// Runs `/usr/bin/time -f %M sh -c COMMAND`, discarding output; returns wall time (minus the
-/// launch overhead) and max RSS, best of `repeats`.
+/// Runs `/bin/sh -c COMMAND` under GNU time with output to /dev/null, through posix_spawn and
+/// wait4 (Foundation's Process adds up to ~50 ms of wait latency, which swamped short runs).
+/// Returns the best wall time of `repeats` runs and the peak RSS of that run (the shell and
+/// everything it waited for).
 func measure(_ command: String, repeats: Int) -> Measurement {
     var best = Measurement(seconds: .infinity, maxRSSKiB: 0)
     for _ in 0..<repeats {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/time")
-        process.arguments = ["-f", "%M", "/bin/sh", "-c", command]
-        process.standardOutput = FileHandle.nullDevice
-        let errors = Pipe()
-        process.standardError = errors
-        let start = DispatchTime.now()
-        try! process.run()
-        let stderr = errors.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let seconds = max(
-            0.0005,
-            Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9 - launchOverhead
-        )
-        let text = String(decoding: stderr, as: UTF8.self)
-        let lines = text.split(separator: "\n")
-        guard process.terminationStatus == 0 else {
-            FileHandle.standardError.write(Data("bench: command failed: \(command)\n\(text)\n".utf8))
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        // xxhsum draws a progress line on stderr; failures still show in the exit status.
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        // GNU time forks the command, so its peak RSS is the command's own: a process keeps its
+        // peak across execve, and anything exec'd straight from this 20 MB process would inherit it.
+        let rssFile = NSTemporaryDirectory() + "/upgrade-bench-rss-\(getpid())"
+        let arguments: [UnsafeMutablePointer<CChar>?] =
+            ["/usr/bin/time", "-f", "%M", "-o", rssFile, "/bin/sh", "-c", command].map { (argument: String) in
+                strdup(argument)
+            } + [nil]
+        var pid: pid_t = 0
+        var start = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &start)
+        let spawned = posix_spawn(&pid, "/usr/bin/time", &actions, nil, arguments, environ)
+        arguments.forEach { free($0) }
+        posix_spawn_file_actions_destroy(&actions)
+        guard spawned == 0 else {
+            FileHandle.standardError.write(Data("bench: cannot start /bin/sh\n".utf8))
             exit(1)
         }
-        let rss = Int(lines.last ?? "0") ?? 0
+        var status: Int32 = 0
+        var usage = rusage()
+        while wait4(pid, &status, 0, &usage) < 0 && errno == EINTR {}
+        var end = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &end)
+        guard status == 0 else {
+            FileHandle.standardError.write(Data("bench: command failed (status \(status)): \(command)\n".utf8))
+            exit(1)
+        }
+        let seconds = Double(end.tv_sec - start.tv_sec) + Double(end.tv_nsec - start.tv_nsec) / 1e9
+        let rss =
+            (try? String(contentsOfFile: rssFile, encoding: .utf8)).flatMap {
+                Int($0.trimmingCharacters(in: .whitespacesAndNewlines))
+            } ?? 0
         if seconds < best.seconds { best = Measurement(seconds: seconds, maxRSSKiB: rss) }
     }
     return best
@@ -177,9 +190,8 @@ where !FileManager.default.isExecutableFile(atPath: tool) {
 }
 
 try! FileManager.default.createDirectory(atPath: options.dataDirectory, withIntermediateDirectories: true)
-launchOverhead = measure("true", repeats: 10).seconds
 print(
-    "data in \(options.dataDirectory); best of \(options.repeats) runs each; page cache warm; launch overhead \(String(format: "%.1f", launchOverhead * 1000)) ms subtracted"
+    "data in \(options.dataDirectory); best of \(options.repeats) runs each; page cache warm; times include process start"
 )
 var rows = [Row]()
 let datasets = [
