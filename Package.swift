@@ -93,7 +93,9 @@ let package = Package(
         .testTarget(name: "UpgradeTrustTests", dependencies: ["UpgradeTrust", "UpgradeCore"], swiftSettings: strict),
         .testTarget(
             name: "UpgradeCLITests",
-            dependencies: ["UpgradeCore", "UpgradeTrust", "UpgradeRepository", "UpgradeApply", "UpgradeScan"],
+            dependencies: [
+                "UpgradeCore", "UpgradeTrust", "UpgradeRepository", "UpgradeApply", "UpgradeScan", "UpgradeBundle",
+            ],
             swiftSettings: strict
         ),
     ]

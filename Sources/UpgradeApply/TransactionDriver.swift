@@ -88,7 +88,9 @@ struct TransactionDriver {
             directories.insert(PathRules.parent(of: step.path) ?? "")
             if case .mkdir(let path, _) = step { directories.insert(path) }
         }
-        for directory in directories.sorted() where directory.isEmpty || root.exists(directory) {
+        // Only what is a directory now: a kind change may have turned a parent into a file or link.
+        for directory in directories.sorted()
+        where directory.isEmpty || root.lstat(directory).map({ $0.st_mode & S_IFMT == S_IFDIR }) == true {
             if directory.isEmpty {
                 try root.sync()
             } else {
