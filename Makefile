@@ -6,7 +6,7 @@ DEB_PACKAGES := pkg-config libxxhash-dev libzstd-dev xxhash zstd rsync time stra
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BENCH_DIR ?= $(CURDIR)/bench-data
 
-.PHONY: all deps build test demo bench ci lint clean
+.PHONY: all deps build test test-crash demo bench ci lint clean
 
 all: build
 
@@ -24,6 +24,11 @@ build: deps
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+
+# The long crash sweep: 300 SIGKILLed applies (the default suite runs 30).
+test-crash: deps
+	$(SWIFT) build --build-tests
+	UPGRADE_CRASH_RUNS=300 $(SWIFT) test --skip-build --filter CrashTests
 
 # The README's first command: the main job end to end on the example trees.
 demo: build

@@ -348,10 +348,10 @@ public enum Installer {
         } catch let error as TransactionAbandoned {
             throw error
         } catch {
-            // Nothing reached the tree: drop what was staged.
+            // Nothing reached the tree: drop what was staged (journal first, see discard).
+            try? store.tree.unlink("journal")
             try? store.tree.removeTree("staging")
             try? store.tree.removeTree("state/\(id)")
-            try? store.tree.unlink("journal")
             if let error = error as? SystemCallError, error.code == ENOSPC {
                 throw ApplyError.noSpace(needed: needed, available: 0, path: store.path)
             }
@@ -409,11 +409,15 @@ public enum Installer {
         try store.tree.sync()
     }
 
+    /// Forgets a rolled-back transaction. The journal goes first: undo judges each step by what
+    /// is still in staging, so staging must outlive the journal, or a crash here would make the
+    /// next recovery "undo" steps that were already undone. What remains after the journal is
+    /// gone is garbage that the next transaction and ``finish(store:id:)`` clear.
     static func discard(store: StateStore, id: String) throws {
-        try store.tree.removeTree("staging")
-        try store.tree.removeTree("state/\(id)")
         if store.tree.exists("journal") { try store.tree.unlink("journal") }
         try store.tree.sync()
+        try store.tree.removeTree("staging")
+        try store.tree.removeTree("state/\(id)")
     }
 
     /// Recovery of an interrupted transaction, under the lock.

@@ -1,0 +1,203 @@
+import Foundation
+import Synchronization
+import Testing
+import UpgradeApply
+import UpgradeBundle
+import UpgradeCore
+import UpgradeRepository
+import UpgradeTrust
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Throws ``TransactionAbandoned`` at the mutation numbered `limit` (0-based), as a crash there would.
+final class CrashAfter: MutationObserver {
+    let limit: Int
+    private let count = Atomic<Int>(0)
+
+    init(_ limit: Int) { self.limit = limit }
+
+    var mutations: Int { count.load(ordering: .relaxed) }
+
+    func willMutate(_ description: String) throws {
+        let index = count.add(1, ordering: .relaxed).oldValue
+        if index >= limit { throw TransactionAbandoned() }
+    }
+}
+
+/// An installed 1.0 root (edge-case trees), the bundle to 2.0, and the two expected trees.
+struct CrashScenario {
+    let fixture: ApplyFixture
+    let template: String
+    let bundle: String
+    let old: Manifest
+    let new: Manifest
+
+    init() async throws {
+        fixture = try ApplyFixture()
+        let a = try TemporaryTree()
+        let b = try TemporaryTree()
+        try EdgeTrees.old(a)
+        try EdgeTrees.new(b)
+        try fixture.publish("1.0", a.root)
+        try fixture.publish("2.0", b.root)
+        template = fixture.work.path("template")
+        #expect(try fixture.apply(try fixture.bundle(from: nil, to: "1.0"), root: template).status == 0)
+        bundle = try fixture.bundle(from: "1.0", to: "2.0")
+        old = try await ApplyFixture.scan(a.root)
+        new = try await ApplyFixture.scan(b.root)
+    }
+
+    /// A fresh copy of the installed 1.0 root.
+    func freshRoot(_ name: String) throws -> String {
+        let root = fixture.work.path(name)
+        _ = try runProgram("/bin/rm", ["-rf", root])
+        try ApplyFixture.copy(template, root)
+        return root
+    }
+
+    func request(root: String, observer: any MutationObserver) throws -> InstallRequest {
+        let reader = try BundleReader(path: bundle)
+        var request = InstallRequest(
+            root: root,
+            trusted: try KeyFiles.loadTrusted([fixture.pub]),
+            headerBytes: try reader.section(.header)!,
+            manifestBytes: try reader.section(.manifest)!,
+            plan: try Plan(json: Data(try reader.section(.plan)!)),
+            payloads: BundlePayloads(bundle: reader)
+        )
+        request.observer = observer
+        return request
+    }
+
+    /// The tree is exactly one of the releases, and the installed state says which.
+    func checkConsistent(_ root: String, _ context: String) async throws -> String {
+        let tree = try await ApplyFixture.scan(root)
+        let status = try Upgrade.run(["status", "--root", root, "--json"])
+        let document = try JSONSerialization.jsonObject(with: status.stdout) as? [String: String] ?? [:]
+        #expect(document["pendingJournal"] == nil, "\(context): journal left behind")
+        let isOld = tree == old
+        let isNew = tree == new
+        if isOld {
+            #expect(
+                document["version"] == "1.0",
+                "\(context): tree is 1.0, state says \(document["version"] ?? "none")"
+            )
+            return "old"
+        }
+        #expect(
+            isNew,
+            "\(context): tree is neither release; differs from old at \(tree.differingPaths(from: old).prefix(6)), from new at \(tree.differingPaths(from: new).prefix(6))"
+        )
+        #expect(document["version"] == "2.0", "\(context): tree is 2.0, state says \(document["version"] ?? "none")")
+        return "new"
+    }
+}
+
+@Suite("Crash safety", .serialized)
+struct CrashTests {
+    @Test("stopping the transaction after every step k, then recovering, leaves exactly the old or the new release")
+    func stopAfterEveryStep() async throws {
+        let scenario = try await CrashScenario()
+        let counter = CrashAfter(.max)
+        let complete = try scenario.freshRoot("count")
+        _ = try Installer.install(try scenario.request(root: complete, observer: counter))
+        let steps = counter.mutations
+        #expect(steps > 40)
+        var outcomes = [String: Int]()
+        for k in 0..<steps {
+            let root = try scenario.freshRoot("k\(k)")
+            #expect(throws: TransactionAbandoned.self) {
+                try Installer.install(try scenario.request(root: root, observer: CrashAfter(k)))
+            }
+            _ = try Installer.recover(root: root)
+            outcomes[try await scenario.checkConsistent(root, "stop after \(k)"), default: 0] += 1
+            _ = try runProgram("/bin/rm", ["-rf", root])
+        }
+        print(
+            "stopped after each of \(steps) steps: \(outcomes["old", default: 0]) recovered to 1.0, \(outcomes["new", default: 0]) rolled forward to 2.0"
+        )
+        #expect(outcomes["old", default: 0] > 0 && outcomes["new", default: 0] > 0)
+    }
+
+    @Test("a crash during recovery recovers too")
+    func crashDuringRecovery() async throws {
+        let scenario = try await CrashScenario()
+        let counter = CrashAfter(.max)
+        _ = try Installer.install(try scenario.request(root: try scenario.freshRoot("count"), observer: counter))
+        let steps = counter.mutations
+        var runs = 0
+        for k in stride(from: 5, to: steps, by: max(1, steps / 6)) {
+            // How many mutations does recovering from a stop at k take?
+            let probe = try scenario.freshRoot("probe")
+            _ = try? Installer.install(try scenario.request(root: probe, observer: CrashAfter(k)))
+            let recoveryCounter = CrashAfter(.max)
+            _ = try Installer.recover(root: probe, observer: recoveryCounter)
+            for j in 0..<recoveryCounter.mutations {
+                let root = try scenario.freshRoot("r\(k)-\(j)")
+                _ = try? Installer.install(try scenario.request(root: root, observer: CrashAfter(k)))
+                #expect(throws: TransactionAbandoned.self) {
+                    try Installer.recover(root: root, observer: CrashAfter(j))
+                }
+                _ = try Installer.recover(root: root)
+                _ = try await scenario.checkConsistent(root, "stop at \(k), recovery stopped at \(j)")
+                _ = try runProgram("/bin/rm", ["-rf", root])
+                runs += 1
+            }
+        }
+        print("recovery interrupted and recovered again in \(runs) runs")
+        #expect(runs > 10)
+    }
+
+    @Test("upgrade apply SIGKILLed at random moments (and sometimes its recovery too): always exactly one release")
+    func killedApplies() async throws {
+        let scenario = try await CrashScenario()
+        let runs = Int(ProcessInfo.processInfo.environment["UPGRADE_CRASH_RUNS"] ?? "") ?? 30
+        let calibration = try scenario.freshRoot("calibrate")
+        let start = Date()
+        #expect(try scenario.fixture.apply(scenario.bundle, root: calibration).status == 0)
+        let full = Date().timeIntervalSince(start)
+        var rng = SystemRandomNumberGenerator()
+        var outcomes = [String: Int]()
+        var killed = 0
+        var recoveryKills = 0
+        for run in 1...runs {
+            let root = try scenario.freshRoot("kill")
+            let apply = try spawn(["apply", "--root", root, "--trust", scenario.fixture.pub, scenario.bundle])
+            usleep(UInt32.random(in: 0...UInt32(full * 1_000_000), using: &rng))
+            if apply.isRunning {
+                kill(apply.processIdentifier, SIGKILL)
+                killed += 1
+            }
+            apply.waitUntilExit()
+            if run % 3 == 0 {
+                // Kill the recovering command too.
+                let recovery = try spawn(["verify", "--root", root])
+                usleep(UInt32.random(in: 0...UInt32(full * 500_000), using: &rng))
+                if recovery.isRunning {
+                    kill(recovery.processIdentifier, SIGKILL)
+                    recoveryKills += 1
+                }
+                recovery.waitUntilExit()
+            }
+            let verify = try Upgrade.run(["verify", "--root", root])
+            #expect(verify.status == 0, "run \(run): \(verify.text)\(verify.stderr)")
+            outcomes[try await scenario.checkConsistent(root, "kill run \(run)"), default: 0] += 1
+        }
+        print(
+            "SIGKILL harness: \(runs) runs, apply killed in \(killed), recovery killed in \(recoveryKills); \(outcomes["old", default: 0]) ended at 1.0, \(outcomes["new", default: 0]) at 2.0"
+        )
+        #expect(killed >= runs / 2)
+    }
+
+    private func spawn(_ arguments: [String]) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Upgrade.binary)
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+}
