@@ -157,7 +157,6 @@ struct ApplyTests {
             for (name, bytes) in objects { writer.add(.object, name: name, .bytes(bytes)) }
             try writer.write(to: bundlePath)
         }
-        let addReport = #"{"op" : "add", "path" : "share/myapp/templates/report.html""#
         switch kind {
         case "dotdot":
             planText = planText.replacingOccurrences(
@@ -206,7 +205,6 @@ struct ApplyTests {
             #expect(try fixture.apply(good, root: root).status == 0)
             bundlePath = try fixture.bundle(from: "1.1", to: "1.0")
         }
-        _ = addReport
         let before = try await ApplyFixture.scan(root)
         let result = try fixture.apply(bundlePath, root: root)
         #expect(result.status == expected, "\(kind): \(result.stderr)")
@@ -278,5 +276,35 @@ struct ApplyTests {
             try await ApplyFixture.scan(root)
                 == (try await ApplyFixture.scan("\(PublishedRepository.examples)/myapp-1.1"))
         )
+    }
+
+    @Test("a full filesystem (a 3 MiB tmpfs the test mounts) is refused with exit 7 before any change")
+    func noSpaceOnTmpfs() async throws {
+        let fixture = try ApplyFixture()
+        let small = try TemporaryTree()
+        let big = try TemporaryTree()
+        try small.file("data", noise(100_000, seed: 1))
+        try big.file("data", noise(100_000, seed: 1))
+        try big.file("huge", noise(4 << 20, seed: 2))
+        try fixture.publish("1.0", small.root)
+        try fixture.publish("2.0", big.root)
+        let mountPoint = fixture.work.path("tmpfs")
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        let mounted = try runProgram("/bin/mount", ["-t", "tmpfs", "-o", "size=3m", "tmpfs", mountPoint])
+        guard mounted.status == 0 else {
+            print(
+                "skipped: cannot mount a tmpfs here (\(mounted.stderr.trimmingCharacters(in: .whitespacesAndNewlines)))"
+            )
+            return
+        }
+        defer { _ = try? runProgram("/bin/umount", [mountPoint]) }
+        let root = mountPoint + "/root"
+        #expect(try fixture.apply(try fixture.bundle(from: nil, to: "1.0"), root: root).status == 0)
+        let before = try await ApplyFixture.scan(root)
+        let result = try fixture.apply(try fixture.bundle(from: "1.0", to: "2.0"), root: root)
+        #expect(result.status == 7, "\(result.stderr)")
+        #expect(result.stderr.contains("not enough space"))
+        #expect(try await ApplyFixture.scan(root) == before)
+        #expect(try Upgrade.run(["status", "--root", root]).text.contains("version: 1.0"))
     }
 }
