@@ -244,7 +244,8 @@ struct ApplyTests {
     @Test(
         "injected faults (EIO on fsync, EPERM on link, ENOSPC on write) abort cleanly with the tree unchanged",
         arguments: [
-            "fsync:error=EIO:when=3", "linkat:error=EPERM:when=1", "write:error=ENOSPC:when=4",
+            "fsync:error=EIO:when=3", "linkat:error=EPERM:when=1", "rename,renameat,renameat2:error=EPERM:when=5",
+        "write:error=ENOSPC:when=4",
         ]
     )
     func injectedFaults(injection: String) async throws {
@@ -306,5 +307,14 @@ struct ApplyTests {
         #expect(result.stderr.contains("not enough space"))
         #expect(try await ApplyFixture.scan(root) == before)
         #expect(try Upgrade.run(["status", "--root", root]).text.contains("version: 1.0"))
+
+        // A state directory on another filesystem than the root is refused: renames would copy.
+        let other = fixture.work.path("other-root")
+        try FileManager.default.createDirectory(atPath: other + "/.upgrade", withIntermediateDirectories: true)
+        _ = try runProgram("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", other + "/.upgrade"])
+        defer { _ = try? runProgram("/bin/umount", [other + "/.upgrade"]) }
+        let cross = try fixture.apply(try fixture.bundle(from: nil, to: "1.0"), root: other)
+        #expect(cross.status == 3, "\(cross.stderr)")
+        #expect(cross.stderr.contains("is not on the filesystem"))
     }
 }
