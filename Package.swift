@@ -17,6 +17,11 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         // C libraries from Debian, wrapped once each by one Swift target below.
@@ -58,6 +63,35 @@ let package = Package(
         ),
         // Linux syscalls that need _GNU_SOURCE (renameat2, O_PATH, syncfs, spawn setsid).
         .target(name: "CUpgradeSys"),
+        // The wire protocol between `upgrade sync` and `upgrade serve`: pure values.
+        .target(name: "UpgradeProtocol", dependencies: ["UpgradeCore"], swiftSettings: strict),
+        // `upgrade serve`: the plan server on Hummingbird (buildApplication apart from main).
+        .target(
+            name: "UpgradeServer",
+            dependencies: [
+                "UpgradeCore", "UpgradeProtocol", "UpgradeRepository", "UpgradeTrust", "UpgradeZstd",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: strict
+        ),
+        // `upgrade sync`: ask, verify, fetch (parallel, resumable), install through the engine, report.
+        .target(
+            name: "UpgradeClient",
+            dependencies: [
+                "UpgradeCore", "UpgradeProtocol", "UpgradeApply", "UpgradeTrust", "UpgradeZstd", "UpgradeScan",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict
+        ),
         // Offline bundle container: writer and random-access reader.
         .target(name: "UpgradeBundle", dependencies: ["UpgradeCore", "UpgradeScan"], swiftSettings: strict),
         // The transactional apply engine: staging, journal, commit, rollback, recovery, hooks.
@@ -77,6 +111,8 @@ let package = Package(
             name: "upgrade",
             dependencies: [
                 "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeRepository", "UpgradeApply", "UpgradeBundle",
+                "UpgradeServer", "UpgradeClient", "UpgradeProtocol",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict

@@ -62,15 +62,22 @@ public enum Installer {
     // MARK: Install
 
     public static func install(_ request: InstallRequest) throws -> InstallReport {
-        var request = request
-        try makeRoot(request.root, observer: request.observer)
-        request.root = absolute(request.root)
-        let root = try SafeTree(path: request.root, observer: request.observer)
-        let store = try openState(root: root, request.root, name: request.stateDirectoryName)
-        let lock = try store.lock(timeout: request.lockTimeout)
-        defer { close(lock) }
-        let recovered = try recover(store: store, root: root)
+        let session = try RootSession(
+            root: request.root,
+            stateDirectoryName: request.stateDirectoryName,
+            lockTimeout: request.lockTimeout,
+            observer: request.observer
+        )
+        return try session.install(request)
+    }
 
+    /// The install itself, under a session's lock, after its recovery.
+    static func install(
+        _ request: InstallRequest,
+        root: SafeTree,
+        store: StateStore,
+        recovered: String?
+    ) throws -> InstallReport {
         // Verify everything before the first change.
         let header: ReleaseHeader
         do {
@@ -105,7 +112,7 @@ public enum Installer {
         } catch {
             throw ApplyError.verification("release manifest: \(error)")
         }
-        let local = try scan(root: request.root, store: store, options: request.scanOptions)
+        let local = try scan(root: root.display, store: store, options: request.scanOptions)
         do {
             try request.plan.verify(against: local, yields: target, reserved: [request.stateDirectoryName])
         } catch .unsafe(let why) {

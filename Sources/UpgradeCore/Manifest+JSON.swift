@@ -80,16 +80,18 @@ struct ManifestJSON: Codable {
     var entries: [EntryJSON]
 }
 
-struct EntryJSON: Codable {
-    var path: String
-    var kind: String
-    var mode: String?
-    var size: UInt64?
-    var xxh128: String?
-    var sha256: String?
-    var target: String?
+/// One manifest entry in JSON form (see docs/format.md, "Manifest JSON").
+public struct EntryJSON: Codable, Sendable, Equatable {
+    public var path: String
+    public var kind: String
+    public var mode: String?
+    public var size: UInt64?
+    public var xxh128: String?
+    public var sha256: String?
+    public var target: String?
 
-    init(_ entry: ManifestEntry) {
+    /// The JSON form of `entry`.
+    public init(_ entry: ManifestEntry) {
         path = entry.path
         kind = entry.kind.description
         switch entry.content {
@@ -105,7 +107,8 @@ struct EntryJSON: Codable {
         }
     }
 
-    func entry() throws(ManifestDecodingError) -> ManifestEntry {
+    /// The entry, checking every field.
+    public func entry() throws(ManifestDecodingError) -> ManifestEntry {
         let shown = path.debugDescription
         guard let kind = EntryKind(name: kind) else {
             throw .malformed("entry \(shown) has unknown kind \(kind.debugDescription)")

@@ -1,5 +1,6 @@
 import UpgradeApply
 import UpgradeBundle
+import UpgradeClient
 import UpgradeCore
 import UpgradeRepository
 import UpgradeScan
@@ -29,6 +30,8 @@ enum ExitStatus: Int32, Error {
     case rolledBack = 8
     /// Recovery could not restore a consistent tree; a person must look.
     case manualIntervention = 9
+    /// The server or mirror could not be reached, kept failing, or refused the request.
+    case network = 10
     /// Another run holds the root's lock (EX_TEMPFAIL).
     case busy = 75
 
@@ -47,6 +50,7 @@ enum ExitStatus: Int32, Error {
           7   not enough free space to stage the upgrade; nothing was changed
           8   a hook or the health check failed; the tree was rolled back to the old release
           9   needs manual intervention: recovery could not restore a consistent tree
+          10  network: the server or mirror could not be reached, kept failing, or refused
           75  busy: another upgrade holds the root's lock (try again later)
         """
 }
@@ -127,6 +131,19 @@ extension BundleError: ClassifiedError {
 
 extension BundleBuildError: ClassifiedError {
     var exitStatus: ExitStatus { .invalidInput }
+}
+
+extension SyncError: ClassifiedError {
+    var exitStatus: ExitStatus {
+        switch self {
+        case .network, .server: .network
+        case .verification: .verificationFailed
+        }
+    }
+}
+
+extension ConfigError: ClassifiedError {
+    var exitStatus: ExitStatus { .usage }
 }
 
 /// An error with a ready message.

@@ -245,7 +245,7 @@ struct ApplyTests {
         "injected faults (EIO on fsync, EPERM on link, ENOSPC on write) abort cleanly with the tree unchanged",
         arguments: [
             "fsync:error=EIO:when=3", "linkat:error=EPERM:when=1", "rename,renameat,renameat2:error=EPERM:when=5",
-        "write:error=ENOSPC:when=4",
+            "write:error=ENOSPC:when=4",
         ]
     )
     func injectedFaults(injection: String) async throws {

@@ -1,0 +1,82 @@
+import Foundation
+public import UpgradeCore
+public import UpgradeScan
+public import UpgradeTrust
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A root opened for changes: created when missing, its state directory on the same filesystem,
+/// its lock held and any interrupted transaction recovered. Everything a command does to a root
+/// happens inside one session, so the lock is taken once (flock conflicts with itself across two
+/// descriptors of one process).
+public final class RootSession: @unchecked Sendable {
+    /// The root, as an absolute path.
+    public let root: String
+    /// What recovery did, if anything.
+    public let recovered: String?
+    let tree: SafeTree
+    let store: StateStore
+    private let lock: Int32
+
+    public init(
+        root path: String,
+        stateDirectoryName: String = TreeSource.stateDirectoryName,
+        lockTimeout: Double = 60,
+        observer: any MutationObserver = NoObserver()
+    ) throws {
+        try Installer.makeRoot(path, observer: observer)
+        root = Installer.absolute(path)
+        tree = try SafeTree(path: root, observer: observer)
+        store = try Installer.openState(root: tree, root, name: stateDirectoryName)
+        lock = try store.lock(timeout: lockTimeout)
+        do {
+            recovered = try Installer.recover(store: store, root: tree)
+        } catch {
+            close(lock)
+            throw error
+        }
+    }
+
+    deinit { close(lock) }
+
+    /// The state directory's path.
+    public var stateDirectory: String { store.path }
+
+    /// The installed release: its signed header bytes, decoded header and manifest.
+    public var installed: (headerBytes: [UInt8], header: ReleaseHeader, manifest: Manifest)? {
+        guard let current = store.current,
+            let header = try? ReleaseHeader(unverified: SignedEnvelope(encoded: current.headerBytes))
+        else { return nil }
+        return (current.headerBytes, header, current.manifest)
+    }
+
+    /// The tree as it is now (stat cache in the state directory).
+    public func scan(options: ScanOptions = ScanOptions()) throws -> Manifest {
+        try Installer.scan(root: root, store: store, options: options)
+    }
+
+    /// Installs under this session's lock (see ``Installer/install(_:)``).
+    public func install(_ request: InstallRequest) throws -> InstallReport {
+        var request = request
+        request.root = root
+        return try Installer.install(request, root: tree, store: store, recovered: recovered)
+    }
+
+    /// A small named value kept in the state directory (e.g. the last channel sequence seen).
+    public func value(_ name: String) -> String? {
+        store.read(name).map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }
+    }
+
+    /// Stores a small named value durably.
+    public func setValue(_ name: String, _ value: String) throws {
+        try store.write(name, Array((value + "\n").utf8))
+    }
+
+    /// A directory inside the state directory (created when missing), e.g. for downloads.
+    public func directory(_ name: String) throws -> String {
+        _ = try store.tree.subdirectory(name, create: true)
+        return store.path + "/" + name
+    }
+}

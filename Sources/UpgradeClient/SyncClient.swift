@@ -1,0 +1,503 @@
+import Crypto
+import Foundation
+public import Logging
+import NIOHTTP1
+import Synchronization
+import UpgradeApply
+import UpgradeCore
+import UpgradeProtocol
+import UpgradeScan
+import UpgradeTrust
+import UpgradeZstd
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `upgrade sync`: recover, lock, scan, ask, verify, fetch, install, report.
+public enum SyncClient {
+    public static func sync(_ options: SyncOptions, logger: Logger) async throws -> SyncReport {
+        let started = Date()
+        let transport = try HTTPTransport(
+            caCertificate: options.caCertificate,
+            readTimeout: options.readTimeout,
+            attempts: options.attempts
+        )
+        do {
+            let report = try await run(options, transport: transport, logger: logger, started: started)
+            await transport.shutdown()
+            return report
+        } catch {
+            await transport.shutdown()
+            throw error
+        }
+    }
+
+    private static func run(
+        _ options: SyncOptions,
+        transport: HTTPTransport,
+        logger: Logger,
+        started: Date
+    ) async throws -> SyncReport {
+        let session = try RootSession(
+            root: options.root,
+            stateDirectoryName: options.stateDirectoryName,
+            lockTimeout: options.lockTimeout
+        )
+        let local = try session.scan()
+        let installed = session.installed
+        let device = PlanRequest.Device(
+            os: "linux",
+            arch: PlanRequest.Device.hostArchitecture,
+            id: options.deviceID ?? PlanRequest.Device.localID()
+        )
+        var report = SyncReport(
+            result: "up to date",
+            product: options.product,
+            fromVersion: installed?.header.version,
+            recovered: session.recovered
+        )
+
+        // Ask: the installed release's changes only, when there is one.
+        var request = PlanRequest(product: options.product, channel: options.channel, installed: nil, device: device)
+        if let installed, installed.header.product == options.product {
+            request.installed = .init(
+                version: installed.header.version,
+                sequence: installed.header.sequence,
+                manifestSHA256: installed.header.manifestSHA256
+            )
+            request.delta = ManifestDelta(from: installed.manifest, to: local)
+        } else {
+            request.manifest = Data(local.canonicalEncoding()).base64EncodedString()
+        }
+        var (response, requestBytes) = try await askForPlan(request, options: options, transport: transport)
+        if response == nil {
+            // The server does not know our base release: send the whole tree.
+            request.delta = nil
+            request.manifest = Data(local.canonicalEncoding()).base64EncodedString()
+            (response, requestBytes) = try await askForPlan(request, options: options, transport: transport)
+        }
+        guard let response else { throw SyncError.server(status: 409, message: "the server refused the manifest") }
+        report.requestBytes = requestBytes
+
+        // Verify what is signed: the channel record, then the header it names.
+        let (record, headerBytes, header) = try verifySigned(response, options: options, session: session)
+        report.toVersion = header.version
+        guard let planBytes = Data(base64Encoded: response.plan) else {
+            throw SyncError.verification("plan is not base64")
+        }
+        let plan: Plan
+        do {
+            plan = try Plan(json: planBytes)
+        } catch {
+            throw ApplyError.unsafePlan("the server's \(error)")
+        }
+        report.summary = plan.summary
+        if plan.isEmpty && installed?.header.manifestSHA256 == header.manifestSHA256 {
+            try session.setValue(channelKey(options), String(record.sequence))
+            report.durationSeconds = Date().timeIntervalSince(started)
+            return report
+        }
+
+        // The signed manifest, from the mirror when there is one.
+        let manifestBytes = try await fetchManifest(
+            response.manifestPath,
+            header: header,
+            options: options,
+            transport: transport
+        )
+        var install = InstallRequest(
+            root: session.root,
+            trusted: options.trusted,
+            headerBytes: headerBytes,
+            manifestBytes: manifestBytes,
+            plan: plan,
+            payloads: NoPayloads()
+        )
+        install.stateDirectoryName = options.stateDirectoryName
+        install.allowDowngrade = options.allowDowngrade
+        install.hookTimeout = options.hookTimeout
+        install.healthCheckTimeout = options.healthCheckTimeout
+        install.now = options.now
+
+        let needed = neededObjects(plan)
+        let downloads = try session.directory("downloads")
+        report.bytesToDownload = needed.reduce(0) { total, content in
+            total
+                + (FileManager.default.fileExists(atPath: downloads + "/" + content.sha256!.hex)
+                    ? 0 : response.objects[content.sha256!.hex] ?? content.size)
+        }
+        if options.dryRun {
+            install.dryRun = true
+            let dry = try session.install(install)
+            report.result = "dry run"
+            report.operations = dry.operations
+            report.durationSeconds = Date().timeIntervalSince(started)
+            return report
+        }
+        // Verify the plan against the tree before fetching a byte.
+        var check = install
+        check.dryRun = true
+        _ = try session.install(check)
+
+        let fetched = try await fetchObjects(
+            needed,
+            into: downloads,
+            response: response,
+            options: options,
+            transport: transport
+        )
+        report.bytesDownloaded = fetched.bytes
+        report.objectsDownloaded = fetched.objects
+        report.resumedDownloads = fetched.resumed
+
+        install.payloads = DownloadedObjects(directory: downloads)
+        var outcome = "installed"
+        do {
+            let installedReport = try session.install(install)
+            outcome = installedReport.result
+            try session.setValue(channelKey(options), String(record.sequence))
+            for content in needed { unlink(downloads + "/" + content.sha256!.hex) }
+        } catch {
+            report.durationSeconds = Date().timeIntervalSince(started)
+            await sendReport(
+                options: options,
+                device: device,
+                report: report,
+                result: "failed: \(error)".prefix(200).description,
+                transport: transport,
+                logger: logger
+            )
+            throw error
+        }
+        report.result = outcome
+        report.durationSeconds = Date().timeIntervalSince(started)
+        await sendReport(
+            options: options,
+            device: device,
+            report: report,
+            result: outcome,
+            transport: transport,
+            logger: logger
+        )
+        return report
+    }
+
+    // MARK: Steps
+
+    private static func askForPlan(
+        _ request: PlanRequest,
+        options: SyncOptions,
+        transport: HTTPTransport
+    ) async throws -> (PlanResponse?, Int) {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var body = [UInt8](try encoder.encode(request))
+        var headers = [("Content-Type", "application/json")]
+        if body.count > 16 << 10 {
+            body = try Zstd.compress(body, level: 3)
+            headers.append(("Content-Encoding", "zstd"))
+        }
+        let url = options.server.trimmingSuffix("/") + "/v1/plan"
+        let sent = body
+        let (status, bytes) = try await transport.retrying("POST \(url)") {
+            let (status, bytes) = try await transport.fetch(
+                url,
+                method: .POST,
+                headers: headers,
+                body: sent,
+                limit: 256 << 20
+            )
+            if status >= 500 { throw SyncError.server(status: status, message: Self.message(bytes)) }
+            return (status, bytes)
+        }
+        if status == 409 && request.delta != nil { return (nil, body.count) }
+        guard status == 200 else { throw SyncError.server(status: status, message: message(bytes)) }
+        do {
+            return (try JSONDecoder().decode(PlanResponse.self, from: Data(bytes)), body.count)
+        } catch {
+            throw SyncError.verification("the server's plan response is malformed (\(JSON.describe(error)))")
+        }
+    }
+
+    private static func verifySigned(
+        _ response: PlanResponse,
+        options: SyncOptions,
+        session: RootSession
+    ) throws -> (ChannelRecord, [UInt8], ReleaseHeader) {
+        guard let channelBytes = Data(base64Encoded: response.channel),
+            let headerData = Data(base64Encoded: response.header)
+        else {
+            throw SyncError.verification("channel record or header is not base64")
+        }
+        let floor = session.value(channelKey(options)).flatMap(UInt64.init) ?? 0
+        let record: ChannelRecord
+        let header: ReleaseHeader
+        do {
+            record = try ChannelRecord.verify(
+                SignedEnvelope(encoded: [UInt8](channelBytes)),
+                trusted: options.trusted,
+                now: options.now,
+                minimumSequence: floor
+            )
+            guard record.product == options.product, record.channel == options.channel else {
+                throw TrustError.mismatch(
+                    "the channel record is for \(record.product)/\(record.channel), not \(options.product)/\(options.channel)"
+                )
+            }
+            let headerBytes = [UInt8](headerData)
+            guard SHA256Hash(bytes: Array(SHA256.hash(data: headerBytes)))!.hex == record.headerSHA256 else {
+                throw TrustError.mismatch("the release header is not the one the channel record names")
+            }
+            header = try ReleaseHeader.verify(
+                SignedEnvelope(encoded: headerBytes),
+                trusted: options.trusted,
+                now: options.now
+            )
+            guard header.product == options.product, header.version == record.version,
+                header.sequence == record.releaseSequence
+            else {
+                throw TrustError.mismatch("the release header does not match the channel record")
+            }
+        } catch let error as TrustError {
+            throw SyncError.verification("\(error)")
+        }
+        return (record, [UInt8](headerData), header)
+    }
+
+    private static func fetchManifest(
+        _ path: String,
+        header: ReleaseHeader,
+        options: SyncOptions,
+        transport: HTTPTransport
+    ) async throws -> [UInt8] {
+        guard !path.contains(".."), path.hasPrefix("releases/") else {
+            throw SyncError.verification("manifest path \(path.debugDescription) is not a release path")
+        }
+        var sources = [options.server]
+        if let mirror = options.mirror { sources.insert(mirror, at: 0) }
+        var lastError: (any Error)?
+        for base in sources {
+            let url = base.trimmingSuffix("/") + "/" + path
+            do {
+                let bytes = try await transport.retrying("GET \(url)") {
+                    let (status, bytes) = try await transport.fetch(url, limit: 1 << 30)
+                    guard status == 200 else { throw SyncError.server(status: status, message: "GET \(url)") }
+                    return bytes
+                }
+                guard SHA256Hash(bytes: Array(SHA256.hash(data: bytes)))!.hex == header.manifestSHA256 else {
+                    throw SyncError.verification("the manifest from \(base) does not match the signed digest")
+                }
+                return bytes
+            } catch {
+                lastError = error
+            }
+        }
+        throw lastError ?? SyncError.network("no source for the manifest")
+    }
+
+    /// The distinct payloads a plan needs.
+    static func neededObjects(_ plan: Plan) -> [FileContent] {
+        var seen = Set<SHA256Hash>()
+        var result = [FileContent]()
+        for operation in plan.operations {
+            switch operation {
+            case .add(_, _, let content), .replace(_, _, let content):
+                if let sha = content.sha256, seen.insert(sha).inserted { result.append(content) }
+            default: break
+            }
+        }
+        return result
+    }
+
+    /// Downloads every needed object (mirror first, then the server) in parallel; each complete
+    /// download is decompressed and hashed before it counts, and a bad one is fetched again.
+    private static func fetchObjects(
+        _ needed: [FileContent],
+        into directory: String,
+        response: PlanResponse,
+        options: SyncOptions,
+        transport: HTTPTransport
+    ) async throws -> (bytes: UInt64, objects: Int, resumed: Int) {
+        let total = needed.reduce(UInt64(0)) { $0 + (response.objects[$1.sha256!.hex] ?? $1.size) }
+        let counters = DownloadCounters()
+        var sources = [options.server]
+        if let mirror = options.mirror { sources.insert(mirror, at: 0) }
+        let bases = sources
+        let next = counters
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<max(1, min(options.parallelDownloads, needed.count)) {
+                group.addTask {
+                    while true {
+                        let index = next.takeIndex()
+                        guard index < needed.count else { return }
+                        let content = needed[index]
+                        let sha = content.sha256!
+                        let final = directory + "/" + sha.hex
+                        if FileManager.default.fileExists(atPath: final), verifyObject(final, content) {
+                            counters.state.withLock { $0.done += 1 }
+                            continue
+                        }
+                        let part = final + ".part"
+                        // zstd's worst case for incompressible data, so an endless body is cut off.
+                        let limit = content.size + content.size / 128 + 1024
+                        var lastError: (any Error)?
+                        var done = false
+                        for base in bases where !done {
+                            let url = base.trimmingSuffix("/") + "/objects/\(sha.hex.prefix(2))/\(sha.hex)"
+                            do {
+                                try await transport.retrying("GET \(url)") {
+                                    let (received, resumed) = try await transport.download(url, to: part, limit: limit)
+                                    counters.state.withLock {
+                                        $0.bytes += received
+                                        if resumed { $0.resumed += 1 }
+                                    }
+                                    guard verifyObject(part, content) else {
+                                        unlink(part)
+                                        throw SyncError.network(
+                                            "object \(sha.hex) from \(base) does not match its signed SHA-256; fetching it again"
+                                        )
+                                    }
+                                }
+                                guard rename(part, final) == 0 else {
+                                    throw SyncError.network("rename \(part): \(String(cString: strerror(errno)))")
+                                }
+                                done = true
+                            } catch {
+                                lastError = error
+                            }
+                        }
+                        guard done else { throw lastError ?? SyncError.network("no source for object \(sha.hex)") }
+                        let progress = counters.state.withLock { c -> SyncProgress in
+                            c.objects += 1
+                            c.done += 1
+                            return SyncProgress(
+                                objectsDone: c.done,
+                                objectsTotal: needed.count,
+                                bytesDone: c.bytes,
+                                bytesTotal: total
+                            )
+                        }
+                        options.progress?(progress)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        return counters.state.withLock { ($0.bytes, $0.objects, $0.resumed) }
+    }
+
+    /// True when the compressed file decodes to exactly `content`.
+    static func verifyObject(_ path: String, _ content: FileContent) -> Bool {
+        guard let data = FileManager.default.contents(atPath: path),
+            let decoded = try? Zstd.decompress([UInt8](data), maxSize: Int(content.size))
+        else {
+            return false
+        }
+        return UInt64(decoded.count) == content.size
+            && SHA256Hash(bytes: Array(SHA256.hash(data: decoded))) == content.sha256
+    }
+
+    private static func sendReport(
+        options: SyncOptions,
+        device: PlanRequest.Device,
+        report: SyncReport,
+        result: String,
+        transport: HTTPTransport,
+        logger: Logger
+    ) async {
+        let outcome = SyncOutcome(
+            product: options.product,
+            device: device,
+            fromVersion: report.fromVersion,
+            toVersion: report.toVersion,
+            result: result,
+            bytesDownloaded: report.bytesDownloaded,
+            durationSeconds: report.durationSeconds
+        )
+        guard let body = try? JSONEncoder().encode(outcome) else { return }
+        do {
+            _ = try await transport.fetch(
+                options.server.trimmingSuffix("/") + "/v1/reports",
+                method: .POST,
+                headers: [("Content-Type", "application/json")],
+                body: [UInt8](body),
+                limit: 1 << 16
+            )
+        } catch {
+            logger.info("could not send the sync report", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private static func channelKey(_ options: SyncOptions) -> String {
+        "channel-\(options.product)-\(options.channel).sequence"
+    }
+
+    static func message(_ bytes: [UInt8]) -> String {
+        String(decoding: bytes.prefix(500), as: UTF8.self)
+    }
+}
+
+/// Shared state of the download tasks.
+final class DownloadCounters: Sendable {
+    struct State {
+        var bytes: UInt64 = 0
+        var objects = 0
+        var resumed = 0
+        var done = 0
+    }
+
+    let state = Mutex(State())
+    private let index = Atomic<Int>(0)
+
+    func takeIndex() -> Int { index.add(1, ordering: .relaxed).oldValue }
+}
+
+/// Payloads downloaded into the state directory: zstd objects named by SHA-256, decompressed
+/// and verified again by the engine as they are staged.
+struct DownloadedObjects: PayloadSource {
+    let directory: String
+
+    func stream(_ content: FileContent, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        guard let sha = content.sha256, let data = FileManager.default.contents(atPath: directory + "/" + sha.hex)
+        else {
+            throw ApplyError.verification("payload \(content.sha256?.hex ?? "?") was not downloaded")
+        }
+        let decompressor = try ZstdDecompressor(limit: content.size)
+        try data.withUnsafeBytes { raw in try decompressor.decompress(raw, sink: sink) }
+        guard decompressor.finished else { throw ApplyError.verification("payload \(sha.hex) is truncated") }
+    }
+}
+
+/// A placeholder until the payloads are known.
+struct NoPayloads: PayloadSource {
+    func stream(_ content: FileContent, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        throw ApplyError.verification("no payload source")
+    }
+}
+
+extension PlanRequest.Device {
+    static var hostArchitecture: String {
+        #if arch(x86_64)
+        "x86_64"
+        #elseif arch(arm64)
+        "aarch64"
+        #else
+        "unknown"
+        #endif
+    }
+
+    /// A stable id that does not reveal the machine id: SHA-256 of /etc/machine-id, 16 hex digits.
+    static func localID() -> String {
+        let raw = (try? String(contentsOfFile: "/etc/machine-id", encoding: .utf8)) ?? ProcessInfo.processInfo.hostName
+        return String(SHA256Hash(bytes: Array(SHA256.hash(data: Array(("upgrade:" + raw).utf8))))!.hex.prefix(16))
+    }
+}
+
+extension String {
+    func trimmingSuffix(_ suffix: String) -> String {
+        var result = self
+        while result.hasSuffix(suffix) { result.removeLast(suffix.count) }
+        return result
+    }
+}

@@ -1,0 +1,86 @@
+public import UpgradeCore
+public import UpgradeTrust
+
+/// What `upgrade sync` does.
+public struct SyncOptions: Sendable {
+    /// Base URL of `upgrade serve` (plans, and payloads unless `mirror` is set).
+    public var server: String
+    /// Base URL of any static server holding the repository's files (objects, manifests).
+    public var mirror: String?
+    public var product: String
+    public var channel = "stable"
+    public var root: String
+    public var stateDirectoryName = ".upgrade"
+    public var trusted: TrustedKeys
+    /// PEM file of the CA that signed the server's certificate (otherwise the system's roots).
+    public var caCertificate: String?
+    public var dryRun = false
+    public var allowDowngrade = false
+    public var lockTimeout: Double = 60
+    public var hookTimeout: Double = 300
+    public var healthCheckTimeout: Double = 60
+    public var parallelDownloads = 4
+    /// Attempts per request before giving up.
+    public var attempts = 5
+    /// Seconds without data before a transfer counts as stalled.
+    public var readTimeout: Int64 = 30
+    public var deviceID: String?
+    public var now: Int64 = Timestamps.now()
+    /// Called as payloads arrive.
+    public var progress: (@Sendable (SyncProgress) -> Void)?
+
+    public init(server: String, product: String, root: String, trusted: TrustedKeys) {
+        self.server = server
+        self.product = product
+        self.root = root
+        self.trusted = trusted
+    }
+}
+
+/// Download progress.
+public struct SyncProgress: Sendable {
+    public var objectsDone: Int
+    public var objectsTotal: Int
+    public var bytesDone: UInt64
+    public var bytesTotal: UInt64
+}
+
+/// What a sync did: one JSON document with `--json`.
+public struct SyncReport: Codable, Sendable {
+    /// `up to date`, `installed`, `dry run`.
+    public var result: String
+    public var product: String
+    public var fromVersion: String?
+    public var toVersion: String?
+    public var summary: Plan.Summary?
+    /// The plan, for dry runs.
+    public var operations: [String]?
+    /// Compressed bytes the payloads need (dry run: what would be downloaded).
+    public var bytesToDownload: UInt64 = 0
+    /// Bytes received for payloads (Range resumes count only what was sent again).
+    public var bytesDownloaded: UInt64 = 0
+    public var objectsDownloaded = 0
+    public var resumedDownloads = 0
+    /// Size of the plan request body sent.
+    public var requestBytes = 0
+    public var durationSeconds = 0.0
+    public var recovered: String?
+}
+
+/// Why a sync stopped.
+public enum SyncError: Error, CustomStringConvertible {
+    /// The server or mirror could not be reached or kept failing.
+    case network(String)
+    /// The server refused the request.
+    case server(status: Int, message: String)
+    /// Something signed or hashed did not check out; nothing was changed.
+    case verification(String)
+
+    public var description: String {
+        switch self {
+        case .network(let why): "network: \(why)"
+        case .server(let status, let message): "server answered \(status): \(message)"
+        case .verification(let why): "verification failed: \(why); nothing was changed"
+        }
+    }
+}

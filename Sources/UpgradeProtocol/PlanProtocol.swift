@@ -1,0 +1,155 @@
+import Foundation
+public import UpgradeCore
+
+/// `POST /v1/plan`: what a client has, so the server can diff it against the channel's release.
+///
+/// The client's tree travels either whole (`manifest`, canonical bytes in base64) or, when it
+/// knows its installed release, as a ``ManifestDelta`` against that release's manifest, so a
+/// routine request costs O(local changes). Bodies may be zstd-compressed (`Content-Encoding: zstd`).
+public struct PlanRequest: Codable, Sendable {
+    public var product: String
+    public var channel: String
+    public var installed: Installed?
+    public var device: Device
+    /// The whole tree, canonical encoding, base64.
+    public var manifest: String?
+    /// Or the tree as changes against the installed release.
+    public var delta: ManifestDelta?
+
+    /// The release a client has installed.
+    public struct Installed: Codable, Sendable {
+        public var version: String
+        public var sequence: UInt64
+        public var manifestSHA256: String
+
+        public init(version: String, sequence: UInt64, manifestSHA256: String) {
+            self.version = version
+            self.sequence = sequence
+            self.manifestSHA256 = manifestSHA256
+        }
+    }
+
+    /// Who asks: enough for a fleet view, nothing more.
+    public struct Device: Codable, Sendable {
+        public var os: String
+        public var arch: String
+        public var id: String
+
+        public init(os: String, arch: String, id: String) {
+            self.os = os
+            self.arch = arch
+            self.id = id
+        }
+    }
+
+    public init(product: String, channel: String, installed: Installed?, device: Device) {
+        self.product = product
+        self.channel = channel
+        self.installed = installed
+        self.device = device
+    }
+}
+
+/// A tree described as changes against a known manifest.
+public struct ManifestDelta: Codable, Sendable, Equatable {
+    /// SHA-256 (hex) of the base manifest.
+    public var base: String
+    /// Entries that are new or differ from the base.
+    public var changed: [EntryJSON]
+    /// Paths of the base that are gone.
+    public var removed: [String]
+
+    /// The changes that turn `base` into `tree`.
+    public init(from base: Manifest, to tree: Manifest) {
+        let baseIndex = base.index()
+        let adopted = tree.adoptingDigests(from: base)
+        let treeIndex = adopted.index()
+        self.base = base.digest.hex
+        changed = adopted.entries.filter { baseIndex[$0.path] != $0 }.map(EntryJSON.init)
+        removed = base.entries.map(\.path).filter { treeIndex[$0] == nil }
+    }
+
+    /// `base` with the changes applied; throws when the result breaks the manifest rules.
+    public func apply(to base: Manifest) throws(ManifestDecodingError) -> Manifest {
+        var index = base.index()
+        for path in removed { index[path] = nil }
+        for entry in changed {
+            let decoded = try entry.entry()
+            index[decoded.path] = decoded
+        }
+        do {
+            return try Manifest(entries: Array(index.values), hooks: Hooks())
+        } catch {
+            throw .invalidPath(error)
+        }
+    }
+}
+
+/// The server's answer: the signed channel record and header, and the plan from the client's
+/// tree to that release. Everything signed travels as the exact signed bytes; the plan is not
+/// signed and the client verifies it against the signed manifest.
+public struct PlanResponse: Codable, Sendable {
+    /// The channel record file, base64.
+    public var channel: String
+    /// The release header file, base64.
+    public var header: String
+    public var version: String
+    /// Path of the release manifest relative to the repository root (same on a mirror).
+    public var manifestPath: String
+    /// The plan JSON, base64.
+    public var plan: String
+    /// Compressed size of each payload the plan needs, by SHA-256 hex (unsigned; for progress
+    /// and dry runs).
+    public var objects: [String: UInt64]
+
+    public init(
+        channel: [UInt8],
+        header: [UInt8],
+        version: String,
+        manifestPath: String,
+        plan: Plan,
+        objects: [String: UInt64]
+    ) {
+        self.channel = Data(channel).base64EncodedString()
+        self.header = Data(header).base64EncodedString()
+        self.version = version
+        self.manifestPath = manifestPath
+        self.plan = plan.jsonEncoded().base64EncodedString()
+        self.objects = objects
+    }
+}
+
+/// `POST /v1/reports`: the outcome of a sync, for the fleet view.
+public struct SyncOutcome: Codable, Sendable {
+    public var product: String
+    public var device: PlanRequest.Device
+    public var fromVersion: String?
+    public var toVersion: String?
+    public var result: String
+    public var bytesDownloaded: UInt64
+    public var durationSeconds: Double
+
+    public init(
+        product: String,
+        device: PlanRequest.Device,
+        fromVersion: String?,
+        toVersion: String?,
+        result: String,
+        bytesDownloaded: UInt64,
+        durationSeconds: Double
+    ) {
+        self.product = product
+        self.device = device
+        self.fromVersion = fromVersion
+        self.toVersion = toVersion
+        self.result = result
+        self.bytesDownloaded = bytesDownloaded
+        self.durationSeconds = durationSeconds
+    }
+}
+
+/// An error body: `{"error": "..."}`.
+public struct ErrorBody: Codable, Sendable {
+    public var error: String
+    public init(error: String) { self.error = error }
+}

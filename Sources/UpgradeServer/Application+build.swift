@@ -1,0 +1,83 @@
+import Foundation
+public import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
+public import Logging
+import NIOSSL
+import UpgradeProtocol
+
+/// How `upgrade serve` runs.
+public struct ServerConfiguration: Sendable {
+    /// The repository directory written by `upgrade publish`.
+    public var repository: String
+    public var host = "127.0.0.1"
+    /// 0 picks a free port (reported through `onServerRunning`).
+    public var port = 8080
+    /// PEM certificate chain and key for HTTPS.
+    public var tls: (certificate: String, key: String)?
+    /// Where sync outcomes are appended (JSON lines); nil keeps only the counters.
+    public var reportsFile: String?
+    /// Largest request body accepted (compressed).
+    public var maxRequestBytes = 64 << 20
+    /// Largest request body after decompression.
+    public var maxDecompressedBytes = 512 << 20
+
+    public init(repository: String) {
+        self.repository = repository
+    }
+}
+
+/// Builds the server application; `upgrade serve` runs it and tests build the same one on port 0.
+public func buildApplication(
+    _ configuration: ServerConfiguration,
+    logger: Logger,
+    onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+) throws -> some ApplicationProtocol {
+    let service = PlanService(configuration: configuration, logger: logger)
+    let router = Router()
+    router.add(middleware: MetricsCountingMiddleware(metrics: service.metrics))
+    service.addRoutes(to: router)
+
+    let server: HTTPServerBuilder
+    if let tls = configuration.tls {
+        let chain = try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
+        let key = try NIOSSLPrivateKey(file: tls.key, format: .pem)
+        let tlsConfiguration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: chain,
+            privateKey: .privateKey(key)
+        )
+        server = try .tls(.http1(), tlsConfiguration: tlsConfiguration)
+    } else {
+        server = .http1()
+    }
+    return Application(
+        router: router,
+        server: server,
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "upgrade"),
+        onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
+        logger: logger
+    )
+}
+
+/// Counts every request by route and status.
+struct MetricsCountingMiddleware<Context: RequestContext>: RouterMiddleware {
+    let metrics: ServerMetrics
+
+    func handle(
+        _ request: Request,
+        context: Context,
+        next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
+        do {
+            let response = try await next(request, context)
+            metrics.countRequest(status: response.status.code)
+            return response
+        } catch let error as HTTPError {
+            metrics.countRequest(status: error.status.code)
+            throw error
+        } catch {
+            metrics.countRequest(status: 500)
+            throw error
+        }
+    }
+}

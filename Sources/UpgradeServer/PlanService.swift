@@ -1,0 +1,347 @@
+import Foundation
+import Hummingbird
+import Logging
+import Synchronization
+import UpgradeCore
+import UpgradeProtocol
+import UpgradeRepository
+import UpgradeTrust
+import UpgradeZstd
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The server's work: plans from the repository, the repository's files, reports. It holds no
+/// key: it serves what the publisher signed and diffs; clients verify.
+final class PlanService: Sendable {
+    let configuration: ServerConfiguration
+    let logger: Logger
+    let metrics = ServerMetrics()
+    let layout: RepositoryLayout
+    private let manifests = ManifestCache(capacity: 16)
+    private let reportLock = Mutex(())
+
+    init(configuration: ServerConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        layout = RepositoryLayout(root: configuration.repository)
+    }
+
+    func addRoutes(to router: Router<BasicRequestContext>) {
+        router.get("healthz") { _, _ in "ok\n" }
+        router.get("metrics") { _, _ in
+            Response(
+                status: .ok,
+                headers: [.contentType: "text/plain; version=0.0.4"],
+                body: .init(byteBuffer: ByteBuffer(string: self.metrics.render()))
+            )
+        }
+        router.post("v1/plan") { request, context in try await self.plan(request, context: context) }
+        router.post("v1/reports") { request, context in try await self.report(request, context: context) }
+        router.get("objects/:fanout/:sha") { request, context in try await self.object(request, context: context) }
+        router.get("releases/:product/:version/:file") { request, context in try self.releaseFile(context) }
+        router.get("channels/:product/:channel") { _, context in try self.channelFile(context) }
+    }
+
+    // MARK: Plans
+
+    private func plan(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let started = ContinuousClock.now
+        var failed = true
+        defer {
+            let elapsed = ContinuousClock.now - started
+            metrics.countPlan(
+                seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
+                failed: failed
+            )
+        }
+        let body = try await collect(request)
+        let planRequest: PlanRequest
+        do {
+            planRequest = try JSONDecoder().decode(PlanRequest.self, from: body)
+        } catch {
+            throw HTTPError(.badRequest, message: "malformed plan request: \(JSON.describe(error))")
+        }
+        let response = try await computePlan(planRequest)
+        failed = false
+        logger.info(
+            "plan",
+            metadata: [
+                "product": "\(planRequest.product)", "from": "\(planRequest.installed?.version ?? "-")",
+                "to": "\(response.version)", "device": "\(planRequest.device.id)",
+            ]
+        )
+        return try json(response)
+    }
+
+    func computePlan(_ request: PlanRequest) async throws -> PlanResponse {
+        guard Names.isValid(request.product), Names.isValid(request.channel) else {
+            throw HTTPError(.badRequest, message: "invalid product or channel name")
+        }
+        guard let channelBytes = read(layout.channel(request.product, request.channel)) else {
+            throw HTTPError(.notFound, message: "no channel \(request.channel) for product \(request.product)")
+        }
+        let record: ChannelRecord
+        do {
+            record = try ChannelRecord(unverified: SignedEnvelope(encoded: channelBytes))
+        } catch {
+            throw HTTPError(.internalServerError, message: "channel record unreadable: \(error)")
+        }
+        guard let headerBytes = read(layout.header(request.product, record.version)) else {
+            throw HTTPError(.internalServerError, message: "the channel points to a missing release")
+        }
+        let target = try manifest(request.product, record.version)
+
+        let client: Manifest
+        if let encoded = request.manifest {
+            guard let bytes = Data(base64Encoded: encoded) else {
+                throw HTTPError(.badRequest, message: "manifest is not base64")
+            }
+            do {
+                client = try Manifest(canonical: [UInt8](bytes))
+            } catch {
+                throw HTTPError(.badRequest, message: "client manifest: \(error)")
+            }
+        } else if let delta = request.delta {
+            guard let installed = request.installed, Version(installed.version) != nil else {
+                throw HTTPError(.badRequest, message: "a delta needs the installed version")
+            }
+            let base = try manifest(request.product, installed.version)
+            guard base.digest.hex == delta.base else {
+                throw HTTPError(
+                    .conflict,
+                    message: "delta base \(delta.base) is not release \(installed.version); send the whole manifest"
+                )
+            }
+            do {
+                client = try delta.apply(to: base)
+            } catch {
+                throw HTTPError(.badRequest, message: "client delta: \(error)")
+            }
+        } else {
+            throw HTTPError(.badRequest, message: "send either manifest or delta")
+        }
+
+        let plan = Plan(from: client, to: target)
+        var objects = [String: UInt64]()
+        for operation in plan.operations {
+            switch operation {
+            case .add(_, _, let content), .replace(_, _, let content):
+                if let sha = content.sha256, let size = fileSize(layout.object(sha)) { objects[sha.hex] = size }
+            default: break
+            }
+        }
+        return PlanResponse(
+            channel: channelBytes,
+            header: headerBytes,
+            version: record.version,
+            manifestPath: "releases/\(request.product)/\(record.version)/manifest",
+            plan: plan,
+            objects: objects
+        )
+    }
+
+    private func manifest(_ product: String, _ version: String) throws -> Manifest {
+        guard Names.isValid(product), Version(version) != nil else {
+            throw HTTPError(.badRequest, message: "invalid release name")
+        }
+        if let cached = manifests.get("\(product)/\(version)") { return cached }
+        guard let bytes = read(layout.manifest(product, version)) else {
+            throw HTTPError(.notFound, message: "no release \(product) \(version)")
+        }
+        do {
+            let manifest = try Manifest(canonical: bytes)
+            manifests.put("\(product)/\(version)", manifest)
+            return manifest
+        } catch {
+            throw HTTPError(.internalServerError, message: "release manifest unreadable: \(error)")
+        }
+    }
+
+    // MARK: Reports
+
+    private func report(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let body = try await collect(request, limit: 64 << 10)
+        let outcome: SyncOutcome
+        do {
+            outcome = try JSONDecoder().decode(SyncOutcome.self, from: body)
+        } catch {
+            throw HTTPError(.badRequest, message: "malformed report: \(JSON.describe(error))")
+        }
+        metrics.countReport(result: String(outcome.result.prefix(32)))
+        logger.info(
+            "report",
+            metadata: [
+                "product": "\(outcome.product)", "device": "\(outcome.device.id)", "result": "\(outcome.result)",
+                "to": "\(outcome.toVersion ?? "-")",
+            ]
+        )
+        if let file = configuration.reportsFile {
+            var line = body
+            line.append(0x0a)
+            reportLock.withLock { _ in
+                if let handle = FileHandle(forWritingAtPath: file)
+                    ?? (FileManager.default.createFile(atPath: file, contents: nil)
+                        ? FileHandle(forWritingAtPath: file) : nil)
+                {
+                    handle.seekToEndOfFile()
+                    handle.write(line)
+                    try? handle.close()
+                }
+            }
+        }
+        return Response(status: .accepted)
+    }
+
+    // MARK: Files
+
+    /// `GET /objects/ab/<sha>`: immutable content with a strong ETag and byte ranges.
+    private func object(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let fanout = context.parameters.get("fanout") ?? ""
+        guard let name = context.parameters.get("sha"), let sha = SHA256Hash(hex: name), sha.hex == name,
+            name.hasPrefix(fanout), fanout.count == 2
+        else {
+            throw HTTPError(.notFound)
+        }
+        let path = layout.object(sha)
+        guard let size = fileSize(path), size > 0 else { throw HTTPError(.notFound) }
+        let etag = "\"\(sha.hex)\""
+        var headers: HTTPFields = [
+            .eTag: etag, .cacheControl: "public, max-age=31536000, immutable", .acceptRanges: "bytes",
+            .contentType: "application/zstd",
+        ]
+        if request.headers[.ifNoneMatch] == etag { return Response(status: .notModified, headers: headers) }
+        var range = 0...Int(size - 1)
+        var status = HTTPResponse.Status.ok
+        if let header = request.headers[.range] {
+            guard let requested = Self.parseRange(header, size: Int(size)) else {
+                headers[.contentRange] = "bytes */\(size)"
+                return Response(status: .rangeNotSatisfiable, headers: headers)
+            }
+            range = requested
+            status = .partialContent
+            headers[.contentRange] = "bytes \(range.lowerBound)-\(range.upperBound)/\(size)"
+        }
+        headers[.contentLength] = String(range.count)
+        metrics.countObjectBytes(range.count)
+        let body = try await FileIO().loadFile(path: path, range: range, context: context)
+        return Response(status: status, headers: headers, body: body)
+    }
+
+    /// `bytes=a-b`, `bytes=a-` or `bytes=-n`; one range only.
+    static func parseRange(_ header: String, size: Int) -> ClosedRange<Int>? {
+        guard header.hasPrefix("bytes="), !header.contains(",") else { return nil }
+        let spec = header.dropFirst(6).split(separator: "-", omittingEmptySubsequences: false)
+        guard spec.count == 2 else { return nil }
+        if spec[0].isEmpty {
+            guard let suffix = Int(spec[1]), suffix > 0 else { return nil }
+            return max(0, size - suffix)...(size - 1)
+        }
+        guard let start = Int(spec[0]), start < size else { return nil }
+        let end = spec[1].isEmpty ? size - 1 : min(Int(spec[1]) ?? -1, size - 1)
+        guard end >= start else { return nil }
+        return start...end
+    }
+
+    private func releaseFile(_ context: BasicRequestContext) throws -> Response {
+        guard let product = context.parameters.get("product"), let version = context.parameters.get("version"),
+            let file = context.parameters.get("file"), Names.isValid(product), Version(version) != nil,
+            file == "header" || file == "manifest",
+            let bytes = read(layout.release(product, version) + "/" + file)
+        else { throw HTTPError(.notFound) }
+        return Response(
+            status: .ok,
+            headers: [.contentType: "application/octet-stream"],
+            body: .init(byteBuffer: ByteBuffer(bytes: bytes))
+        )
+    }
+
+    private func channelFile(_ context: BasicRequestContext) throws -> Response {
+        guard let product = context.parameters.get("product"), let channel = context.parameters.get("channel"),
+            Names.isValid(product), Names.isValid(channel), let bytes = read(layout.channel(product, channel))
+        else { throw HTTPError(.notFound) }
+        return Response(
+            status: .ok,
+            headers: [.contentType: "application/json", .cacheControl: "no-cache"],
+            body: .init(byteBuffer: ByteBuffer(bytes: bytes))
+        )
+    }
+
+    // MARK: Helpers
+
+    private func collect(_ request: Request, limit: Int? = nil) async throws -> Data {
+        var request = request
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.collectBody(upTo: limit ?? configuration.maxRequestBytes)
+        } catch {
+            throw HTTPError(
+                .contentTooLarge,
+                message: "request body larger than \(limit ?? configuration.maxRequestBytes) bytes"
+            )
+        }
+        let bytes = [UInt8](buffer: buffer)
+        switch request.headers[.contentEncoding]?.lowercased() {
+        case nil, "identity": return Data(bytes)
+        case "zstd":
+            do {
+                return Data(try Zstd.decompress(bytes, maxSize: configuration.maxDecompressedBytes))
+            } catch {
+                throw HTTPError(.badRequest, message: "request body: \(error)")
+            }
+        case let other?: throw HTTPError(.unsupportedMediaType, message: "unsupported Content-Encoding \(other)")
+        }
+    }
+
+    private func json(_ value: some Encodable) throws -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return Response(
+            status: .ok,
+            headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(value)))
+        )
+    }
+
+    private func read(_ path: String) -> [UInt8]? {
+        FileManager.default.contents(atPath: path).map { [UInt8]($0) }
+    }
+
+    private func fileSize(_ path: String) -> UInt64? {
+        var info = stat()
+        guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFREG else { return nil }
+        return UInt64(info.st_size)
+    }
+}
+
+/// A small LRU of decoded release manifests: plans for a fleet hit the same two or three releases.
+final class ManifestCache: Sendable {
+    private struct State {
+        var entries: [String: Manifest] = [:]
+        var order: [String] = []
+    }
+
+    private let capacity: Int
+    private let state = Mutex(State())
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    func get(_ key: String) -> Manifest? {
+        state.withLock { state in
+            guard let value = state.entries[key] else { return nil }
+            state.order.removeAll { $0 == key }
+            state.order.append(key)
+            return value
+        }
+    }
+
+    func put(_ key: String, _ value: Manifest) {
+        state.withLock { state in
+            state.entries[key] = value
+            state.order.removeAll { $0 == key }
+            state.order.append(key)
+            while state.order.count > capacity { state.entries[state.order.removeFirst()] = nil }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+import ArgumentParser
+import Foundation
+import Logging
+import UpgradeClient
+import UpgradeCore
+import UpgradeRepository
+
+/// `upgrade sync`.
+struct SyncCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sync",
+        abstract: "Bring a root to the latest release of its channel from an upgrade server.",
+        discussion: """
+            Recovers, locks, scans (stat cache), asks the server for a plan (sending only local \
+            changes when a release is installed), verifies the signed channel record and header \
+            and the plan against the signed manifest, fetches payloads in parallel (resuming \
+            broken downloads, every byte verified), installs them as one transaction and reports \
+            the outcome. Prints nothing when nothing changed, unless --json. Every flag can come \
+            from --config FILE (TOML: key = value, keys are the long flag names); flags win.
+            """
+    )
+
+    @Option(help: "Base URL of `upgrade serve`.") var server: String?
+    @Option(help: "Product to install.") var product: String?
+    @Option(help: "The installed tree (created when missing).") var root: String?
+    @Option(help: "Trusted public key (ed25519:…) or a file of keys; repeat for rotation.") var trust: [String] = []
+    @Option(help: "Release channel (default stable).") var channel: String?
+    @Option(help: "Base URL of a static mirror or CDN holding the repository's files.") var mirror: String?
+    @Option(help: "PEM CA certificate that signed the server's certificate.") var caCert: String?
+    @Option(help: "TOML config file with any of these flags.") var config: String?
+    @Option(help: "State directory name inside the root (default .upgrade).") var stateDir: String?
+    @Option(help: "Seconds to wait for another run's lock (default 60).") var lockTimeout: Double?
+    @Option(help: "Parallel downloads (default 4).") var parallel: Int?
+    @Option(help: "Device id reported to the server (default: derived from /etc/machine-id).") var deviceId: String?
+    @Flag(help: "Verify and show the plan and the bytes it would download; change nothing.") var dryRun = false
+    @Flag(help: "Print one JSON document.") var json = false
+    @Flag(help: "Install even if the release is older than the installed one.") var allowDowngrade = false
+
+    static let configKeys: Set<String> = [
+        "server", "product", "root", "trust", "channel", "mirror", "ca-cert", "state-dir", "lock-timeout", "parallel",
+        "device-id",
+        "dry-run", "json", "allow-downgrade",
+    ]
+
+    func run() async throws {
+        let file = try config.map { path throws -> ConfigFile in
+            let file = try ConfigFile(path: path)
+            let unknown = file.unknownKeys(Self.configKeys)
+            if !unknown.isEmpty { throw ConfigError.unknownKeys(path: path, unknown) }
+            return file
+        }
+        func pick(_ flag: String?, _ key: String) throws -> String? { try flag ?? file?.string(key) }
+        guard let server = try pick(server, "server"), let product = try pick(product, "product"),
+            let root = try pick(root, "root")
+        else {
+            throw CommandFailure(
+                description: "--server, --product and --root are required (on the command line or in --config)",
+                exitStatus: .usage
+            )
+        }
+        let trustValues = trust.isEmpty ? (try file?.strings("trust") ?? []) : trust
+        var options = SyncOptions(
+            server: server,
+            product: product,
+            root: root,
+            trusted: try KeyFiles.loadTrusted(trustValues)
+        )
+        options.channel = try pick(channel, "channel") ?? "stable"
+        options.mirror = try pick(mirror, "mirror")
+        options.caCertificate = try pick(caCert, "ca-cert")
+        options.stateDirectoryName = try pick(stateDir, "state-dir") ?? ".upgrade"
+        options.lockTimeout = try lockTimeout ?? file?.number("lock-timeout") ?? 60
+        options.parallelDownloads = try parallel ?? (file?.number("parallel")).map { Int($0) } ?? 4
+        options.deviceID = try pick(deviceId, "device-id")
+        options.dryRun = try dryRun || (file?.bool("dry-run") ?? false)
+        options.allowDowngrade = try allowDowngrade || (file?.bool("allow-downgrade") ?? false)
+        let json = try json || (file?.bool("json") ?? false)
+        if !json && isatty(STDERR_FILENO) == 1 { options.progress = ProgressBar.draw }
+
+        var logger = Logger(label: "upgrade.sync")
+        logger.logLevel = .warning
+        let report = try await SyncClient.sync(options, logger: logger)
+        if options.progress != nil { ProgressBar.clear() }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            return
+        }
+        let from = report.fromVersion ?? "nothing"
+        let to = report.toVersion ?? "?"
+        switch report.result {
+        case "up to date": return
+        case "dry run":
+            for operation in report.operations ?? [] { print(operation) }
+            print(
+                "dry run: \(report.product) \(from) -> \(to): \(report.summary.map(DiffCommand.summaryLine) ?? ""); would download \(Terminal.bytes(report.bytesToDownload)); nothing was changed"
+            )
+        default:
+            if let recovered = report.recovered { print("recovery: \(recovered)") }
+            print(
+                "\(report.result): \(report.product) \(from) -> \(to); \(report.summary.map(DiffCommand.summaryLine) ?? ""); downloaded \(Terminal.bytes(report.bytesDownloaded)) in \(report.objectsDownloaded) objects, \(String(format: "%.1f", report.durationSeconds)) s"
+            )
+        }
+    }
+}
+
+/// A one-line progress bar on standard error.
+enum ProgressBar {
+    @Sendable static func draw(_ progress: SyncProgress) {
+        let fraction = progress.bytesTotal == 0 ? 1 : min(1, Double(progress.bytesDone) / Double(progress.bytesTotal))
+        let filled = Int(fraction * 30)
+        let bar = String(repeating: "#", count: filled) + String(repeating: " ", count: 30 - filled)
+        let line =
+            "\r[\(bar)] \(progress.objectsDone)/\(progress.objectsTotal) files, \(Terminal.bytes(progress.bytesDone))/\(Terminal.bytes(progress.bytesTotal))"
+        FileHandle.standardError.write(Data(line.utf8))
+    }
+
+    static func clear() {
+        FileHandle.standardError.write(Data(("\r" + String(repeating: " ", count: 79) + "\r").utf8))
+    }
+}
