@@ -1,32 +1,45 @@
 #!/usr/bin/env bash
-# The main job on the embedded example, as far as it exists today: a publisher key, two signed
-# releases of Examples/myapp published into a local repository and verified, release 1.0
-# installed into a fresh root, then upgraded to 1.1 from an offline bundle as one transaction.
-# (Serving over HTTP and `upgrade sync` replace the bundle step when they land.)
+# The main job end to end on the embedded example: a publisher key, release 1.0 of
+# Examples/myapp published into a local repository, `upgrade serve` on a free loopback port, a
+# tree synced to 1.0, release 1.1 published, the tree synced from 1.0 to 1.1, a summary, and the
+# server stopped.
 set -euo pipefail
 upgrade=${1:-upgrade}
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+server_pid=
+cleanup() {
+    [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
 
-echo "== publisher key"
-"$upgrade" keygen --output "$work/publisher.key"
-
-echo "== publish myapp 1.0 and 1.1"
+echo "== publisher key and release 1.0"
+"$upgrade" keygen --output "$work/publisher.key" >/dev/null
 "$upgrade" publish --repo "$work/repo" --product myapp --version 1.0 --key "$work/publisher.key" "$here/myapp-1.0"
+
+echo "== upgrade serve on a free loopback port"
+"$upgrade" serve --repo "$work/repo" --listen 127.0.0.1:0 --log-level warning > "$work/serve.out" &
+server_pid=$!
+for _ in $(seq 100); do grep -q '^listening on ' "$work/serve.out" 2>/dev/null && break; sleep 0.05; done
+url=$(awk '/^listening on /{print $3}' "$work/serve.out")
+echo "serving $url"
+
+sync() { "$upgrade" sync --server "$url" --product myapp --root "$work/installed" --trust "$work/publisher.key.pub" "$@"; }
+
+echo "== first install: sync an empty root"
+sync
+"$work/installed/bin/myapp"
+
+echo "== publish 1.1 (with a health check) and sync again"
 "$upgrade" publish --repo "$work/repo" --product myapp --version 1.1 --key "$work/publisher.key" \
     --health-check bin/myapp "$here/myapp-1.1"
-"$upgrade" releases --repo "$work/repo"
-"$upgrade" verify-repo --repo "$work/repo" --trust "$work/publisher.key.pub"
+sync --dry-run
+sync
+"$work/installed/bin/myapp"
 
-echo "== install 1.0 into an empty root"
-"$upgrade" bundle --repo "$work/repo" --product myapp --to 1.0 --output "$work/myapp-1.0.bundle"
-"$upgrade" apply --root "$work/root" --trust "$work/publisher.key.pub" "$work/myapp-1.0.bundle"
-"$work/root/bin/myapp"
-
-echo "== upgrade 1.0 -> 1.1 from an offline bundle"
-"$upgrade" bundle --repo "$work/repo" --product myapp --from 1.0 --to 1.1 --output "$work/myapp-1.1.bundle"
-"$upgrade" apply --root "$work/root" --trust "$work/publisher.key.pub" "$work/myapp-1.1.bundle"
-"$work/root/bin/myapp"
-"$upgrade" status --root "$work/root" | grep -E '^(product|version|sequence|rollbackAvailable):'
-"$upgrade" verify --root "$work/root" && echo "tree matches the installed release"
+echo "== a second sync has nothing to do and prints nothing"
+sync
+"$upgrade" status --root "$work/installed" | grep -E '^(product|version|sequence):'
+echo "== server metrics"
+curl -s "$url/metrics" 2>/dev/null | grep -E '^upgrade_(plans|sync_reports)_total' || true
