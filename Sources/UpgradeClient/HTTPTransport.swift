@@ -49,6 +49,9 @@ final class HTTPTransport: Sendable {
                 delay = min(delay * 2, 5_000_000_000)
             }
         }
+        if case .corruptPayload(let why) = lastError as? SyncError {
+            throw SyncError.verification("\(why) (after \(attempts) attempts)")
+        }
         throw SyncError.network(
             "\(what) failed after \(attempts) attempts: \(lastError.map { "\($0)" } ?? "unknown error")"
         )
@@ -79,8 +82,14 @@ final class HTTPTransport: Sendable {
 
     /// Downloads `url` into the file `path`, appending from its current size with a Range
     /// request (so a broken transfer resumes where it stopped). Refuses to let the file grow
-    /// past `limit`. Returns the bytes received and whether the transfer resumed.
-    func download(_ url: String, to path: String, limit: UInt64) async throws -> (received: UInt64, resumed: Bool) {
+    /// past `limit`. Every chunk is reported to `onBytes` as it arrives (a transfer that breaks
+    /// still counts what it received). Returns the bytes received and whether it resumed.
+    func download(
+        _ url: String,
+        to path: String,
+        limit: UInt64,
+        received onBytes: (Int) -> Void
+    ) async throws -> (received: UInt64, resumed: Bool) {
         var existing: UInt64 = 0
         var info = stat()
         if stat(path, &info) == 0 { existing = UInt64(info.st_size) }
@@ -111,6 +120,7 @@ final class HTTPTransport: Sendable {
         for try await chunk in response.body {
             received += UInt64(chunk.readableBytes)
             size += UInt64(chunk.readableBytes)
+            onBytes(chunk.readableBytes)
             guard size <= limit else {
                 throw SyncError.verification("\(url) sends more than the \(limit) bytes its signed size allows")
             }

@@ -347,15 +347,15 @@ public enum SyncClient {
                             let url = base.trimmingSuffix("/") + "/objects/\(sha.hex.prefix(2))/\(sha.hex)"
                             do {
                                 try await transport.retrying("GET \(url)") {
-                                    let (received, resumed) = try await transport.download(url, to: part, limit: limit)
-                                    counters.state.withLock {
-                                        $0.bytes += received
-                                        if resumed { $0.resumed += 1 }
+                                    let (_, resumed) = try await transport.download(url, to: part, limit: limit) {
+                                        count in
+                                        counters.state.withLock { $0.bytes += UInt64(count) }
                                     }
+                                    if resumed { counters.state.withLock { $0.resumed += 1 } }
                                     guard verifyObject(part, content) else {
                                         unlink(part)
-                                        throw SyncError.network(
-                                            "object \(sha.hex) from \(base) does not match its signed SHA-256; fetching it again"
+                                        throw SyncError.corruptPayload(
+                                            "object \(sha.hex) from \(base) does not match its signed SHA-256"
                                         )
                                     }
                                 }

@@ -75,12 +75,15 @@ public enum SyncError: Error, CustomStringConvertible {
     case server(status: Int, message: String)
     /// Something signed or hashed did not check out; nothing was changed.
     case verification(String)
+    /// A payload did not match its signed SHA-256; retried, and a verification failure when it persists.
+    case corruptPayload(String)
 
     public var description: String {
         switch self {
         case .network(let why): "network: \(why)"
         case .server(let status, let message): "server answered \(status): \(message)"
         case .verification(let why): "verification failed: \(why); nothing was changed"
+        case .corruptPayload(let why): "verification failed: \(why); nothing was changed"
         }
     }
 }

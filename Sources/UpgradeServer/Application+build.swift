@@ -21,6 +21,10 @@ public struct ServerConfiguration: Sendable {
     public var maxRequestBytes = 64 << 20
     /// Largest request body after decompression.
     public var maxDecompressedBytes = 512 << 20
+    /// Ways to lie, for tests of the client's defences only (`upgrade serve --fault`, hidden):
+    /// `extra-file`, `wrong-hash`, `tamper-object`, `truncate-object`, `endless-object`,
+    /// `cut-object` (first request of an object without Range stops half-way).
+    public var faults: Set<String> = []
 
     public init(repository: String) {
         self.repository = repository

@@ -123,7 +123,8 @@ final class PlanService: Sendable {
             throw HTTPError(.badRequest, message: "send either manifest or delta")
         }
 
-        let plan = Plan(from: client, to: target)
+        var plan = Plan(from: client, to: target)
+        lie(about: &plan, target: target)
         var objects = [String: UInt64]()
         for operation in plan.operations {
             switch operation {
@@ -225,6 +226,13 @@ final class PlanService: Sendable {
         }
         headers[.contentLength] = String(range.count)
         metrics.countObjectBytes(range.count)
+        if let lie = try lyingBody(path: path, range: range, ranged: request.headers[.range] != nil) {
+            // The lie decides the length: none for an endless body, half for a truncated object.
+            if !configuration.faults.isDisjoint(with: ["endless-object", "truncate-object"]) {
+                headers[.contentLength] = nil
+            }
+            return Response(status: status, headers: headers, body: lie)
+        }
         let body = try await FileIO().loadFile(path: path, range: range, context: context)
         return Response(status: status, headers: headers, body: body)
     }
@@ -266,6 +274,55 @@ final class PlanService: Sendable {
             headers: [.contentType: "application/json", .cacheControl: "no-cache"],
             body: .init(byteBuffer: ByteBuffer(bytes: bytes))
         )
+    }
+
+    // MARK: Faults (tests only)
+
+    private func lie(about plan: inout Plan, target: Manifest) {
+        if configuration.faults.contains("extra-file"), let content = target.entries.lazy.compactMap(\.file).first {
+            plan.operations.append(.add(path: "planted-by-server", mode: 0o755, content: content))
+        }
+        if configuration.faults.contains("wrong-hash"),
+            let index = plan.operations.firstIndex(where: { if case .add = $0 { return true } else { return false } }),
+            case .add(let path, let mode, var content) = plan.operations[index]
+        {
+            content.sha256 = SHA256Hash(bytes: [UInt8](repeating: 0x42, count: 32))
+            plan.operations[index] = .add(path: path, mode: mode, content: content)
+        }
+    }
+
+    private func lyingBody(path: String, range: ClosedRange<Int>, ranged: Bool) throws -> ResponseBody? {
+        let faults = configuration.faults
+        guard !faults.isDisjoint(with: ["tamper-object", "truncate-object", "endless-object", "cut-object"]) else {
+            return nil
+        }
+        guard var bytes = read(path) else { throw HTTPError(.notFound) }
+        bytes = Array(bytes[range])
+        if faults.contains("tamper-object") {
+            bytes[bytes.count / 2] ^= 0x01
+            return .init(byteBuffer: ByteBuffer(bytes: bytes))
+        }
+        if faults.contains("truncate-object") {
+            let half = Array(bytes.prefix(max(1, bytes.count / 2)))
+            return .init(contentLength: half.count) { writer in try await writer.write(ByteBuffer(bytes: half)) }
+        }
+        if faults.contains("endless-object") {
+            return .init { writer in
+                let zeros = ByteBuffer(repeating: 0, count: 64 << 10)
+                while true { try await writer.write(zeros) }
+            }
+        }
+        if faults.contains("cut-object") && !ranged && bytes.count > 64 << 10 {
+            let half = Array(bytes.prefix(bytes.count / 2))
+            let total = bytes.count
+            return .init(contentLength: total) { writer in
+                try await writer.write(ByteBuffer(bytes: half))
+                // Let the half reach the client before the connection goes down.
+                try await Task.sleep(nanoseconds: 300_000_000)
+                throw HTTPError(.internalServerError, message: "connection cut by the cut-object fault")
+            }
+        }
+        return nil
     }
 
     // MARK: Helpers

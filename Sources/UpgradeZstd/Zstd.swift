@@ -46,7 +46,10 @@ public enum Zstd {
             lastResult = result
             if output.count + produced > maxSize { throw .tooLarge(limit: maxSize) }
             output.append(contentsOf: chunk[..<produced])
-            if consumed == input.count && produced < chunk.count { break }
+            // Done when the last frame is complete and all input is consumed. With input left
+            // or output still buffered inside zstd (it may hold decoded data even after taking
+            // all the input), call again; no progress at all means the data ends early.
+            if result == 0 && consumed == input.count { break }
             if read == 0 && produced == 0 { break }
         }
         guard lastResult == 0 else { throw .truncated }

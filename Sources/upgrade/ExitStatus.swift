@@ -137,7 +137,7 @@ extension SyncError: ClassifiedError {
     var exitStatus: ExitStatus {
         switch self {
         case .network, .server: .network
-        case .verification: .verificationFailed
+        case .verification, .corruptPayload: .verificationFailed
         }
     }
 }

@@ -23,6 +23,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "PEM private key for HTTPS.") var tlsKey: String?
     @Option(help: "Append client reports (JSON lines) to this file.") var reports: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
+    @Option(help: .hidden) var fault: [String] = []
 
     func validate() throws {
         guard listen.split(separator: ":").count >= 2, Int(listen.split(separator: ":").last!) != nil else {
@@ -46,6 +47,7 @@ struct ServeCommand: AsyncParsableCommand {
         )
         configuration.port = Int(port)!
         configuration.reportsFile = reports
+        configuration.faults = Set(fault)
         if let tlsCert, let tlsKey { configuration.tls = (tlsCert, tlsKey) }
         let scheme = configuration.tls == nil ? "http" : "https"
         let host = configuration.host

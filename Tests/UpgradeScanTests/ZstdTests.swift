@@ -3,11 +3,14 @@ import UpgradeZstd
 
 @Suite("zstd wrapper")
 struct ZstdTests {
-    @Test("round trip", arguments: [0, 1, 1000, 300_000])
+    @Test("round trip", arguments: [0, 1, 1000, 300_000, 3 << 20])
     func roundTrip(size: Int) throws {
         let input = noise(size / 2, seed: 7) + [UInt8](repeating: 0x41, count: size - size / 2)
         let compressed = try Zstd.compress(input, level: 3)
         #expect(try Zstd.decompress(compressed, maxSize: size) == input)
+        // Incompressible data: raw blocks, the case that fills every output chunk exactly.
+        let random = noise(size, seed: 9)
+        #expect(try Zstd.decompress(try Zstd.compress(random, level: 3), maxSize: size) == random)
     }
 
     @Test("decompression stops at the expected size and rejects truncated or corrupt frames")
