@@ -131,6 +131,10 @@ let package = Package(
             name: "UpgradeCLITests",
             dependencies: [
                 "UpgradeCore", "UpgradeTrust", "UpgradeRepository", "UpgradeApply", "UpgradeScan", "UpgradeBundle",
+                "UpgradeProtocol", "UpgradeZstd",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),

@@ -1,0 +1,207 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import Testing
+import UpgradeCore
+import UpgradeProtocol
+import UpgradeZstd
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A free TCP port on 127.0.0.1 (bound and released; nginx needs a number up front).
+func freePort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+    }
+    _ = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+@Suite("Network: TLS, mirror, load, request size", .serialized)
+struct NetworkTests {
+    @Test("HTTPS with a self-signed certificate: works with --ca-cert, refused without (exit 10)")
+    func https() async throws {
+        let sync = try SyncFixture(releases: 1)
+        let work = sync.fixture.work
+        let made = try runProgram(
+            "/usr/bin/openssl",
+            [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", work.path("key.pem"), "-out",
+                work.path("cert.pem"),
+            ]
+        )
+        #expect(made.status == 0, "\(made.stderr)")
+        let server = try ServerProcess(
+            repo: sync.repo,
+            extra: ["--tls-cert", work.path("cert.pem"), "--tls-key", work.path("key.pem")]
+        )
+        #expect(server.url.hasPrefix("https://"))
+        let refused = try sync.sync(server, root: work.path("untrusting"))
+        #expect(refused.status == 10, "\(refused.stderr)")
+        let root = work.path("root")
+        let trusted = try sync.sync(server, root: root, ["--ca-cert", work.path("cert.pem")])
+        #expect(trusted.status == 0, "\(trusted.stderr)")
+        try await sync.expect(root, equals: 1, "https")
+    }
+
+    @Test("payloads from a static mirror (nginx serving the repository) while the plan comes from upgrade serve")
+    func nginxMirror() async throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx") else {
+            print("skipped: nginx is not installed (make deps installs nginx-light)")
+            return
+        }
+        let sync = try SyncFixture(releases: 2)
+        let work = sync.fixture.work
+        let port = freePort()
+        try FileManager.default.createDirectory(atPath: work.path("nginx/tmp"), withIntermediateDirectories: true)
+        let config = """
+            daemon off;
+            user root;
+            worker_processes 1;
+            pid \(work.path("nginx/nginx.pid"));
+            error_log \(work.path("nginx/error.log"));
+            events { worker_connections 64; }
+            http {
+                access_log \(work.path("nginx/access.log"));
+                client_body_temp_path \(work.path("nginx/tmp"));
+                proxy_temp_path \(work.path("nginx/tmp"));
+                fastcgi_temp_path \(work.path("nginx/tmp"));
+                uwsgi_temp_path \(work.path("nginx/tmp"));
+                scgi_temp_path \(work.path("nginx/tmp"));
+                server { listen 127.0.0.1:\(port); root \(sync.repo); location / { } }
+            }
+            """
+        try config.write(toFile: work.path("nginx/nginx.conf"), atomically: true, encoding: .utf8)
+        let nginx = Process()
+        nginx.executableURL = URL(fileURLWithPath: "/usr/sbin/nginx")
+        nginx.arguments = ["-c", work.path("nginx/nginx.conf"), "-p", work.path("nginx")]
+        nginx.standardError = FileHandle.nullDevice
+        try nginx.run()
+        defer {
+            nginx.terminate()
+            nginx.waitUntilExit()
+        }
+        usleep(500_000)
+        let server = try ServerProcess(repo: sync.repo)
+        let root = work.path("root")
+        let result = try sync.sync(server, root: root, ["--mirror", "http://127.0.0.1:\(port)", "--json"])
+        #expect(result.status == 0, "\(result.stderr)")
+        try await sync.expect(root, equals: 2, "mirror")
+        let log = (try? String(contentsOfFile: work.path("nginx/access.log"), encoding: .utf8)) ?? ""
+        #expect(log.contains("GET /objects/") && log.contains("HTTP/1.1\" 200"), "nginx served no object: \(log)")
+        #expect(!log.contains("\" 403 ") && !log.contains("\" 404 "), "\(log)")
+        #expect(log.contains("GET /releases/app/2.0/manifest"))
+        let metrics = try runProgram("/usr/bin/curl", ["-s", server.url + "/metrics"])
+        #expect(
+            metrics.text.contains("upgrade_object_bytes_total 0"),
+            "the plan server served payloads: \(metrics.text)"
+        )
+    }
+
+    @Test("200 concurrent plan requests against one server: zero errors")
+    func load() async throws {
+        let sync = try SyncFixture(releases: 3)
+        let server = try ServerProcess(repo: sync.repo)
+        // A client at 1.0 asking for the channel's release: the routine request, as a delta.
+        let base = try Manifest(
+            canonical: [UInt8](try Data(contentsOf: URL(fileURLWithPath: sync.repo + "/releases/app/1.0/manifest")))
+        )
+        var request = PlanRequest(
+            product: "app",
+            channel: "stable",
+            installed: .init(version: "1.0", sequence: 1, manifestSHA256: base.digest.hex),
+            device: .init(os: "linux", arch: "x86_64", id: "load")
+        )
+        request.delta = ManifestDelta(from: base, to: base)
+        let body = try JSONEncoder().encode(request)
+        let client = HTTPClient(
+            eventLoopGroupProvider: .singleton,
+            configuration: .init(connectionPool: .init(idleTimeout: .seconds(30)))
+        )
+        let url = server.url
+        let latencies = try await withThrowingTaskGroup(of: (Int, Double).self) { group in
+            for _ in 0..<200 {
+                group.addTask {
+                    var http = HTTPClientRequest(url: url + "/v1/plan")
+                    http.method = .POST
+                    http.headers.add(name: "Content-Type", value: "application/json")
+                    http.body = .bytes(ByteBuffer(bytes: body))
+                    let start = ContinuousClock.now
+                    let response = try await client.execute(http, timeout: .seconds(60))
+                    _ = try await response.body.collect(upTo: 16 << 20)
+                    let elapsed = ContinuousClock.now - start
+                    return (
+                        Int(response.status.code),
+                        Double(elapsed.components.attoseconds) / 1e15 + Double(elapsed.components.seconds) * 1000
+                    )
+                }
+            }
+            var results = [(Int, Double)]()
+            for try await result in group { results.append(result) }
+            return results
+        }
+        try await client.shutdown()
+        let errors = latencies.filter { $0.0 != 200 }.count
+        #expect(errors == 0)
+        let sorted = latencies.map(\.1).sorted()
+        let status = (try? String(contentsOfFile: "/proc/\(server.pid)/status", encoding: .utf8)) ?? ""
+        let rss = status.split(separator: "\n").first { $0.hasPrefix("VmHWM") } ?? "VmHWM: ?"
+        print(
+            "load: 200 concurrent plan requests, \(errors) errors, p50 \(String(format: "%.1f", sorted[99])) ms, p99 \(String(format: "%.1f", sorted[197])) ms, server peak \(rss.replacingOccurrences(of: "\t", with: " "))"
+        )
+    }
+
+    @Test("a routine request for a 100,000-file tree with 10 local changes is a few kilobytes")
+    func requestSize() throws {
+        var entries = [ManifestEntry]()
+        for d in 0..<100 { entries.append(.directory("d\(d)")) }
+        for i in 0..<100_000 {
+            let content = FileContent(
+                size: UInt64(1000 + i % 3000),
+                xxh128: XXH128Digest(high: UInt64(i), low: UInt64(i) &* 7919),
+                sha256: SHA256Hash(bytes: (0..<32).map { UInt8(($0 + i) & 0xff) })
+            )
+            entries.append(.file("d\(i % 100)/file-\(i).dat", content))
+        }
+        let installed = try Manifest(entries: entries)
+        var local = entries
+        for i in stride(from: 100, to: 100 + 10 * 9_000, by: 9_000) {
+            guard case .file(var content) = local[i].content else { continue }
+            content.xxh128.low ^= 1
+            content.sha256 = nil
+            local[i].content = .file(content)
+        }
+        let scanned = try Manifest(entries: local)
+        var request = PlanRequest(
+            product: "app",
+            channel: "stable",
+            installed: .init(version: "1.0", sequence: 1, manifestSHA256: installed.digest.hex),
+            device: .init(os: "linux", arch: "x86_64", id: "0123456789abcdef")
+        )
+        request.delta = ManifestDelta(from: installed, to: scanned)
+        #expect(request.delta?.changed.count == 10)
+        #expect(try request.delta?.apply(to: installed).entries.count == scanned.entries.count)
+        let body = try JSONEncoder().encode(request)
+        var whole = request
+        whole.delta = nil
+        whole.manifest = Data(scanned.canonicalEncoding()).base64EncodedString()
+        let wholeBody = try JSONEncoder().encode(whole)
+        let wholeCompressed = try Zstd.compress([UInt8](wholeBody), level: 3)
+        print(
+            "request size: 100,000 files, 10 changed: delta request \(body.count) bytes; whole manifest \(wholeBody.count) bytes (\(wholeCompressed.count) zstd)"
+        )
+        #expect(body.count < 8 * 1024)
+    }
+}
