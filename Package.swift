@@ -120,10 +120,12 @@ let package = Package(
         // `make bench`: compares the project with rsync, xxhsum, zstd on the same data.
         .executableTarget(name: "upgrade-bench", dependencies: [], swiftSettings: strict),
 
+        // Helpers shared by the test targets: scratch trees, deterministic bytes, running programs.
+        .target(name: "UpgradeTestSupport", path: "Tests/UpgradeTestSupport", swiftSettings: strict),
         .testTarget(name: "UpgradeCoreTests", dependencies: ["UpgradeCore"], swiftSettings: strict),
         .testTarget(
             name: "UpgradeScanTests",
-            dependencies: ["UpgradeScan", "UpgradeHash", "UpgradeZstd", "UpgradeCore"],
+            dependencies: ["UpgradeScan", "UpgradeHash", "UpgradeZstd", "UpgradeCore", "UpgradeTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(name: "UpgradeTrustTests", dependencies: ["UpgradeTrust", "UpgradeCore"], swiftSettings: strict),
@@ -131,7 +133,7 @@ let package = Package(
             name: "UpgradeCLITests",
             dependencies: [
                 "UpgradeCore", "UpgradeTrust", "UpgradeRepository", "UpgradeApply", "UpgradeScan", "UpgradeBundle",
-                "UpgradeProtocol", "UpgradeZstd",
+                "UpgradeProtocol", "UpgradeZstd", "UpgradeTestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOSSL
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -12,6 +13,8 @@ import Glibc
 final class HTTPTransport: Sendable {
     let client: HTTPClient
     let attempts: Int
+    /// Every response body byte received, for the report.
+    let received = Mutex<UInt64>(0)
 
     init(caCertificate: String?, readTimeout: Int64, attempts: Int) throws {
         var tls = TLSConfiguration.makeClientConfiguration()
@@ -72,6 +75,7 @@ final class HTTPTransport: Sendable {
         let response = try await client.execute(request, timeout: .seconds(120))
         var bytes = [UInt8]()
         for try await chunk in response.body {
+            received.withLock { $0 += UInt64(chunk.readableBytes) }
             bytes += chunk.readableBytesView
             if bytes.count > limit {
                 throw SyncError.verification("response from \(url) is larger than \(limit) bytes")
@@ -121,6 +125,7 @@ final class HTTPTransport: Sendable {
             received += UInt64(chunk.readableBytes)
             size += UInt64(chunk.readableBytes)
             onBytes(chunk.readableBytes)
+            self.received.withLock { $0 += UInt64(chunk.readableBytes) }
             guard size <= limit else {
                 throw SyncError.verification("\(url) sends more than the \(limit) bytes its signed size allows")
             }

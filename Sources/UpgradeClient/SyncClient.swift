@@ -24,7 +24,8 @@ public enum SyncClient {
             attempts: options.attempts
         )
         do {
-            let report = try await run(options, transport: transport, logger: logger, started: started)
+            var report = try await run(options, transport: transport, logger: logger, started: started)
+            report.bytesReceived = transport.received.withLock { $0 }
             await transport.shutdown()
             return report
         } catch {

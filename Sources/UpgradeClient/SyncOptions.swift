@@ -63,6 +63,8 @@ public struct SyncReport: Codable, Sendable {
     public var resumedDownloads = 0
     /// Size of the plan request body sent.
     public var requestBytes = 0
+    /// Every response body byte received: plan, manifest and payloads.
+    public var bytesReceived: UInt64 = 0
     public var durationSeconds = 0.0
     public var recovered: String?
 }

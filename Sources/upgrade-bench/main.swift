@@ -12,6 +12,8 @@ struct Options {
     var largeFiles = 8
     var largeFileMiB = 128
     var repeats = 3
+    var endToEnd = true
+    var scans = true
 
     init(_ arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -22,10 +24,12 @@ struct Options {
             case "--large-files": largeFiles = Int(iterator.next() ?? "") ?? largeFiles
             case "--large-mib": largeFileMiB = Int(iterator.next() ?? "") ?? largeFileMiB
             case "--repeats": repeats = Int(iterator.next() ?? "") ?? repeats
+            case "--no-e2e": endToEnd = false
+            case "--only-e2e": scans = false
             default:
                 FileHandle.standardError.write(
                     Data(
-                        "usage: upgrade-bench [--data DIR] [--small-files N] [--large-files N] [--large-mib N] [--repeats N]\n"
+                        "usage: upgrade-bench [--data DIR] [--small-files N] [--large-files N] [--large-mib N] [--repeats N] [--no-e2e | --only-e2e]\n"
                             .utf8
                     )
                 )
@@ -204,7 +208,7 @@ let datasets = [
         { (root: String) in makeLargeTree(root, count: options.largeFiles, mib: options.largeFileMiB) }
     ),
 ]
-for (label, name, make) in datasets {
+for (label, name, make) in datasets where options.scans {
     let tree = options.dataDirectory + "/" + name
     let copy = options.dataDirectory + "/" + name + "-copy"
     let cache = options.dataDirectory + "/" + name + ".statcache"
@@ -279,10 +283,24 @@ for (label, name, make) in datasets {
         ),
     ]
 }
-print()
-print(format(rows))
-print()
+if options.scans {
+    print()
+    print(format(rows))
+    print()
+}
 print("upgrade speed-up = the tool's wall time / upgrade's wall time for the same task (above 1: upgrade is faster).")
 print(
     "cores: \(ProcessInfo.processInfo.activeProcessorCount); \(String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: "/proc/cpuinfo")))?.split(separator: UInt8(ascii: "\n")).first(where: { $0.starts(with: Array("model name".utf8)) }) ?? [], as: UTF8.self))"
 )
+
+if options.endToEnd {
+    print()
+    print("end to end: a tree at the old release upgraded to the new one over loopback (bytes = everything received)")
+    print("| upgrade | tool | wall s | bytes received | max RSS | upgrade bytes / rsync bytes |")
+    print("|---|---|---:|---:|---:|---:|")
+    for pair in [UpgradePair(package: "numpy", from: "2.2.6", to: "2.3.5")] {
+        for row in endToEnd(pair, data: options.dataDirectory, upgrade: upgrade, repeats: options.repeats) {
+            print(row)
+        }
+    }
+}

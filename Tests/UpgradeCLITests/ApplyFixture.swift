@@ -5,6 +5,7 @@ import UpgradeBundle
 import UpgradeCore
 import UpgradeRepository
 import UpgradeScan
+import UpgradeTestSupport
 import UpgradeTrust
 
 #if canImport(Glibc)

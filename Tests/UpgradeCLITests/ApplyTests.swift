@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import UpgradeBundle
 import UpgradeCore
+import UpgradeTestSupport
 
 #if canImport(Glibc)
 import Glibc

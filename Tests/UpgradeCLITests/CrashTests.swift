@@ -5,6 +5,7 @@ import UpgradeApply
 import UpgradeBundle
 import UpgradeCore
 import UpgradeRepository
+import UpgradeTestSupport
 import UpgradeTrust
 
 #if canImport(Glibc)

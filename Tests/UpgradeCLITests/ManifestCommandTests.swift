@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import UpgradeCore
+import UpgradeTestSupport
 
 #if canImport(Glibc)
 import Glibc

@@ -163,6 +163,46 @@ struct NetworkTests {
         )
     }
 
+    @Test("malformed, unknown and oversized requests get a 4xx that says why; objects honour Range and ETag")
+    func badRequests() throws {
+        let sync = try SyncFixture(releases: 1)
+        let server = try ServerProcess(repo: sync.repo)
+        func curl(_ arguments: [String]) throws -> (Int, String) {
+            let result = try runProgram("/usr/bin/curl", ["-s", "-o", "/dev/stderr", "-w", "%{http_code}"] + arguments)
+            return (Int(result.text) ?? 0, result.stderr)
+        }
+        let malformed = try curl(["-X", "POST", "-d", "{not json", server.url + "/v1/plan"])
+        #expect(malformed.0 == 400 && malformed.1.contains("malformed plan request"), "\(malformed)")
+        let unknown = try curl([
+            "-X", "POST", "-d",
+            #"{"product":"nope","channel":"stable","device":{"os":"l","arch":"x","id":"i"},"manifest":""}"#,
+            server.url + "/v1/plan",
+        ])
+        #expect(unknown.0 == 404 && unknown.1.contains("no channel"), "\(unknown)")
+        let big = sync.fixture.work.path("big.json")
+        try Data(repeating: 0x20, count: 65 << 20).write(to: URL(fileURLWithPath: big))
+        let oversized = try curl(["-X", "POST", "--data-binary", "@" + big, server.url + "/v1/plan"])
+        #expect(oversized.0 == 413, "\(oversized.0)")
+        let traversal = try curl([server.url + "/releases/app/..%2F..%2Fetc/header"])
+        #expect(traversal.0 == 404)
+
+        let objects = try FileManager.default.subpathsOfDirectory(atPath: sync.repo + "/objects").filter {
+            $0.count > 3
+        }
+        let object = try #require(objects.first)
+        let sha = String(object.split(separator: "/").last!)
+        let headers = try runProgram(
+            "/usr/bin/curl",
+            ["-s", "-D", "-", "-o", "/dev/null", "-H", "Range: bytes=2-5", server.url + "/objects/" + object]
+        )
+        #expect(headers.text.contains("206"))
+        #expect(headers.text.lowercased().contains("etag: \"\(sha)\""))
+        #expect(headers.text.lowercased().contains("immutable"))
+        #expect(headers.text.lowercased().contains("content-range: bytes 2-5/"))
+        let notModified = try curl(["-H", "If-None-Match: \"\(sha)\"", server.url + "/objects/" + object])
+        #expect(notModified.0 == 304)
+    }
+
     @Test("a routine request for a 100,000-file tree with 10 local changes is a few kilobytes")
     func requestSize() throws {
         var entries = [ManifestEntry]()

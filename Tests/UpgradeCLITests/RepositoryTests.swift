@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import UpgradeCore
 import UpgradeRepository
+import UpgradeTestSupport
 import UpgradeTrust
 
 #if canImport(Glibc)

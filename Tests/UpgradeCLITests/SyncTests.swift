@@ -4,6 +4,7 @@ import Testing
 import UpgradeCore
 import UpgradeProtocol
 import UpgradeRepository
+import UpgradeTestSupport
 import UpgradeTrust
 
 #if canImport(Glibc)
@@ -199,6 +200,33 @@ struct SyncTests {
         let frozen = try sync.sync(server, root: root)
         #expect(frozen.status == 4, "\(frozen.stderr)")
         #expect(frozen.stderr.contains("expired"))
+    }
+
+    @Test("a TOML config file carries every flag; unknown keys and missing values are usage errors (exit 2)")
+    func configFile() async throws {
+        let sync = try SyncFixture(releases: 2)
+        let server = try ServerProcess(repo: sync.repo)
+        let root = sync.fixture.work.path("root")
+        let config = sync.fixture.work.path("app.toml")
+        try """
+        # cron-friendly: everything in one file
+        server = "\(server.url)"
+        product = "app"   # the product
+        root = '\(root)'
+        trust = ["\(sync.fixture.pub)"]
+        lock-timeout = 30
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let result = try Upgrade.run(["sync", "--config", config])
+        #expect(result.status == 0, "\(result.stderr)")
+        try await sync.expect(root, equals: 2, "config")
+        #expect(try Upgrade.run(["sync", "--config", config]).text.isEmpty)
+
+        try "server = \"\(server.url)\"\nprodcut = \"app\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let typo = try Upgrade.run(["sync", "--config", config])
+        #expect(typo.status == 2)
+        #expect(typo.stderr.contains("unknown keys prodcut"))
+        let missing = try Upgrade.run(["sync", "--server", server.url])
+        #expect(missing.status == 2)
     }
 
     @Test("a download cut mid-object resumes with Range; bytes received stay below size plus one buffer")

@@ -3,6 +3,7 @@ import Testing
 import UpgradeCore
 import UpgradeHash
 import UpgradeScan
+import UpgradeTestSupport
 
 #if canImport(Glibc)
 import Glibc

@@ -1,4 +1,5 @@
 import Testing
+import UpgradeTestSupport
 import UpgradeZstd
 
 @Suite("zstd wrapper")

@@ -5,10 +5,10 @@ import Glibc
 #endif
 
 /// A scratch directory removed when the test ends.
-final class TemporaryTree {
-    let root: String
+public final class TemporaryTree {
+    public let root: String
 
-    init() throws {
+    public init() throws {
         var template = Array((NSTemporaryDirectory() + "/upgrade-test-XXXXXX").utf8CString)
         guard let made = mkdtemp(&template) else { throw POSIXError(.EIO) }
         root = String(cString: made)
@@ -20,10 +20,10 @@ final class TemporaryTree {
         try? FileManager.default.removeItem(atPath: root)
     }
 
-    func path(_ relative: String) -> String { root + "/" + relative }
+    public func path(_ relative: String) -> String { root + "/" + relative }
 
     @discardableResult
-    func file(_ relative: String, _ content: [UInt8], mode: Int = 0o644) throws -> String {
+    public func file(_ relative: String, _ content: [UInt8], mode: Int = 0o644) throws -> String {
         let full = path(relative)
         try FileManager.default.createDirectory(
             atPath: (full as NSString).deletingLastPathComponent,
@@ -34,23 +34,23 @@ final class TemporaryTree {
         return full
     }
 
-    func file(_ relative: String, _ text: String, mode: Int = 0o644) throws {
+    public func file(_ relative: String, _ text: String, mode: Int = 0o644) throws {
         try file(relative, Array(text.utf8), mode: mode)
     }
 
-    func directory(_ relative: String, mode: Int = 0o755) throws {
+    public func directory(_ relative: String, mode: Int = 0o755) throws {
         try FileManager.default.createDirectory(atPath: path(relative), withIntermediateDirectories: true)
         chmod(path(relative), mode_t(mode))
     }
 
-    func symlink(_ relative: String, to target: String) throws {
+    public func symlink(_ relative: String, to target: String) throws {
         try FileManager.default.createSymbolicLink(atPath: path(relative), withDestinationPath: target)
     }
 }
 
 /// Runs a program and returns its standard output; throws on a non-zero exit.
 @discardableResult
-func run(_ executable: String, _ arguments: [String]) throws -> String {
+public func run(_ executable: String, _ arguments: [String]) throws -> String {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
@@ -64,7 +64,7 @@ func run(_ executable: String, _ arguments: [String]) throws -> String {
 }
 
 /// Deterministic pseudo-random bytes.
-func noise(_ count: Int, seed: UInt64) -> [UInt8] {
+public func noise(_ count: Int, seed: UInt64) -> [UInt8] {
     var state = seed &+ 0x9E37_79B9_7F4A_7C15
     var out = [UInt8]()
     out.reserveCapacity(count)
