@@ -123,10 +123,14 @@ public enum SyncClient {
 
         let needed = neededObjects(plan)
         let downloads = try session.directory("downloads")
+        // Deltas whose base is, per the scan, exactly the content the server diffed against.
+        let (deltas, transfers, skipped) = usableDeltas(plan: plan, local: local, response: response)
+        report.files = transfers
+        report.fallbacks = skipped
         report.bytesToDownload = needed.reduce(0) { total, content in
-            total
-                + (FileManager.default.fileExists(atPath: downloads + "/" + content.sha256!.hex)
-                    ? 0 : response.objects[content.sha256!.hex] ?? content.size)
+            let sha = content.sha256!
+            if FileManager.default.fileExists(atPath: downloads + "/" + sha.hex) { return total }
+            return total + (deltas[sha]?.size ?? response.objects[sha.hex] ?? content.size)
         }
         if options.dryRun {
             install.dryRun = true
@@ -141,24 +145,42 @@ public enum SyncClient {
         check.dryRun = true
         _ = try session.install(check)
 
+        let viaDelta = try await fetchDeltas(
+            deltas,
+            into: downloads,
+            root: session.root,
+            options: options,
+            transport: transport
+        )
+        report.fallbacks += viaDelta.fallbacks
+        report.deltasUsed = viaDelta.applied.count
+        for (index, file) in report.files.enumerated() where file.transfer.hasPrefix("delta") {
+            if let sha = SHA256Hash(hex: file.sha256), viaDelta.applied[sha] == nil {
+                report.files[index].transfer = "whole (delta failed)"
+                report.files[index].bytes = response.objects[sha.hex] ?? 0
+            }
+        }
         let fetched = try await fetchObjects(
-            needed,
+            needed.filter { viaDelta.applied[$0.sha256!] == nil },
             into: downloads,
             response: response,
             options: options,
             transport: transport
         )
-        report.bytesDownloaded = fetched.bytes
+        report.bytesDownloaded = fetched.bytes + viaDelta.bytes
         report.objectsDownloaded = fetched.objects
         report.resumedDownloads = fetched.resumed
 
-        install.payloads = DownloadedObjects(directory: downloads)
+        install.payloads = DownloadedObjects(directory: downloads, root: session.root, deltaBases: viaDelta.applied)
         var outcome = "installed"
         do {
             let installedReport = try session.install(install)
             outcome = installedReport.result
             try session.setValue(channelKey(options), String(record.sequence))
-            for content in needed { unlink(downloads + "/" + content.sha256!.hex) }
+            for content in needed {
+                unlink(downloads + "/" + content.sha256!.hex)
+                unlink(downloads + "/" + content.sha256!.hex + ".delta")
+            }
         } catch {
             report.durationSeconds = Date().timeIntervalSince(started)
             await sendReport(
@@ -454,12 +476,23 @@ final class DownloadCounters: Sendable {
     func takeIndex() -> Int { index.add(1, ordering: .relaxed).oldValue }
 }
 
-/// Payloads downloaded into the state directory: zstd objects named by SHA-256, decompressed
-/// and verified again by the engine as they are staged.
+/// Payloads downloaded into the state directory: zstd objects named by SHA-256, or deltas
+/// (`<sha>.delta`) applied to a base file of the root; either way verified again by the engine
+/// as they are staged (before the commit, so every base is still the old content).
 struct DownloadedObjects: PayloadSource {
     let directory: String
+    let root: String
+    /// Target SHA-256 → base path, for the contents that came as deltas.
+    let deltaBases: [SHA256Hash: String]
 
     func stream(_ content: FileContent, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        if let sha = content.sha256, let base = deltaBases[sha],
+            let delta = FileManager.default.contents(atPath: directory + "/" + sha.hex + ".delta")
+        {
+            let bytes = try ZstdDelta.decode([UInt8](delta), base: try readBase(root, base), maxSize: Int(content.size))
+            try bytes.withUnsafeBytes { try sink($0) }
+            return
+        }
         guard let sha = content.sha256, let data = FileManager.default.contents(atPath: directory + "/" + sha.hex)
         else {
             throw ApplyError.verification("payload \(content.sha256?.hex ?? "?") was not downloaded")

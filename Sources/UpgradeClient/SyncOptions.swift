@@ -67,6 +67,12 @@ public struct SyncReport: Codable, Sendable {
     public var bytesReceived: UInt64 = 0
     public var durationSeconds = 0.0
     public var recovered: String?
+    /// How each written file travels (whole object or delta) and its bytes.
+    public var files: [FileTransfer] = []
+    /// Files that came as deltas.
+    public var deltasUsed = 0
+    /// Deltas that could not be used, and why (the files were fetched whole).
+    public var fallbacks: [String] = []
 }
 
 /// Why a sync stopped.

@@ -101,6 +101,9 @@ public struct PlanResponse: Codable, Sendable {
     /// Compressed size of each payload the plan needs, by SHA-256 hex (unsigned; for progress
     /// and dry runs).
     public var objects: [String: UInt64]
+    /// Target path → a binary delta from content the client has, where that is smaller than the
+    /// whole object (unsigned: the result is checked against the signed SHA-256).
+    public var deltas: [String: DeltaChoice]?
 
     public init(
         channel: [UInt8],
@@ -152,4 +155,36 @@ public struct SyncOutcome: Codable, Sendable {
 public struct ErrorBody: Codable, Sendable {
     public var error: String
     public init(error: String) { self.error = error }
+}
+
+/// A binary delta the client can fetch instead of a whole object.
+public struct DeltaChoice: Codable, Sendable, Equatable {
+    /// Path, in the client's tree, of the file the delta starts from.
+    public var base: String
+    public var baseSize: UInt64
+    public var baseXXH128: String
+    public var baseSHA256: String
+    public var targetSHA256: String
+    /// Delta bytes.
+    public var size: UInt64
+    /// Path of the delta relative to the repository root (same on a mirror).
+    public var path: String
+
+    public init(
+        base: String,
+        baseSize: UInt64,
+        baseXXH128: String,
+        baseSHA256: String,
+        targetSHA256: String,
+        size: UInt64,
+        path: String
+    ) {
+        self.base = base
+        self.baseSize = baseSize
+        self.baseXXH128 = baseXXH128
+        self.baseSHA256 = baseSHA256
+        self.targetSHA256 = targetSHA256
+        self.size = size
+        self.path = path
+    }
 }

@@ -21,9 +21,16 @@ public struct ServerConfiguration: Sendable {
     public var maxRequestBytes = 64 << 20
     /// Largest request body after decompression.
     public var maxDecompressedBytes = 512 << 20
+    /// Offer binary deltas (computed on demand and cached in the repository).
+    public var deltas = true
+    /// zstd level for deltas computed on demand.
+    public var deltaLevel: Int32 = 19
+    /// Files larger than this always travel whole (bounds the server's memory per delta).
+    public var maxDeltaFileSize = 64 << 20
     /// Ways to lie, for tests of the client's defences only (`upgrade serve --fault`, hidden):
     /// `extra-file`, `wrong-hash`, `tamper-object`, `truncate-object`, `endless-object`,
-    /// `cut-object` (first request of an object without Range stops half-way).
+    /// `cut-object` (first request of an object without Range stops half-way), `corrupt-delta`,
+    /// `missing-delta`, `stale-base` (deltas described with a base the client does not have).
     public var faults: Set<String> = []
 
     public init(repository: String) {

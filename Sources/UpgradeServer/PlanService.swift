@@ -21,6 +21,10 @@ final class PlanService: Sendable {
     let layout: RepositoryLayout
     private let manifests = ManifestCache(capacity: 16)
     private let reportLock = Mutex(())
+    private let contentIndexes = Mutex([String: (stamp: String, index: [ContentKey: SHA256Hash])]())
+    /// Bounds the on-demand delta work: a burst of clients cannot run more than this many
+    /// computations (each holding base, target and delta in memory) at once.
+    let deltaLimiter = Limiter(permits: 2)
 
     init(configuration: ServerConfiguration, logger: Logger) {
         self.configuration = configuration
@@ -40,6 +44,7 @@ final class PlanService: Sendable {
         router.post("v1/plan") { request, context in try await self.plan(request, context: context) }
         router.post("v1/reports") { request, context in try await self.report(request, context: context) }
         router.get("objects/:fanout/:sha") { request, context in try await self.object(request, context: context) }
+        router.get("deltas/:fanout/:name") { request, context in try await self.delta(request, context: context) }
         router.get("releases/:product/:version/:file") { request, context in try self.releaseFile(context) }
         router.get("channels/:product/:channel") { _, context in try self.channelFile(context) }
     }
@@ -133,7 +138,7 @@ final class PlanService: Sendable {
             default: break
             }
         }
-        return PlanResponse(
+        var response = PlanResponse(
             channel: channelBytes,
             header: headerBytes,
             version: record.version,
@@ -141,6 +146,69 @@ final class PlanService: Sendable {
             plan: plan,
             objects: objects
         )
+        response.deltas = try await chooseDeltas(plan: plan, client: client, product: request.product, objects: objects)
+        return response
+    }
+
+    /// Per written file, a delta from content the client has when it is smaller than the whole
+    /// object; computed on demand (bounded) and cached in the repository.
+    private func chooseDeltas(
+        plan: Plan,
+        client: Manifest,
+        product: String,
+        objects: [String: UInt64]
+    ) async throws -> [String: DeltaChoice] {
+        guard configuration.deltas else { return [:] }
+        let bases = plan.deltaBases(client: client)
+        guard !bases.isEmpty else { return [:] }
+        let clientIndex = client.index()
+        let contents = try contentIndex(product)
+        let store = DeltaStore(repository: configuration.repository, level: configuration.deltaLevel)
+        var choices = [String: DeltaChoice]()
+        for operation in plan.operations {
+            let target: FileContent
+            switch operation {
+            case .add(_, _, let content), .replace(_, _, let content): target = content
+            default: continue
+            }
+            guard let basePath = bases[operation.path], let baseFile = clientIndex[basePath]?.file,
+                let targetSHA = target.sha256,
+                let baseSHA = baseFile.sha256 ?? contents[ContentKey(baseFile)], baseSHA != targetSHA,
+                target.size <= UInt64(configuration.maxDeltaFileSize),
+                baseFile.size <= UInt64(configuration.maxDeltaFileSize)
+            else { continue }
+            let base = FileContent(size: baseFile.size, xxh128: baseFile.xxh128, sha256: baseSHA)
+            let size: UInt64?
+            if let cached = store.cachedSize(base: baseSHA, target: targetSHA) {
+                size = cached == 0 ? nil : cached
+            } else {
+                size = try await deltaLimiter.run { try? store.size(base: base, target: target) }
+            }
+            guard let size, size < (objects[targetSHA.hex] ?? .max) else { continue }
+            // `stale-base` (tests only): describe the base wrongly, as if it changed after the scan.
+            let baseXXH =
+                configuration.faults.contains("stale-base") ? String(repeating: "0", count: 32) : base.xxh128.hex
+            choices[operation.path] = DeltaChoice(
+                base: basePath,
+                baseSize: base.size,
+                baseXXH128: baseXXH,
+                baseSHA256: baseSHA.hex,
+                targetSHA256: targetSHA.hex,
+                size: size,
+                path: DeltaStore.relativePath(base: baseSHA, target: targetSHA)
+            )
+        }
+        return choices
+    }
+
+    /// The content index of a product, rebuilt when its releases change.
+    private func contentIndex(_ product: String) throws -> [ContentKey: SHA256Hash] {
+        let releases = (try? Catalog(repository: configuration.repository).releases(of: product)) ?? []
+        let stamp = releases.map(\.header.manifestSHA256).joined()
+        if let cached = contentIndexes.withLock({ $0[product] }), cached.stamp == stamp { return cached.index }
+        let index = try Catalog(repository: configuration.repository).contentIndex(of: product)
+        contentIndexes.withLock { $0[product] = (stamp, index) }
+        return index
     }
 
     private func manifest(_ product: String, _ version: String) throws -> Manifest {
@@ -235,6 +303,51 @@ final class PlanService: Sendable {
         }
         let body = try await FileIO().loadFile(path: path, range: range, context: context)
         return Response(status: status, headers: headers, body: body)
+    }
+
+    /// `GET /deltas/ab/<base>-<target>`: an immutable delta, served like an object.
+    private func delta(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let fanout = context.parameters.get("fanout") ?? ""
+        guard let name = context.parameters.get("name") else { throw HTTPError(.notFound) }
+        let parts = name.split(separator: "-")
+        guard parts.count == 2, let base = SHA256Hash(hex: parts[0]), let target = SHA256Hash(hex: parts[1]),
+            base.hex == parts[0], target.hex == parts[1], target.hex.hasPrefix(fanout), fanout.count == 2,
+            !configuration.faults.contains("missing-delta")
+        else { throw HTTPError(.notFound) }
+        let path = DeltaStore(repository: configuration.repository).path(base: base, target: target)
+        guard let size = fileSize(path), size > 0 else { throw HTTPError(.notFound) }
+        let etag = "\"\(name)\""
+        var headers: HTTPFields = [
+            .eTag: etag, .cacheControl: "public, max-age=31536000, immutable", .acceptRanges: "bytes",
+            .contentType: "application/zstd",
+        ]
+        if request.headers[.ifNoneMatch] == etag { return Response(status: .notModified, headers: headers) }
+        var range = 0...Int(size - 1)
+        var status = HTTPResponse.Status.ok
+        if let header = request.headers[.range] {
+            guard let requested = Self.parseRange(header, size: Int(size)) else {
+                headers[.contentRange] = "bytes */\(size)"
+                return Response(status: .rangeNotSatisfiable, headers: headers)
+            }
+            range = requested
+            status = .partialContent
+            headers[.contentRange] = "bytes \(range.lowerBound)-\(range.upperBound)/\(size)"
+        }
+        headers[.contentLength] = String(range.count)
+        metrics.countObjectBytes(range.count)
+        if configuration.faults.contains("corrupt-delta"), var bytes = read(path) {
+            bytes[bytes.count / 2] ^= 0x10
+            return Response(
+                status: status,
+                headers: headers,
+                body: .init(byteBuffer: ByteBuffer(bytes: Array(bytes[range])))
+            )
+        }
+        return Response(
+            status: status,
+            headers: headers,
+            body: try await FileIO().loadFile(path: path, range: range, context: context)
+        )
     }
 
     /// `bytes=a-b`, `bytes=a-` or `bytes=-n`; one range only.
@@ -400,5 +513,48 @@ final class ManifestCache: Sendable {
             state.order.append(key)
             while state.order.count > capacity { state.entries[state.order.removeFirst()] = nil }
         }
+    }
+}
+
+/// At most `permits` bodies at once; the others wait their turn.
+final class Limiter: Sendable {
+    private struct State {
+        var available: Int
+        var waiting: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state: Mutex<State>
+
+    init(permits: Int) { state = Mutex(State(available: permits)) }
+
+    func run<T: Sendable>(_ body: @Sendable () throws -> T) async throws -> T {
+        await acquire()
+        defer { release() }
+        return try body()
+    }
+
+    private func acquire() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let granted = state.withLock { state -> Bool in
+                if state.available > 0 {
+                    state.available -= 1
+                    return true
+                }
+                state.waiting.append(continuation)
+                return false
+            }
+            if granted { continuation.resume() }
+        }
+    }
+
+    private func release() {
+        let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if state.waiting.isEmpty {
+                state.available += 1
+                return nil
+            }
+            return state.waiting.removeFirst()
+        }
+        next?.resume()
     }
 }

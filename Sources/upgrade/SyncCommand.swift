@@ -92,7 +92,16 @@ struct SyncCommand: AsyncParsableCommand {
         switch report.result {
         case "up to date": return
         case "dry run":
-            for operation in report.operations ?? [] { print(operation) }
+            let transfers = Dictionary(report.files.map { ($0.path, $0) }, uniquingKeysWith: { first, _ in first })
+            for operation in report.operations ?? [] {
+                let path = String(operation.split(separator: " ", maxSplits: 1).last ?? "")
+                if let transfer = transfers[path] {
+                    print("\(operation)  [\(transfer.transfer), \(Terminal.bytes(transfer.bytes))]")
+                } else {
+                    print(operation)
+                }
+            }
+            for fallback in report.fallbacks { print("note: \(fallback)") }
             print(
                 "dry run: \(report.product) \(from) -> \(to): \(report.summary.map(DiffCommand.summaryLine) ?? ""); would download \(Terminal.bytes(report.bytesToDownload)); nothing was changed"
             )

@@ -214,3 +214,29 @@ struct DiffTests {
         }
     }
 }
+
+@Suite("Delta bases")
+struct DeltaBaseTests {
+    @Test("replaced files use their own old content; added files find a renamed sibling")
+    func bases() throws {
+        let client = try Manifest(entries: [
+            .directory("lib"), .file("lib/libfoo-1a2b.so", sampleContent(1, size: 1000)),
+            .file("lib/libbar.so", sampleContent(2, size: 5000)),
+            .file("lib/other-9f8e7d.txt", sampleContent(3, size: 1000)), .file("conf.toml", sampleContent(4, size: 10)),
+            .file("lib/tiny-1234.so", sampleContent(5, size: 10)),
+        ])
+        let target = try Manifest(entries: [
+            .directory("lib"), .file("lib/libfoo-3c4d.so", sampleContent(6, size: 1100)),
+            .file("lib/libbar.so", sampleContent(7, size: 5100)),
+            .file("lib/other-9f8e7d.txt", sampleContent(3, size: 1000)), .file("conf.toml", sampleContent(8, size: 12)),
+            .file("lib/tiny-5678.so", sampleContent(9, size: 100)),
+            .file("lib/brandnew.so", sampleContent(10, size: 1000)),
+        ])
+        let bases = plan(from: client, to: target).deltaBases(client: client)
+        #expect(bases["lib/libfoo-3c4d.so"] == "lib/libfoo-1a2b.so")
+        #expect(bases["lib/libbar.so"] == "lib/libbar.so")
+        #expect(bases["conf.toml"] == "conf.toml")
+        #expect(bases["lib/brandnew.so"] == nil)
+        #expect(bases["lib/tiny-5678.so"] == nil, "sizes differ by 10x")
+    }
+}
