@@ -24,6 +24,8 @@ public struct PublishRequest: Sendable {
     public var releaseLifetime: Int64 = 365 * 86_400
     /// How long the channel record stays valid; re-publishing re-signs it.
     public var channelLifetime: Int64 = 30 * 86_400
+    /// Deltas are precomputed from this many previous releases (0: none; others on demand).
+    public var deltaReleases = 1
     /// Files compressed at once.
     public var concurrency: Int = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
     /// The clock.
@@ -58,6 +60,8 @@ public struct PublishResult: Sendable {
     public var objectsWritten = 0
     public var objectsReused = 0
     public var bytesWritten: UInt64 = 0
+    /// Deltas worth keeping that were computed from earlier releases.
+    public var deltasComputed = 0
 }
 
 /// Publishes a tree as a signed release: objects first, then manifest and header (the commit
@@ -174,6 +178,14 @@ public struct Publisher: Sendable {
             headerBytes = result.header.signed(with: key).encoded()
             try AtomicFile.write(headerBytes, to: layout.header(request.product, request.version))
         }
+        // Deltas from the previous releases, before the channel points clients at this one.
+        let previous = published.filter { $0.header.sequence < result.header.sequence }.suffix(request.deltaReleases)
+        result.deltasComputed = try await Self.precomputeDeltas(
+            from: previous.compactMap(\.manifest),
+            to: manifest,
+            store: DeltaStore(repository: request.repository, level: request.compressionLevel),
+            concurrency: request.concurrency
+        )
         result.channel = try updateChannel(request, header: result.header, headerBytes: headerBytes, catalog: catalog)
         return result
     }
@@ -200,6 +212,42 @@ public struct Publisher: Sendable {
         try FileSystem.makeDirectories(layout.productChannels(request.product))
         try AtomicFile.write(record.signed(with: key).encoded(), to: layout.channel(request.product, request.channel))
         return record
+    }
+
+    /// Computes (and caches) the deltas a client at each of `bases` would be offered.
+    static func precomputeDeltas(
+        from bases: [Manifest],
+        to target: Manifest,
+        store: DeltaStore,
+        concurrency: Int
+    ) async throws -> Int {
+        var pairs = [(FileContent, FileContent)]()
+        var seen = Set<String>()
+        for base in bases {
+            let plan = Plan(from: base, to: target)
+            let index = base.index()
+            for (path, basePath) in plan.deltaBases(client: base) {
+                guard let from = index[basePath]?.file, let to = target.index()[path]?.file, let a = from.sha256,
+                    let b = to.sha256,
+                    seen.insert(a.hex + b.hex).inserted
+                else { continue }
+                pairs.append((from, to))
+            }
+        }
+        let next = Counter()
+        let work = pairs
+        return try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<max(1, min(concurrency, work.count)) {
+                group.addTask {
+                    var kept = 0
+                    while let index = next.take(below: work.count) {
+                        if try store.size(base: work[index].0, target: work[index].1) != nil { kept += 1 }
+                    }
+                    return kept
+                }
+            }
+            return try await group.reduce(0, +)
+        }
     }
 
     private static func storeAll(

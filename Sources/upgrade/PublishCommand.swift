@@ -31,7 +31,9 @@ struct PublishCommand: AsyncParsableCommand {
         String?
     @Option(name: .customLong("health-check"), help: "Script of the tree that must succeed after an upgrade.")
     var healthCheck: String?
-    @Option(help: "zstd level for objects (1-19).") var level: Int32 = 19
+    @Option(help: "zstd level for objects and deltas (1-19).") var level: Int32 = 19
+    @Option(help: "Precompute binary deltas from this many previous releases (others are computed on demand).")
+    var deltas = 1
     @Option(help: "Days the release stays installable.") var expiresDays = 365
     @Option(help: "Days the channel record stays valid (re-publish to re-sign).") var channelExpiresDays = 30
     @Flag(help: "Print the result as JSON.") var json = false
@@ -48,6 +50,7 @@ struct PublishCommand: AsyncParsableCommand {
         request.channel = channel
         request.platform = platform
         request.compressionLevel = level
+        request.deltaReleases = max(0, deltas)
         request.releaseLifetime = Int64(expiresDays) * 86_400
         request.channelLifetime = Int64(channelExpiresDays) * 86_400
         request.hooks = [.preInstall: preInstall, .postInstall: postInstall, .healthCheck: healthCheck].compactMapValues
@@ -73,6 +76,7 @@ struct PublishCommand: AsyncParsableCommand {
         print(
             "objects: \(result.objectsWritten) written (\(Terminal.bytes(result.bytesWritten)) compressed), \(result.objectsReused) already present"
         )
+        if result.deltasComputed > 0 { print("deltas: \(result.deltasComputed) precomputed from earlier releases") }
         if let channel = result.channel {
             print(
                 "channel \(channel.channel) -> \(channel.version) (record sequence \(channel.sequence), expires \(Timestamps.iso(channel.expires)))"

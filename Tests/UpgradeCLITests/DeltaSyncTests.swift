@@ -20,6 +20,11 @@ struct DeltaSyncTests {
         let honest = try ServerProcess(repo: sync.repo)
         #expect(try sync.sync(honest, root: root).status == 0)
         try sync.publish(2)
+        // Publishing 2.0 precomputed the deltas from 1.0.
+        let precomputed =
+            (try? FileManager.default.subpathsOfDirectory(atPath: sync.repo + "/deltas").filter { $0.contains("-") })
+            ?? []
+        #expect(!precomputed.isEmpty)
         let server = fault == "none" ? honest : try ServerProcess(repo: sync.repo, extra: ["--fault", fault])
         let result = try sync.sync(server, root: root, ["--json"])
         #expect(result.status == 0, "\(fault): \(result.stderr)")
