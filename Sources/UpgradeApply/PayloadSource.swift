@@ -19,10 +19,34 @@ public protocol PayloadSource: Sendable {
 /// Payloads from an offline bundle.
 public struct BundlePayloads: PayloadSource {
     let bundle: BundleReader
+    /// The root deltas apply to (their bases are files of it, read before the commit).
+    let root: String
 
-    public init(bundle: BundleReader) { self.bundle = bundle }
+    public init(bundle: BundleReader, root: String) {
+        self.bundle = bundle
+        self.root = root
+    }
 
     public func stream(_ content: FileContent, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        if let sha = content.sha256, let delta = bundle.deltas[sha] {
+            let bytes = try bundle.read(delta.entry, from: 0, count: Int(delta.entry.length))
+            let base = try PathRules.validateReturning(delta.base)
+            let fd = open(root + "/" + base, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+            guard fd >= 0 else { throw ApplyError.verification("delta base \(base) cannot be opened") }
+            defer { close(fd) }
+            var baseBytes = [UInt8]()
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            while true {
+                let n = read(fd, &buffer, buffer.count)
+                if n < 0 && errno == EINTR { continue }
+                guard n >= 0 else { throw SystemCallError(call: "read \(base)", code: errno) }
+                if n == 0 { break }
+                baseBytes += buffer[..<n]
+            }
+            let result = try ZstdDelta.decode(bytes, base: baseBytes, maxSize: Int(content.size))
+            try result.withUnsafeBytes { try sink($0) }
+            return
+        }
         guard let sha = content.sha256, let entry = bundle.objects[sha] else {
             throw ApplyError.verification("the bundle lacks the payload \(content.sha256?.hex ?? "(no SHA-256)")")
         }

@@ -25,6 +25,8 @@ public enum BundleSection: UInt8, Sendable, CaseIterable {
     case baseManifest = 4
     /// A payload: a zstd-compressed object, named by the SHA-256 (hex) of its uncompressed content.
     case object = 5
+    /// A payload as a binary delta, named `<target sha256 hex>:<base path in the root>`.
+    case delta = 6
 }
 
 /// Writes a bundle from in-memory sections and object files.
@@ -109,6 +111,8 @@ public final class BundleReader: Sendable {
     public let entries: [Entry]
     /// Object sections by SHA-256.
     public let objects: [SHA256Hash: Entry]
+    /// Delta sections by target SHA-256, with the base path they apply to.
+    public let deltas: [SHA256Hash: (entry: Entry, base: String)]
 
     /// Opens and indexes `path`; throws ``BundleError`` when it is not a bundle.
     public init(path: String) throws {
@@ -128,6 +132,7 @@ public final class BundleReader: Sendable {
         guard count <= 10_000_000 else { throw fail("section count \(count) is implausible") }
         var entries = [Entry]()
         var objects = [SHA256Hash: Entry]()
+        var deltas = [SHA256Hash: (entry: Entry, base: String)]()
         var position: UInt64 = 12
         func read(_ n: Int) throws(BundleError) -> [UInt8] {
             var bytes = [UInt8](repeating: 0, count: n)
@@ -149,6 +154,13 @@ public final class BundleReader: Sendable {
                 throw fail("section \(name.debugDescription) lies outside the file")
             }
             let entry = Entry(kind: kind, name: name, offset: offset, length: length)
+            if kind == .delta {
+                let parts = name.split(separator: ":", maxSplits: 1).map(String.init)
+                guard parts.count == 2, let sha = SHA256Hash(hex: parts[0]) else {
+                    throw fail("delta name \(name.debugDescription) is not <sha256>:<path>")
+                }
+                deltas[sha] = (entry, parts[1])
+            }
             if kind == .object {
                 guard let sha = SHA256Hash(hex: name) else {
                     throw fail("object name \(name.debugDescription) is not a SHA-256")
@@ -160,6 +172,7 @@ public final class BundleReader: Sendable {
         self.fd = fd
         self.entries = entries
         self.objects = objects
+        self.deltas = deltas
     }
 
     deinit { close(fd) }

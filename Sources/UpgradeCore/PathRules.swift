@@ -75,6 +75,12 @@ public enum PathRules {
     private static let slash = UInt8(ascii: "/")
     private static let dot = UInt8(ascii: ".")
 
+    /// Checks a path and returns it, for use in expressions.
+    public static func validateReturning(_ path: String) throws(PathError) -> String {
+        try validate(path)
+        return path
+    }
+
     /// Checks a symlink target: non-empty, no NUL, valid UTF-8, bounded length.
     ///
     /// Targets are data, not paths the engine writes through: an absolute or `..` target is

@@ -16,11 +16,18 @@ public struct BundleBuilder: Sendable {
     public struct Summary: Sendable {
         public var plan: Plan
         public var objects: Int
+        public var deltas: Int
         public var payloadBytes: UInt64
     }
 
     /// Writes the bundle for `product` `version` relative to `base` (nil: full install).
-    public func build(product: String, version: String, base: Manifest?, output: String) throws -> Summary {
+    public func build(
+        product: String,
+        version: String,
+        base: Manifest?,
+        output: String,
+        useDeltas: Bool = true
+    ) throws -> Summary {
         let catalog = Catalog(layout: layout)
         guard let release = try catalog.releases(of: product).first(where: { $0.header.version == version }) else {
             throw BundleBuildError.unknownRelease(product, version)
@@ -36,6 +43,24 @@ public struct BundleBuilder: Sendable {
         if let base { writer.add(.baseManifest, .bytes(base.canonicalEncoding())) }
         var added = Set<SHA256Hash>()
         var payloadBytes: UInt64 = 0
+        var deltaCount = 0
+        // With a base, a file travels as a delta from the machine's content when that is smaller.
+        var deltaFor = [String: (base: String, path: String, size: UInt64)]()
+        if let base, useDeltas {
+            let store = DeltaStore(repository: layout.root)
+            let contents = try catalog.contentIndex(of: product)
+            let baseIndex = base.index()
+            for (path, basePath) in plan.deltaBases(client: base) {
+                guard let baseFile = baseIndex[basePath]?.file, let target = target.index()[path]?.file,
+                    let targetSHA = target.sha256,
+                    let baseSHA = baseFile.sha256 ?? contents[ContentKey(baseFile)]
+                else { continue }
+                let from = FileContent(size: baseFile.size, xxh128: baseFile.xxh128, sha256: baseSHA)
+                if let size = try store.size(base: from, target: target) {
+                    deltaFor[path] = (basePath, store.path(base: baseSHA, target: targetSHA), size)
+                }
+            }
+        }
         for operation in plan.operations {
             let content: FileContent
             switch operation {
@@ -44,6 +69,12 @@ public struct BundleBuilder: Sendable {
             }
             guard let sha = content.sha256 else { throw BundleBuildError.missingDigest(operation.path) }
             guard added.insert(sha).inserted else { continue }
+            if let delta = deltaFor[operation.path] {
+                writer.add(.delta, name: sha.hex + ":" + delta.base, .file(path: delta.path, size: delta.size))
+                payloadBytes += delta.size
+                deltaCount += 1
+                continue
+            }
             let path = layout.object(sha)
             guard let size = FileSystem.size(path) else {
                 throw BundleBuildError.missingObject(RepositoryLayout.objectPath(sha))
@@ -52,7 +83,7 @@ public struct BundleBuilder: Sendable {
             payloadBytes += size
         }
         try writer.write(to: output)
-        return Summary(plan: plan, objects: added.count, payloadBytes: payloadBytes)
+        return Summary(plan: plan, objects: added.count - deltaCount, deltas: deltaCount, payloadBytes: payloadBytes)
     }
 }
 

@@ -54,7 +54,7 @@ struct ApplyCommand: AsyncParsableCommand {
             headerBytes: header,
             manifestBytes: manifest,
             plan: plan,
-            payloads: BundlePayloads(bundle: reader)
+            payloads: BundlePayloads(bundle: reader, root: root.root)
         )
         request.stateDirectoryName = root.stateDir
         request.dryRun = dryRun

@@ -22,6 +22,7 @@ struct BundleCommand: AsyncParsableCommand {
         String?
     @Option(help: "Target release version.") var to: String
     @Option(name: .shortAndLong, help: "Bundle file to write.") var output: String
+    @Flag(help: "Carry whole objects only, no binary deltas.") var noDeltas = false
 
     func validate() throws {
         if from != nil && forManifest != nil { throw ValidationError("--from and --for exclude each other") }
@@ -39,14 +40,15 @@ struct BundleCommand: AsyncParsableCommand {
             product: product,
             version: to,
             base: base,
-            output: output
+            output: output,
+            useDeltas: !noDeltas
         )
         let s = summary.plan.summary
         print(
             "wrote \(output): \(product) \(from ?? (forManifest != nil ? "(machine manifest)" : "(nothing)")) -> \(to)"
         )
         print(
-            "\(s.filesAdded) added, \(s.filesReplaced) replaced, \(s.filesDeleted) deleted; \(summary.objects) payloads, \(Terminal.bytes(summary.payloadBytes))"
+            "\(s.filesAdded) added, \(s.filesReplaced) replaced, \(s.filesDeleted) deleted; \(summary.objects) whole payloads, \(summary.deltas) deltas, \(Terminal.bytes(summary.payloadBytes))"
         )
     }
 }

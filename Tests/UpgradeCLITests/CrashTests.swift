@@ -66,7 +66,7 @@ struct CrashScenario {
             headerBytes: try reader.section(.header)!,
             manifestBytes: try reader.section(.manifest)!,
             plan: try Plan(json: Data(try reader.section(.plan)!)),
-            payloads: BundlePayloads(bundle: reader)
+            payloads: BundlePayloads(bundle: reader, root: root)
         )
         request.observer = observer
         return request
