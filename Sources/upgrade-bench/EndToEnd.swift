@@ -1,5 +1,6 @@
-// The end-to-end rows of `make bench`: a real upgrade pair from PyPI wheels, `upgrade sync` over
-// loopback against `rsync -az` through an rsync daemon on 127.0.0.1, same trees, same run.
+// The end-to-end rows of `make bench`: real upgrade pairs from PyPI wheels. `upgrade sync` over
+// loopback against `rsync -az` through an rsync daemon on 127.0.0.1 and against the per-file
+// `zstd -19 --patch-from` floor, on the same trees in the same run.
 import Foundation
 
 #if canImport(Glibc)
@@ -30,11 +31,11 @@ func wheelTree(_ package: String, _ version: String, data: String) -> String {
     return tree
 }
 
-/// Starts a background process and returns it with the first line it prints.
-func startWithFirstLine(_ executable: String, _ arguments: [String]) -> (Process, String) {
+/// Starts `upgrade serve` on a free loopback port; returns the process and its URL.
+func startServer(_ binary: String, repo: String) -> (Process, String) {
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
+    process.executableURL = URL(fileURLWithPath: binary)
+    process.arguments = ["serve", "--repo", repo, "--listen", "127.0.0.1:0", "--log-level", "error"]
     let pipe = Pipe()
     process.standardOutput = pipe
     process.standardError = FileHandle.nullDevice
@@ -45,51 +46,66 @@ func startWithFirstLine(_ executable: String, _ arguments: [String]) -> (Process
         if chunk.isEmpty { break }
         line.append(chunk)
     }
-    return (process, String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+    let text = String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    return (process, String(text.split(separator: " ").last ?? ""))
+}
+
+/// User + system CPU seconds a process has used (from /proc/PID/stat).
+func processCPUSeconds(_ pid: Int32) -> Double {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = stat.lastIndex(of: ")")
+    else { return 0 }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    // Fields after the command name start with the state; utime and stime are the 12th and 13th.
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
 }
 
 /// Measures one upgrade pair; returns table rows.
 func endToEnd(_ pair: UpgradePair, data: String, upgrade: String, repeats: Int) -> [String] {
     let old = wheelTree(pair.package, pair.from, data: data)
     let new = wheelTree(pair.package, pair.to, data: data)
-    let work = "\(data)/e2e-\(pair.package)-\(pair.from)-\(pair.to)"
+    let work = "\(data)/e2e-deltas-\(pair.package)-\(pair.from)-\(pair.to)"
     let repo = work + "/repo"
     let key = work + "/publisher.key"
-    // Publishing at level 19 takes a while; the repository is cached between runs.
+    let binary = String(upgrade.dropFirst().dropLast())
+
+    // Publishing at level 19 (with deltas from the previous release) takes a while; the
+    // repository and the publish times of the first run are cached.
     if !FileManager.default.fileExists(atPath: work + "/.complete") {
         shell(
             "rm -rf \(quote(work)) && mkdir -p \(quote(work)) && \(upgrade) keygen --output \(quote(key)) > /dev/null"
         )
+        var times = [String]()
         for (version, tree) in [(pair.from, old), (pair.to, new)] {
-            shell(
-                "\(upgrade) publish --repo \(quote(repo)) --product \(pair.package) --version \(version) --key \(quote(key)) \(quote(tree)) > /dev/null"
+            let run = measure(
+                "\(upgrade) publish --repo \(quote(repo)) --product \(pair.package) --version \(version) --key \(quote(key)) \(quote(tree)) > /dev/null",
+                repeats: 1
             )
+            times.append(String(format: "%.1f", run.seconds))
         }
+        try? times.joined(separator: " / ").write(toFile: work + "/publish-seconds", atomically: true, encoding: .utf8)
         shell(
-            "\(upgrade) bundle --repo \(quote(repo)) --product \(pair.package) --to \(pair.from) --output \(quote(work))/from.bundle > /dev/null"
+            "\(upgrade) bundle --repo \(quote(repo)) --product \(pair.package) --to \(pair.from) --no-deltas --output \(quote(work))/from.bundle > /dev/null"
         )
         _ = FileManager.default.createFile(atPath: work + "/.complete", contents: nil)
     }
-    let binary = String(upgrade.dropFirst().dropLast())
-    let (server, line) = startWithFirstLine(
-        binary,
-        ["serve", "--repo", repo, "--listen", "127.0.0.1:0", "--log-level", "error"]
-    )
-    defer {
-        server.terminate()
-        server.waitUntilExit()
-    }
-    let url = String(line.split(separator: " ").last ?? "")
+    let publishTimes = (try? String(contentsOfFile: work + "/publish-seconds", encoding: .utf8)) ?? "?"
     let root = work + "/root"
     let report = work + "/sync.json"
-
-    // upgrade sync: the root starts as an installed copy of the old release, every run.
-    var syncBest = Measurement(seconds: .infinity, maxRSSKiB: 0)
-    var syncBytes: UInt64 = 0
-    for _ in 0..<repeats {
+    func installOld() {
         shell(
             "rm -rf \(quote(root)) && \(upgrade) apply --root \(quote(root)) --trust \(quote(key)).pub \(quote(work))/from.bundle > /dev/null"
         )
+    }
+
+    // upgrade sync with the deltas publish precomputed: the root starts at the old release every run.
+    var (server, url) = startServer(binary, repo: repo)
+    var syncBest = Measurement(seconds: .infinity, maxRSSKiB: 0)
+    var syncBytes: UInt64 = 0
+    var deltasUsed = 0
+    for _ in 0..<repeats {
+        installOld()
         let run = measure(
             "\(upgrade) sync --server \(url) --product \(pair.package) --root \(quote(root)) --trust \(quote(key)).pub --json > \(quote(report))",
             repeats: 1
@@ -99,8 +115,25 @@ func endToEnd(_ pair: UpgradePair, data: String, upgrade: String, repeats: Int) 
         if run.seconds < syncBest.seconds {
             syncBest = run
             syncBytes = (json?["bytesReceived"] as? NSNumber)?.uint64Value ?? 0
+            deltasUsed = (json?["deltasUsed"] as? NSNumber)?.intValue ?? 0
         }
     }
+    server.terminate()
+    server.waitUntilExit()
+
+    // Deltas on demand: no cached deltas; the server's CPU time for that one plan.
+    shell("rm -rf \(quote(work))/deltas.saved && mv \(quote(repo))/deltas \(quote(work))/deltas.saved")
+    (server, url) = startServer(binary, repo: repo)
+    installOld()
+    let cpuBefore = processCPUSeconds(server.processIdentifier)
+    let onDemand = measure(
+        "\(upgrade) sync --server \(url) --product \(pair.package) --root \(quote(root)) --trust \(quote(key)).pub > /dev/null",
+        repeats: 1
+    )
+    let serverCPU = processCPUSeconds(server.processIdentifier) - cpuBefore
+    server.terminate()
+    server.waitUntilExit()
+    shell("rm -rf \(quote(repo))/deltas && mv \(quote(work))/deltas.saved \(quote(repo))/deltas")
 
     // rsync -az through a daemon on loopback: destination starts as a copy of the old tree.
     let port = 20_000 + Int(getpid() % 20_000)
@@ -116,10 +149,6 @@ func endToEnd(_ pair: UpgradePair, data: String, upgrade: String, repeats: Int) 
         "--daemon", "--no-detach", "--config", config, "--address", "127.0.0.1", "--port", String(port),
     ]
     try! daemon.run()
-    defer {
-        daemon.terminate()
-        daemon.waitUntilExit()
-    }
     usleep(300_000)
     let destination = work + "/rsync-dest"
     let stats = work + "/rsync.stats"
@@ -135,17 +164,41 @@ func endToEnd(_ pair: UpgradePair, data: String, upgrade: String, repeats: Int) 
         )
         let text = (try? String(contentsOfFile: stats, encoding: .utf8)) ?? ""
         let received =
-            text.split(separator: "\n").first { $0.hasPrefix("Total bytes received:") }
-            .map { $0.filter(\.isNumber) }.flatMap { UInt64($0) } ?? 0
+            text.split(separator: "\n").first { $0.hasPrefix("Total bytes received:") }.map { $0.filter(\.isNumber) }
+            .flatMap { UInt64($0) } ?? 0
         if run.seconds < rsyncBest.seconds {
             rsyncBest = run
             rsyncBytes = received
         }
     }
+    daemon.terminate()
+    daemon.waitUntilExit()
+
+    // The practical floor: per-file `zstd -19 --patch-from` (same path) or `zstd -19` (new files).
+    let floorFile = work + "/floor-bytes"
+    if !FileManager.default.fileExists(atPath: floorFile) {
+        shell(
+            "cd \(quote(new)) && find . -type f ! -name .complete -print0 | while IFS= read -r -d '' f; do "
+                + "if [ -f \(quote(old))/\"$f\" ]; then cmp -s \(quote(old))/\"$f\" \"$f\" && continue; "
+                + "zstd -q -19 --single-thread --patch-from=\(quote(old))/\"$f\" -c \"$f\" | wc -c; "
+                + "else zstd -q -19 --single-thread -c \"$f\" | wc -c; fi; done | awk '{s+=$1} END {print s+0}' > \(quote(floorFile))"
+        )
+    }
+    let floorBytes =
+        UInt64(
+            ((try? String(contentsOfFile: floorFile, encoding: .utf8)) ?? "0").trimmingCharacters(
+                in: .whitespacesAndNewlines
+            )
+        ) ?? 0
+
     let label = "\(pair.package) \(pair.from) → \(pair.to)"
     func mib(_ bytes: UInt64) -> String { String(format: "%.2f MiB", Double(bytes) / 1_048_576) }
+    func ratio(_ a: UInt64, _ b: UInt64) -> String { String(format: "%.2f×", Double(a) / Double(max(1, b))) }
     return [
-        "| \(label) | upgrade sync (loopback) | \(String(format: "%.3f", syncBest.seconds)) | \(mib(syncBytes)) | \(syncBest.maxRSSKiB) KiB | — |",
-        "| \(label) | rsync -az via daemon (zstd) | \(String(format: "%.3f", rsyncBest.seconds)) | \(mib(rsyncBytes)) | \(rsyncBest.maxRSSKiB) KiB | \(String(format: "%.2f×", Double(syncBytes) / Double(max(1, rsyncBytes)))) |",
+        "| \(label) | upgrade sync (precomputed deltas; \(deltasUsed) files as deltas) | \(String(format: "%.3f", syncBest.seconds)) | \(mib(syncBytes)) | \(syncBest.maxRSSKiB) KiB | \(ratio(syncBytes, rsyncBytes)) of rsync, \(ratio(syncBytes, floorBytes)) of the floor |",
+        "| \(label) | rsync -az via daemon (zstd) | \(String(format: "%.3f", rsyncBest.seconds)) | \(mib(rsyncBytes)) | \(rsyncBest.maxRSSKiB) KiB | — |",
+        "| \(label) | per-file zstd -19 --patch-from (floor) | — | \(mib(floorBytes)) | — | \(ratio(floorBytes, rsyncBytes)) of rsync |",
+        "| \(label) | upgrade sync, deltas computed on demand | \(String(format: "%.3f", onDemand.seconds)) | — | — | server CPU \(String(format: "%.2f", serverCPU)) s for the plan |",
+        "| \(label) | upgrade publish old / new (level 19, deltas from the previous release) | \(publishTimes) s | — | — | — |",
     ]
 }

@@ -296,9 +296,12 @@ print(
 if options.endToEnd {
     print()
     print("end to end: a tree at the old release upgraded to the new one over loopback (bytes = everything received)")
-    print("| upgrade | tool | wall s | bytes received | max RSS | upgrade bytes / rsync bytes |")
-    print("|---|---|---:|---:|---:|---:|")
-    for pair in [UpgradePair(package: "numpy", from: "2.2.6", to: "2.3.5")] {
+    print("| upgrade | tool | wall s | bytes received | max RSS | compared |")
+    print("|---|---|---:|---:|---:|---|")
+    for pair in [
+        UpgradePair(package: "numpy", from: "2.2.6", to: "2.3.5"),
+        UpgradePair(package: "scipy", from: "1.15.2", to: "1.15.3"),
+    ] {
         for row in endToEnd(pair, data: options.dataDirectory, upgrade: upgrade, repeats: options.repeats) {
             print(row)
         }
