@@ -72,7 +72,8 @@ final class HTTPTransport: Sendable {
         request.method = method
         for (name, value) in headers { request.headers.add(name: name, value: value) }
         if let body { request.body = .bytes(ByteBuffer(bytes: body)) }
-        let response = try await client.execute(request, timeout: .seconds(120))
+        // A cold server may compute deltas for the plan; the read timeout still catches a dead peer.
+        let response = try await client.execute(request, timeout: .seconds(600))
         var bytes = [UInt8]()
         for try await chunk in response.body {
             received.withLock { $0 += UInt64(chunk.readableBytes) }

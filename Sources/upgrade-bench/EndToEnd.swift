@@ -176,12 +176,20 @@ func endToEnd(_ pair: UpgradePair, data: String, upgrade: String, repeats: Int) 
 
     // The practical floor: per-file `zstd -19 --patch-from` (same path) or `zstd -19` (new files).
     let floorFile = work + "/floor-bytes"
-    if !FileManager.default.fileExists(atPath: floorFile) {
+    let cachedFloor =
+        (try? String(contentsOfFile: floorFile, encoding: .utf8)).flatMap {
+            UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        } ?? 0
+    if cachedFloor == 0 {
+        // bash: `read -d ''` splits the NUL-separated names (dash has no -d).
         shell(
-            "cd \(quote(new)) && find . -type f ! -name .complete -print0 | while IFS= read -r -d '' f; do "
-                + "if [ -f \(quote(old))/\"$f\" ]; then cmp -s \(quote(old))/\"$f\" \"$f\" && continue; "
-                + "zstd -q -19 --single-thread --patch-from=\(quote(old))/\"$f\" -c \"$f\" | wc -c; "
-                + "else zstd -q -19 --single-thread -c \"$f\" | wc -c; fi; done | awk '{s+=$1} END {print s+0}' > \(quote(floorFile))"
+            "bash -c "
+                + quote(
+                    "cd \(quote(new)) && find . -type f ! -name .complete -print0 | while IFS= read -r -d '' f; do "
+                        + "if [ -f \(quote(old))/\"$f\" ]; then cmp -s \(quote(old))/\"$f\" \"$f\" && continue; "
+                        + "zstd -q -19 --single-thread --patch-from=\(quote(old))/\"$f\" -c \"$f\" 2>/dev/null | wc -c; "
+                        + "else zstd -q -19 --single-thread -c \"$f\" 2>/dev/null | wc -c; fi; done | awk '{s+=$1} END {print s+0}' > \(quote(floorFile))"
+                )
         )
     }
     let floorBytes =
