@@ -429,7 +429,7 @@ public enum SyncClient {
         transport: HTTPTransport,
         logger: Logger
     ) async {
-        let outcome = SyncOutcome(
+        var outcome = SyncOutcome(
             product: options.product,
             device: device,
             fromVersion: report.fromVersion,
@@ -438,6 +438,8 @@ public enum SyncClient {
             bytesDownloaded: report.bytesDownloaded,
             durationSeconds: report.durationSeconds
         )
+        outcome.deltas = report.deltasUsed
+        outcome.fallbacks = report.fallbacks.isEmpty ? nil : Array(report.fallbacks.prefix(50))
         guard let body = try? JSONEncoder().encode(outcome) else { return }
         do {
             _ = try await transport.fetch(

@@ -131,6 +131,10 @@ public struct SyncOutcome: Codable, Sendable {
     public var result: String
     public var bytesDownloaded: UInt64
     public var durationSeconds: Double
+    /// Files that came as binary deltas.
+    public var deltas: Int?
+    /// Deltas that could not be used (the files came whole), with the reason.
+    public var fallbacks: [String]?
 
     public init(
         product: String,

@@ -25,7 +25,10 @@ struct DeltaSyncTests {
             (try? FileManager.default.subpathsOfDirectory(atPath: sync.repo + "/deltas").filter { $0.contains("-") })
             ?? []
         #expect(!precomputed.isEmpty)
-        let server = fault == "none" ? honest : try ServerProcess(repo: sync.repo, extra: ["--fault", fault])
+        let reports = sync.fixture.work.path("reports.jsonl")
+        let server =
+            fault == "none"
+            ? honest : try ServerProcess(repo: sync.repo, extra: ["--fault", fault, "--reports", reports])
         let result = try sync.sync(server, root: root, ["--json"])
         #expect(result.status == 0, "\(fault): \(result.stderr)")
         try await sync.expect(root, equals: 2, fault)
@@ -42,6 +45,9 @@ struct DeltaSyncTests {
             #expect((report["deltasUsed"] as? Int) == 0, "\(fault)")
             #expect(!fallbacks.isEmpty, "\(fault): the fallback is reported")
             #expect((core["transfer"] as? String)?.hasPrefix("whole") == true, "\(fault): \(core)")
+            // The server's fleet report says so too.
+            let reported = (try? String(contentsOfFile: reports, encoding: .utf8)) ?? ""
+            #expect(reported.contains("fallbacks"), "\(reported)")
         }
     }
 }
