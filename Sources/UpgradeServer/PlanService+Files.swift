@@ -1,0 +1,171 @@
+import Foundation
+import Hummingbird
+import UpgradeCore
+import UpgradeRepository
+import UpgradeTrust
+
+/// The repository's files, served at the paths a static mirror uses, and the test-only lies.
+extension PlanService {
+    // MARK: Files
+
+    /// `GET /objects/ab/<sha>`: immutable content named by its SHA-256.
+    func object(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let fanout = context.parameters.get("fanout") ?? ""
+        guard let name = context.parameters.get("sha"), let sha = SHA256Hash(hex: name), sha.hex == name,
+            name.hasPrefix(fanout), fanout.count == 2
+        else { throw HTTPError(.notFound) }
+        let path = layout.object(sha)
+        return try await immutableFile(path: path, etag: sha.hex, request: request, context: context) { range, ranged in
+            // The lie decides the length: none for an endless body, half for a truncated object.
+            try lyingBody(path: path, range: range, ranged: ranged).map {
+                ($0, !configuration.faults.isDisjoint(with: ["endless-object", "truncate-object"]))
+            }
+        }
+    }
+
+    /// `GET /deltas/ab/<base>-<target>`: an immutable delta, served like an object.
+    func delta(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let fanout = context.parameters.get("fanout") ?? ""
+        guard let name = context.parameters.get("name") else { throw HTTPError(.notFound) }
+        let parts = name.split(separator: "-")
+        guard parts.count == 2, let base = SHA256Hash(hex: parts[0]), let target = SHA256Hash(hex: parts[1]),
+            base.hex == parts[0], target.hex == parts[1], target.hex.hasPrefix(fanout), fanout.count == 2,
+            !configuration.faults.contains("missing-delta")
+        else { throw HTTPError(.notFound) }
+        let path = DeltaStore(repository: configuration.repository).path(base: base, target: target)
+        return try await immutableFile(path: path, etag: name, request: request, context: context) { range, _ in
+            guard configuration.faults.contains("corrupt-delta"), var bytes = read(path) else { return nil }
+            bytes[bytes.count / 2] ^= 0x10
+            return (.init(byteBuffer: ByteBuffer(bytes: Array(bytes[range]))), false)
+        }
+    }
+
+    /// Serves a content-addressed file: strong ETag, immutable caching, one byte range, 304 on
+    /// If-None-Match. `lie` (test faults only) may replace the body of the chosen range, and
+    /// says whether the Content-Length must go.
+    private func immutableFile(
+        path: String,
+        etag name: String,
+        request: Request,
+        context: BasicRequestContext,
+        lie: (ClosedRange<Int>, Bool) throws -> (ResponseBody, dropLength: Bool)?
+    ) async throws -> Response {
+        guard let size = fileSize(path), size > 0 else { throw HTTPError(.notFound) }
+        let etag = "\"\(name)\""
+        var headers: HTTPFields = [
+            .eTag: etag, .cacheControl: "public, max-age=31536000, immutable", .acceptRanges: "bytes",
+            .contentType: "application/zstd",
+        ]
+        if request.headers[.ifNoneMatch] == etag { return Response(status: .notModified, headers: headers) }
+        var range = 0...Int(size - 1)
+        var status = HTTPResponse.Status.ok
+        if let header = request.headers[.range] {
+            guard let requested = Self.parseRange(header, size: Int(size)) else {
+                headers[.contentRange] = "bytes */\(size)"
+                return Response(status: .rangeNotSatisfiable, headers: headers)
+            }
+            range = requested
+            status = .partialContent
+            headers[.contentRange] = "bytes \(range.lowerBound)-\(range.upperBound)/\(size)"
+        }
+        headers[.contentLength] = String(range.count)
+        metrics.countObjectBytes(range.count)
+        if let (body, dropLength) = try lie(range, request.headers[.range] != nil) {
+            if dropLength { headers[.contentLength] = nil }
+            return Response(status: status, headers: headers, body: body)
+        }
+        return Response(
+            status: status,
+            headers: headers,
+            body: try await FileIO().loadFile(path: path, range: range, context: context)
+        )
+    }
+
+    /// `bytes=a-b`, `bytes=a-` or `bytes=-n`; one range only.
+    static func parseRange(_ header: String, size: Int) -> ClosedRange<Int>? {
+        guard header.hasPrefix("bytes="), !header.contains(",") else { return nil }
+        let spec = header.dropFirst(6).split(separator: "-", omittingEmptySubsequences: false)
+        guard spec.count == 2 else { return nil }
+        if spec[0].isEmpty {
+            guard let suffix = Int(spec[1]), suffix > 0 else { return nil }
+            return max(0, size - suffix)...(size - 1)
+        }
+        guard let start = Int(spec[0]), start < size else { return nil }
+        let end = spec[1].isEmpty ? size - 1 : min(Int(spec[1]) ?? -1, size - 1)
+        guard end >= start else { return nil }
+        return start...end
+    }
+
+    func releaseFile(_ context: BasicRequestContext) throws -> Response {
+        guard let product = context.parameters.get("product"), let version = context.parameters.get("version"),
+            let file = context.parameters.get("file"), Names.isValid(product), Version(version) != nil,
+            file == "header" || file == "manifest",
+            let bytes = read(layout.release(product, version) + "/" + file)
+        else { throw HTTPError(.notFound) }
+        return Response(
+            status: .ok,
+            headers: [.contentType: "application/octet-stream"],
+            body: .init(byteBuffer: ByteBuffer(bytes: bytes))
+        )
+    }
+
+    func channelFile(_ context: BasicRequestContext) throws -> Response {
+        guard let product = context.parameters.get("product"), let channel = context.parameters.get("channel"),
+            Names.isValid(product), Names.isValid(channel), let bytes = read(layout.channel(product, channel))
+        else { throw HTTPError(.notFound) }
+        return Response(
+            status: .ok,
+            headers: [.contentType: "application/json", .cacheControl: "no-cache"],
+            body: .init(byteBuffer: ByteBuffer(bytes: bytes))
+        )
+    }
+
+    // MARK: Faults (tests only)
+
+    func lie(about plan: inout Plan, target: Manifest) {
+        if configuration.faults.contains("extra-file"), let content = target.entries.lazy.compactMap(\.file).first {
+            plan.operations.append(.add(path: "planted-by-server", mode: 0o755, content: content))
+        }
+        if configuration.faults.contains("wrong-hash"),
+            let index = plan.operations.firstIndex(where: { if case .add = $0 { return true } else { return false } }),
+            case .add(let path, let mode, var content) = plan.operations[index]
+        {
+            content.sha256 = SHA256Hash(bytes: [UInt8](repeating: 0x42, count: 32))
+            plan.operations[index] = .add(path: path, mode: mode, content: content)
+        }
+    }
+
+    func lyingBody(path: String, range: ClosedRange<Int>, ranged: Bool) throws -> ResponseBody? {
+        let faults = configuration.faults
+        guard !faults.isDisjoint(with: ["tamper-object", "truncate-object", "endless-object", "cut-object"]) else {
+            return nil
+        }
+        guard var bytes = read(path) else { throw HTTPError(.notFound) }
+        bytes = Array(bytes[range])
+        if faults.contains("tamper-object") {
+            bytes[bytes.count / 2] ^= 0x01
+            return .init(byteBuffer: ByteBuffer(bytes: bytes))
+        }
+        if faults.contains("truncate-object") {
+            let half = Array(bytes.prefix(max(1, bytes.count / 2)))
+            return .init(contentLength: half.count) { writer in try await writer.write(ByteBuffer(bytes: half)) }
+        }
+        if faults.contains("endless-object") {
+            return .init { writer in
+                let zeros = ByteBuffer(repeating: 0, count: 64 << 10)
+                while true { try await writer.write(zeros) }
+            }
+        }
+        if faults.contains("cut-object") && !ranged && bytes.count > 64 << 10 {
+            let half = Array(bytes.prefix(bytes.count / 2))
+            let total = bytes.count
+            return .init(contentLength: total) { writer in
+                try await writer.write(ByteBuffer(bytes: half))
+                // Let the half reach the client before the connection goes down.
+                try await Task.sleep(nanoseconds: 300_000_000)
+                throw HTTPError(.internalServerError, message: "connection cut by the cut-object fault")
+            }
+        }
+        return nil
+    }
+}
