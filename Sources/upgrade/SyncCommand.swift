@@ -108,8 +108,9 @@ struct SyncCommand: AsyncParsableCommand {
         default:
             if let recovered = report.recovered { print("recovery: \(recovered)") }
             print(
-                "\(report.result): \(report.product) \(from) -> \(to); \(report.summary.map(DiffCommand.summaryLine) ?? ""); downloaded \(Terminal.bytes(report.bytesDownloaded)) in \(report.objectsDownloaded) objects, \(String(format: "%.1f", report.durationSeconds)) s"
+                "\(report.result): \(report.product) \(from) -> \(to); \(report.summary.map(DiffCommand.summaryLine) ?? ""); downloaded \(Terminal.bytes(report.bytesDownloaded)) (\(report.objectsDownloaded) whole, \(report.deltasUsed) as deltas), \(String(format: "%.1f", report.durationSeconds)) s"
             )
+            for fallback in report.fallbacks { print("note: \(fallback)") }
         }
     }
 }
