@@ -30,19 +30,7 @@ public struct BundlePayloads: PayloadSource {
     public func stream(_ content: FileContent, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         if let sha = content.sha256, let delta = bundle.deltas[sha] {
             let bytes = try bundle.read(delta.entry, from: 0, count: Int(delta.entry.length))
-            let base = try PathRules.validateReturning(delta.base)
-            let fd = open(root + "/" + base, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-            guard fd >= 0 else { throw ApplyError.verification("delta base \(base) cannot be opened") }
-            defer { close(fd) }
-            var baseBytes = [UInt8]()
-            var buffer = [UInt8](repeating: 0, count: 1 << 20)
-            while true {
-                let n = read(fd, &buffer, buffer.count)
-                if n < 0 && errno == EINTR { continue }
-                guard n >= 0 else { throw SystemCallError(call: "read \(base)", code: errno) }
-                if n == 0 { break }
-                baseBytes += buffer[..<n]
-            }
+            let baseBytes = try DeltaBase.read(root: root, path: delta.base)
             let result = try ZstdDelta.decode(bytes, base: baseBytes, maxSize: Int(content.size))
             try result.withUnsafeBytes { try sink($0) }
             return
@@ -59,6 +47,29 @@ public struct BundlePayloads: PayloadSource {
             offset += UInt64(count)
         }
         guard decompressor.finished else { throw ApplyError.verification("payload \(sha.hex) is truncated") }
+    }
+}
+
+/// The file a binary delta starts from: a file of the root, read before the commit (so it still
+/// holds the old content), opened without following a final symlink. The delta's result is
+/// checked against the signed SHA-256, so a wrong base can only fail, never install.
+public enum DeltaBase {
+    public static func read(root: String, path: String) throws -> [UInt8] {
+        try PathRules.validate(path)
+        let fd = open(root + "/" + path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw ApplyError.verification("delta base \(path) cannot be opened: \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var bytes = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = Glibc.read(fd, &buffer, buffer.count)
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw SystemCallError(call: "read \(path)", code: errno) }
+            if n == 0 { return bytes }
+            bytes += buffer[..<n]
+        }
     }
 }
 

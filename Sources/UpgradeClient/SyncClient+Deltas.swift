@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import UpgradeApply
 import UpgradeCore
 import UpgradeProtocol
 import UpgradeZstd
@@ -86,7 +87,11 @@ extension SyncClient {
                 do {
                     _ = try await transport.download(url, to: file, limit: limit) { count in bytes += UInt64(count) }
                     let delta = [UInt8](FileManager.default.contents(atPath: file) ?? Data())
-                    let result = try ZstdDelta.decode(delta, base: try readBase(root, choice.base), maxSize: Int.max)
+                    let result = try ZstdDelta.decode(
+                        delta,
+                        base: try DeltaBase.read(root: root, path: choice.base),
+                        maxSize: Int.max
+                    )
                     guard SHA256Hash(bytes: Array(SHA256.hash(data: result)))! == sha else {
                         failure = "the result does not match the signed SHA-256"
                         continue
@@ -105,23 +110,5 @@ extension SyncClient {
             }
         }
         return (applied, bytes, fallbacks)
-    }
-}
-
-/// The bytes of a base file of the root, opened without following a final symlink.
-func readBase(_ root: String, _ path: String) throws -> [UInt8] {
-    let fd = open(root + "/" + path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-    guard fd >= 0 else {
-        throw SyncError.corruptPayload("base \(path) cannot be opened: \(String(cString: strerror(errno)))")
-    }
-    defer { close(fd) }
-    var out = [UInt8]()
-    var buffer = [UInt8](repeating: 0, count: 1 << 20)
-    while true {
-        let n = read(fd, &buffer, buffer.count)
-        if n < 0 && errno == EINTR { continue }
-        guard n >= 0 else { throw SyncError.corruptPayload("base \(path): \(String(cString: strerror(errno)))") }
-        if n == 0 { return out }
-        out += buffer[..<n]
     }
 }

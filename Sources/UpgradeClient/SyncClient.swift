@@ -491,7 +491,11 @@ struct DownloadedObjects: PayloadSource {
         if let sha = content.sha256, let base = deltaBases[sha],
             let delta = FileManager.default.contents(atPath: directory + "/" + sha.hex + ".delta")
         {
-            let bytes = try ZstdDelta.decode([UInt8](delta), base: try readBase(root, base), maxSize: Int(content.size))
+            let bytes = try ZstdDelta.decode(
+                [UInt8](delta),
+                base: try DeltaBase.read(root: root, path: base),
+                maxSize: Int(content.size)
+            )
             try bytes.withUnsafeBytes { try sink($0) }
             return
         }

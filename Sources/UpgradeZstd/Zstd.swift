@@ -20,12 +20,23 @@ public enum Zstd {
 
     /// Decompresses one or more frames, failing when the output would exceed `maxSize` bytes.
     public static func decompress(_ input: [UInt8], maxSize: Int) throws(ZstdError) -> [UInt8] {
-        guard let stream = ZSTD_createDStream() else { throw .library(operation: "create", message: "out of memory") }
-        defer { ZSTD_freeDStream(stream) }
-        ZSTD_initDStream(stream)
+        guard let context = ZSTD_createDCtx() else { throw .library(operation: "create", message: "out of memory") }
+        defer { ZSTD_freeDCtx(context) }
+        return try decodeFrames(context, input: input, maxSize: maxSize, operation: "decompress")
+    }
 
+    /// The streaming decode loop shared by whole objects and deltas: feeds `input` to `context`
+    /// and collects at most `maxSize` bytes.
+    static func decodeFrames(
+        _ context: OpaquePointer,
+        input: [UInt8],
+        maxSize: Int,
+        operation: String
+    ) throws(ZstdError) -> [UInt8] {
         var output = [UInt8]()
-        var chunk = [UInt8](repeating: 0, count: max(1, min(ZSTD_DStreamOutSize(), maxSize + 1)))
+        // One byte past the limit is enough to detect an overrun; never more than zstd's block.
+        let chunkSize = maxSize < ZSTD_DStreamOutSize() ? maxSize + 1 : ZSTD_DStreamOutSize()
+        var chunk = [UInt8](repeating: 0, count: max(1, chunkSize))
         var lastResult = 0
         var consumed = 0
         while true {
@@ -37,11 +48,11 @@ public enum Zstd {
                         pos: 0
                     )
                     var outBuffer = ZSTD_outBuffer(dst: out.baseAddress, size: out.count, pos: 0)
-                    let result = ZSTD_decompressStream(stream, &outBuffer, &inBuffer)
+                    let result = ZSTD_decompressStream(context, &outBuffer, &inBuffer)
                     return (result, outBuffer.pos, inBuffer.pos)
                 }
             }
-            try check(result, "decompress")
+            try check(result, operation)
             consumed += read
             lastResult = result
             if output.count + produced > maxSize { throw .tooLarge(limit: maxSize) }
@@ -59,7 +70,7 @@ public enum Zstd {
     /// The libzstd version string.
     public static var version: String { String(cString: ZSTD_versionString()) }
 
-    private static func check(_ code: Int, _ operation: String) throws(ZstdError) {
+    static func check(_ code: Int, _ operation: String) throws(ZstdError) {
         if ZSTD_isError(code) != 0 {
             throw .library(operation: operation, message: String(cString: ZSTD_getErrorName(code)))
         }
