@@ -65,11 +65,14 @@ let package = Package(
         .target(name: "CUpgradeSys"),
         // The wire protocol between `upgrade sync` and `upgrade serve`: pure values.
         .target(name: "UpgradeProtocol", dependencies: ["UpgradeCore"], swiftSettings: strict),
+        // LAN peers: announcements (UDP multicast pinned to one interface, TTL 1) and discovery.
+        .target(name: "UpgradePeer", swiftSettings: strict),
         // `upgrade serve`: the plan server on Hummingbird (buildApplication apart from main).
         .target(
             name: "UpgradeServer",
             dependencies: [
-                "UpgradeCore", "UpgradeProtocol", "UpgradeRepository", "UpgradeTrust", "UpgradeZstd",
+                "UpgradeCore", "UpgradeProtocol", "UpgradeRepository", "UpgradeTrust", "UpgradeZstd", "UpgradeApply",
+                "UpgradePeer",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -83,6 +86,7 @@ let package = Package(
             name: "UpgradeClient",
             dependencies: [
                 "UpgradeCore", "UpgradeProtocol", "UpgradeApply", "UpgradeTrust", "UpgradeZstd", "UpgradeScan",
+                "UpgradePeer",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -111,7 +115,7 @@ let package = Package(
             name: "upgrade",
             dependencies: [
                 "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeRepository", "UpgradeApply", "UpgradeBundle",
-                "UpgradeServer", "UpgradeClient", "UpgradeProtocol",
+                "UpgradeServer", "UpgradeClient", "UpgradeProtocol", "UpgradePeer",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],

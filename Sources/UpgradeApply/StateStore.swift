@@ -25,8 +25,8 @@ final class StateStore: @unchecked Sendable {
     let tree: SafeTree
     let path: String
 
-    init(root: SafeTree, name: String, rootPath: String) throws {
-        tree = try root.subdirectory(name, create: true)
+    init(root: SafeTree, name: String, rootPath: String, create: Bool = true) throws {
+        tree = try root.subdirectory(name, create: create)
         path = rootPath + "/" + name
     }
 

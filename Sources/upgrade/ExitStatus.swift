@@ -2,6 +2,7 @@ import UpgradeApply
 import UpgradeBundle
 import UpgradeClient
 import UpgradeCore
+import UpgradePeer
 import UpgradeRepository
 import UpgradeScan
 import UpgradeTrust
@@ -140,6 +141,10 @@ extension SyncError: ClassifiedError {
         case .verification, .corruptPayload: .verificationFailed
         }
     }
+}
+
+extension PeerSetupError: ClassifiedError {
+    var exitStatus: ExitStatus { .usage }
 }
 
 extension ConfigError: ClassifiedError {

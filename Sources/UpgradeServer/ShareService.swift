@@ -1,0 +1,313 @@
+import Crypto
+import Foundation
+public import Hummingbird
+public import Logging
+import Synchronization
+import UpgradeApply
+import UpgradeCore
+import UpgradePeer
+import UpgradeTrust
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How `upgrade share` runs.
+public struct ShareConfiguration: Sendable {
+    public var root: String
+    public var stateDirectoryName = ".upgrade"
+    public var host = "0.0.0.0"
+    /// 0 picks a free port.
+    public var port = PeerWire.defaultPort
+    /// Also serve the previous release's files that the last upgrade replaced.
+    public var servePrevious = true
+    /// Ways to misbehave, for tests of the client's defences only (hidden `--fault`):
+    /// `wrong-byte` (one object, once, with one byte flipped), `stall` (object bodies stop
+    /// half-way and hang).
+    public var faults: Set<String> = []
+
+    public init(root: String) {
+        self.root = root
+    }
+}
+
+/// The peer server of `upgrade share`: the installed release's signed header and manifest, and
+/// its files by SHA-256 — only files whose content was verified against the signed manifest
+/// (and verified again when they changed since), looked up by hash, never by a client's path.
+public final class ShareService: Sendable {
+    /// A file known to hold a content, and the identity it had when it was hashed.
+    struct VerifiedFile: Sendable {
+        let path: String
+        let size: UInt64
+        var identity: FileIdentity
+    }
+
+    struct State: Sendable {
+        var stateID: String?
+        var releases: [String: HeldRelease] = [:]
+        var verified: [SHA256Hash: VerifiedFile] = [:]
+        var current: HeldRelease?
+        var previous: HeldRelease?
+        var complete = false
+        var port = 0
+    }
+
+    public let configuration: ShareConfiguration
+    let logger: Logger
+    let state = Mutex(State())
+    private let servedBytes = Atomic<Int>(0)
+    private let corrupted = Atomic<Bool>(false)
+
+    public init(configuration: ShareConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// The bound port, once the server runs.
+    public func setPort(_ port: Int) { state.withLock { $0.port = port } }
+
+    /// True once an installed release was read.
+    public var holdsRelease: Bool { state.withLock { $0.current != nil } }
+
+    /// Bytes of files served so far.
+    public var bytesServed: Int { servedBytes.load(ordering: .relaxed) }
+
+    /// What to announce; nil while nothing is installed.
+    public func announcement() -> PeerAnnouncement? {
+        state.withLock { state -> PeerAnnouncement? in
+            guard let current = state.current, state.port > 0 else { return nil }
+            var announcement = PeerAnnouncement(
+                product: current.header.product,
+                version: current.header.version,
+                sequence: current.header.sequence,
+                header: current.headerSHA256.hex,
+                complete: state.complete,
+                port: state.port
+            )
+            if let previous = state.previous, !previous.files.isEmpty {
+                announcement.previous = HeldSummary(
+                    version: previous.header.version,
+                    sequence: previous.header.sequence,
+                    header: previous.headerSHA256.hex
+                )
+            }
+            return announcement
+        }
+    }
+
+    /// Re-reads what the root holds when its installed state changed, and verifies every file
+    /// of it by SHA-256. Skipped while a transaction is in progress (the tree is half-way);
+    /// files that change later are verified again before they are served. Returns true when
+    /// something changed.
+    @discardableResult
+    public func refresh() throws -> Bool {
+        let root = configuration.root
+        if FileManager.default.fileExists(atPath: root + "/" + configuration.stateDirectoryName + "/journal") {
+            return false
+        }
+        guard let held = try HeldReleases.read(root: root, stateDirectoryName: configuration.stateDirectoryName)
+        else {
+            state.withLock { $0 = State(port: $0.port) }
+            return false
+        }
+        if state.withLock({ $0.stateID }) == held.stateID { return false }
+        var verified = [SHA256Hash: VerifiedFile]()
+        var missing = 0
+        var releases = [held.current]
+        if configuration.servePrevious, let previous = held.previous { releases.append(previous) }
+        for release in releases {
+            for (sha, location) in release.files where verified[sha] == nil {
+                if let identity = Self.verify(root: root, location: location, sha: sha) {
+                    verified[sha] = VerifiedFile(path: location.path, size: location.size, identity: identity)
+                } else if release.covering {
+                    missing += 1
+                }
+            }
+        }
+        state.withLock { state in
+            state.stateID = held.stateID
+            state.current = held.current
+            state.previous = configuration.servePrevious ? held.previous : nil
+            state.releases = [held.current.headerSHA256.hex: held.current]
+            if let previous = state.previous { state.releases[previous.headerSHA256.hex] = previous }
+            state.verified = verified
+            state.complete = missing == 0
+        }
+        logger.info(
+            "sharing \(held.current.header.product) \(held.current.header.version)",
+            metadata: [
+                "verified": "\(verified.count)", "unverified": "\(missing)",
+                "previous": "\(configuration.servePrevious ? held.previous?.header.version ?? "none" : "not shared")",
+            ]
+        )
+        return true
+    }
+
+    /// The identity of the file at `location` if it holds exactly `sha`.
+    static func verify(root: String, location: FileLocation, sha: SHA256Hash) -> FileIdentity? {
+        guard let fd = openRegularFile(root: root, path: location.path) else { return nil }
+        defer { close(fd) }
+        return verify(fd: fd, size: location.size, sha: sha)
+    }
+
+    static func verify(fd: Int32, size: UInt64, sha: SHA256Hash) -> FileIdentity? {
+        var info = stat()
+        guard fstat(fd, &info) == 0, UInt64(info.st_size) == size else { return nil }
+        var hasher = SHA256()
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var offset: off_t = 0
+        while true {
+            let n = pread(fd, &buffer, buffer.count, offset)
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { return nil }
+            if n == 0 { break }
+            buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+            offset += off_t(n)
+        }
+        guard UInt64(offset) == size, SHA256Hash(bytes: Array(hasher.finalize())) == sha else { return nil }
+        var after = stat()
+        guard fstat(fd, &after) == 0 else { return nil }
+        let identity = FileIdentity(after)
+        return identity == FileIdentity(info) ? identity : nil
+    }
+
+    // MARK: Routes
+
+    func addRoutes(to router: Router<BasicRequestContext>) {
+        router.get(.init(PeerWire.announcementPath)) { _, _ -> Response in
+            guard let announcement = self.announcement() else { throw HTTPError(.notFound) }
+            return Response(
+                status: .ok,
+                headers: [.contentType: "application/json", .cacheControl: "no-cache"],
+                body: .init(byteBuffer: ByteBuffer(bytes: announcement.encoded()))
+            )
+        }
+        router.get("/v1/peer/releases/:header/:file") { _, context -> Response in
+            guard let header = context.parameters.get("header"), let file = context.parameters.get("file"),
+                let release = self.state.withLock({ $0.releases[header] })
+            else { throw HTTPError(.notFound) }
+            let bytes: [UInt8]
+            switch file {
+            case "header": bytes = release.headerBytes
+            case "manifest": bytes = release.manifestBytes
+            default: throw HTTPError(.notFound)
+            }
+            return Response(
+                status: .ok,
+                headers: [.contentType: "application/octet-stream"],
+                body: .init(byteBuffer: ByteBuffer(bytes: bytes))
+            )
+        }
+        router.get("/v1/peer/objects/:sha") { _, context -> Response in
+            guard let name = context.parameters.get("sha"), let sha = SHA256Hash(hex: name), sha.hex == name else {
+                throw HTTPError(.notFound)
+            }
+            return try self.object(sha)
+        }
+    }
+
+    /// A verified file's bytes. A file that changed since it was hashed is hashed again first; one
+    /// that no longer holds its content is forgotten and answers 404.
+    func object(_ sha: SHA256Hash) throws -> Response {
+        guard let file = state.withLock({ $0.verified[sha] }) else { throw HTTPError(.notFound) }
+        guard let fd = openRegularFile(root: configuration.root, path: file.path) else {
+            forget(sha)
+            throw HTTPError(.notFound)
+        }
+        let handle = Descriptor(fd)
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw HTTPError(.notFound) }
+        if FileIdentity(info) != file.identity {
+            guard let identity = Self.verify(fd: fd, size: file.size, sha: sha) else {
+                forget(sha)
+                throw HTTPError(.notFound)
+            }
+            state.withLock { $0.verified[sha]?.identity = identity }
+        }
+        let size = Int(file.size)
+        servedBytes.add(size, ordering: .relaxed)
+        let corrupt = configuration.faults.contains("wrong-byte") && size > 0
+            && !corrupted.exchange(true, ordering: .relaxed)
+        let stall = configuration.faults.contains("stall")
+        return Response(
+            status: .ok,
+            headers: [.contentType: "application/octet-stream", .eTag: "\"\(sha.hex)\""],
+            body: ResponseBody(contentLength: size) { writer in
+                var offset = 0
+                var buffer = [UInt8](repeating: 0, count: 256 << 10)
+                while offset < size {
+                    if stall && offset >= size / 2 {
+                        try await Task.sleep(for: .seconds(3600))
+                    }
+                    let limit = stall ? max(1, size / 2 - offset) : buffer.count
+                    let n = pread(handle.fd, &buffer, min(buffer.count, limit, size - offset), off_t(offset))
+                    if n < 0 && errno == EINTR { continue }
+                    guard n > 0 else { throw HTTPError(.internalServerError) }
+                    var chunk = ByteBuffer(bytes: buffer[..<n])
+                    if corrupt && offset == 0 {
+                        chunk.setInteger(chunk.getInteger(at: 0, as: UInt8.self)! ^ 0x20, at: 0)
+                    }
+                    try await writer.write(chunk)
+                    offset += n
+                }
+                try await writer.finish(nil)
+            }
+        )
+    }
+
+    private func forget(_ sha: SHA256Hash) {
+        state.withLock { state in
+            state.verified[sha] = nil
+            state.complete = false
+        }
+        logger.warning("a shared file no longer holds its content; not serving it", metadata: ["sha256": "\(sha.hex)"])
+    }
+}
+
+/// Device, inode, size and change times: a file with the same identity has not been rewritten.
+struct FileIdentity: Sendable, Hashable {
+    let device: UInt64
+    let inode: UInt64
+    let size: Int64
+    let mtime: Int64
+    let ctime: Int64
+
+    init(_ info: stat) {
+        device = UInt64(info.st_dev)
+        inode = UInt64(info.st_ino)
+        size = Int64(info.st_size)
+        mtime = Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
+        ctime = Int64(info.st_ctim.tv_sec) * 1_000_000_000 + Int64(info.st_ctim.tv_nsec)
+    }
+}
+
+/// A descriptor closed when the response body that reads it is gone.
+final class Descriptor: Sendable {
+    let fd: Int32
+    init(_ fd: Int32) { self.fd = fd }
+    deinit { close(fd) }
+}
+
+/// Builds the peer server of `upgrade share` (on loopback in tests, port 0).
+public func buildShareApplication(
+    _ service: ShareService,
+    logger: Logger,
+    onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+) -> some ApplicationProtocol {
+    let router = Router()
+    service.addRoutes(to: router)
+    return Application(
+        router: router,
+        server: .http1(),
+        configuration: .init(
+            address: .hostname(service.configuration.host, port: service.configuration.port),
+            serverName: "upgrade-share"
+        ),
+        onServerRunning: { channel in
+            let port = channel.localAddress?.port ?? service.configuration.port
+            service.setPort(port)
+            await onServerRunning(port)
+        },
+        logger: logger
+    )
+}
