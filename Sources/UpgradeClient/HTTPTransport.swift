@@ -16,13 +16,13 @@ final class HTTPTransport: Sendable {
     /// Every response body byte received, for the report.
     let received = Mutex<UInt64>(0)
 
-    init(caCertificate: String?, readTimeout: Int64, attempts: Int) throws {
+    init(caCertificate: String?, readTimeout: Int64, attempts: Int, connectTimeout: Int64 = 10) throws {
         var tls = TLSConfiguration.makeClientConfiguration()
         if let caCertificate {
             tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caCertificate))
         }
         var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
-        configuration.timeout = .init(connect: .seconds(10), read: .seconds(readTimeout))
+        configuration.timeout = .init(connect: .seconds(connectTimeout), read: .seconds(readTimeout))
         configuration.decompression = .disabled
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
         self.attempts = attempts

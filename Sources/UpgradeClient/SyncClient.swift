@@ -23,13 +23,27 @@ public enum SyncClient {
             readTimeout: options.readTimeout,
             attempts: options.attempts
         )
+        // Peers get one attempt each and a short fuse: a slow peer is dropped, not waited for.
+        let peers = try HTTPTransport(
+            caCertificate: nil,
+            readTimeout: options.peerTimeout,
+            attempts: 1,
+            connectTimeout: min(options.peerTimeout, 3)
+        )
+        let context = PeerContext(transport: peers, board: PeerBoard())
         do {
-            var report = try await run(options, transport: transport, logger: logger, started: started)
-            report.bytesReceived = transport.received.withLock { $0 }
+            var report =
+                options.offline
+                ? try await runOffline(options, peers: context, started: started)
+                : try await run(options, transport: transport, peers: context, logger: logger, started: started)
+            report.bytesReceived = transport.received.withLock { $0 } + peers.received.withLock { $0 }
+            report.peers = context.board.outcomes
             await transport.shutdown()
+            await peers.shutdown()
             return report
         } catch {
             await transport.shutdown()
+            await peers.shutdown()
             throw error
         }
     }
@@ -37,6 +51,7 @@ public enum SyncClient {
     private static func run(
         _ options: SyncOptions,
         transport: HTTPTransport,
+        peers: PeerContext,
         logger: Logger,
         started: Date
     ) async throws -> SyncReport {
@@ -45,6 +60,8 @@ public enum SyncClient {
             stateDirectoryName: options.stateDirectoryName,
             lockTimeout: options.lockTimeout
         )
+        // Listen for peers while the tree is scanned and the server asked.
+        let discovery = peers.startDiscovery(options)
         let local = try session.scan()
         let installed = session.installed
         let device = PlanRequest.Device(
@@ -83,6 +100,7 @@ public enum SyncClient {
 
         // Verify what is signed: the channel record, then the header it names.
         let (record, headerBytes, header) = try verifySigned(response, options: options, session: session)
+        let targetDigest = SHA256Hash(bytes: Array(SHA256.hash(data: headerBytes)))!.hex
         report.toVersion = header.version
         guard let planBytes = Data(base64Encoded: response.plan) else {
             throw SyncError.verification("plan is not base64")
@@ -145,8 +163,32 @@ public enum SyncClient {
         check.dryRun = true
         _ = try session.install(check)
 
+        // Payloads from peers that hold the target release first (LAN bytes spare the uplink);
+        // whatever they do not deliver comes from the mirror or server below.
+        let found = try await discovery?.value ?? []
+        let releases = await checkPeers(found, options: options, transport: peers.transport, board: peers.board)
+        for (digest, release) in releases where digest != targetDigest {
+            for source in release.sources {
+                peers.board.note(source.url, version: release.header.version, status: "ignored: holds \(release.header.version), not the target")
+            }
+        }
+        let fromPeers = await fetchFromPeers(
+            needed,
+            sources: releases[targetDigest]?.sources ?? [],
+            into: downloads,
+            options: options,
+            transport: peers.transport,
+            board: peers.board
+        )
+        let sizes = Dictionary(needed.map { ($0.sha256!, $0.size) }, uniquingKeysWith: { first, _ in first })
+        for (index, file) in report.files.enumerated() {
+            if let sha = SHA256Hash(hex: file.sha256), fromPeers.contains(sha) {
+                report.files[index].transfer = "whole from a peer"
+                report.files[index].bytes = sizes[sha] ?? file.bytes
+            }
+        }
         let viaDelta = try await fetchDeltas(
-            deltas,
+            deltas.filter { !fromPeers.contains($0.key) },
             into: downloads,
             root: session.root,
             options: options,
@@ -161,13 +203,15 @@ public enum SyncClient {
             }
         }
         let fetched = try await fetchObjects(
-            needed.filter { viaDelta.applied[$0.sha256!] == nil },
+            needed.filter { viaDelta.applied[$0.sha256!] == nil && !fromPeers.contains($0.sha256!) },
             into: downloads,
             response: response,
             options: options,
             transport: transport
         )
-        report.bytesDownloaded = fetched.bytes + viaDelta.bytes
+        report.bytesDownloaded = fetched.bytes + viaDelta.bytes + peers.bytes
+        report.bytesFromPeers = peers.bytes
+        report.objectsFromPeers = fromPeers.count
         report.objectsDownloaded = fetched.objects
         report.resumedDownloads = fetched.resumed
 
@@ -180,9 +224,11 @@ public enum SyncClient {
             for content in needed {
                 unlink(downloads + "/" + content.sha256!.hex)
                 unlink(downloads + "/" + content.sha256!.hex + ".delta")
+                unlink(downloads + "/" + content.sha256!.hex + ".raw")
             }
         } catch {
             report.durationSeconds = Date().timeIntervalSince(started)
+            report.peers = peers.board.outcomes
             await sendReport(
                 options: options,
                 device: device,
@@ -195,6 +241,7 @@ public enum SyncClient {
         }
         report.result = outcome
         report.durationSeconds = Date().timeIntervalSince(started)
+        report.peers = peers.board.outcomes
         await sendReport(
             options: options,
             device: device,
@@ -440,6 +487,9 @@ public enum SyncClient {
         )
         outcome.deltas = report.deltasUsed
         outcome.fallbacks = report.fallbacks.isEmpty ? nil : Array(report.fallbacks.prefix(50))
+        if report.bytesFromPeers > 0 { outcome.peerBytes = report.bytesFromPeers }
+        let bad = report.peers.filter(\.dropped).map { "\($0.url): \($0.status)" }
+        if !bad.isEmpty { outcome.badPeers = Array(bad.prefix(20)) }
         guard let body = try? JSONEncoder().encode(outcome) else { return }
         do {
             _ = try await transport.fetch(
@@ -488,6 +538,21 @@ struct DownloadedObjects: PayloadSource {
     let deltaBases: [SHA256Hash: String]
 
     func stream(_ content: FileContent, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        if let sha = content.sha256 {
+            // From a peer, uncompressed (checked on arrival, and again by the engine as it stages).
+            let fd = open(directory + "/" + sha.hex + ".raw", O_RDONLY | O_CLOEXEC)
+            if fd >= 0 {
+                defer { close(fd) }
+                var buffer = [UInt8](repeating: 0, count: 1 << 20)
+                while true {
+                    let n = read(fd, &buffer, buffer.count)
+                    if n < 0 && errno == EINTR { continue }
+                    guard n >= 0 else { throw ApplyError.verification("cannot read payload \(sha.hex)") }
+                    if n == 0 { return }
+                    try buffer.withUnsafeBytes { try sink(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+                }
+            }
+        }
         if let sha = content.sha256, let base = deltaBases[sha],
             let delta = FileManager.default.contents(atPath: directory + "/" + sha.hex + ".delta")
         {

@@ -1,4 +1,5 @@
 public import UpgradeCore
+public import UpgradePeer
 public import UpgradeTrust
 
 /// What `upgrade sync` does.
@@ -26,6 +27,20 @@ public struct SyncOptions: Sendable {
     public var readTimeout: Int64 = 30
     public var deviceID: String?
     public var now: Int64 = Timestamps.now()
+    /// LAN peers: never (the default), discovered by multicast, or these peer servers.
+    public var peers = PeerMode.off
+    /// The multicast group and port announcements use (`--peers auto`).
+    public var announceGroup: IPv4Endpoint
+    /// The interface multicast goes out of and is heard on; nil: the kernel's choice.
+    public var peerInterface: MulticastInterface?
+    /// Seconds to listen for announcements.
+    public var peerWait = 2.0
+    /// Seconds without data before a peer counts as stalled (and is dropped).
+    public var peerTimeout: Int64 = 5
+    /// No server: upgrade from a release a peer holds, planned here from its signed manifest.
+    public var offline = false
+    /// With `offline`: install this version (one a peer holds) instead of the newest.
+    public var targetVersion: String?
     /// Called as payloads arrive.
     public var progress: (@Sendable (SyncProgress) -> Void)?
 
@@ -34,7 +49,18 @@ public struct SyncOptions: Sendable {
         self.product = product
         self.root = root
         self.trusted = trusted
+        announceGroup = try! IPv4Endpoint(parsing: PeerWire.defaultGroup, what: "group")
     }
+}
+
+/// Where `upgrade sync` looks for LAN peers.
+public enum PeerMode: Sendable, Equatable {
+    /// Never listens, never asks.
+    case off
+    /// Listens for multicast announcements (and asks the group) for a bounded time.
+    case auto
+    /// Asks these peer servers (`HOST:PORT` of `upgrade share --listen`) by unicast HTTP.
+    case list([String])
 }
 
 /// Download progress.
@@ -73,6 +99,25 @@ public struct SyncReport: Codable, Sendable {
     public var deltasUsed = 0
     /// Deltas that could not be used, and why (the files were fetched whole).
     public var fallbacks: [String] = []
+    /// Payload bytes received from LAN peers (included in `bytesDownloaded`).
+    public var bytesFromPeers: UInt64 = 0
+    /// Files fetched from LAN peers.
+    public var objectsFromPeers = 0
+    /// Every peer heard of, what it offered and what became of it.
+    public var peers: [PeerOutcome] = []
+}
+
+/// One peer in a sync report.
+public struct PeerOutcome: Codable, Sendable {
+    public var url: String
+    /// The release it announced.
+    public var version: String?
+    /// `used`, `not needed`, `ignored: …` or `dropped: …` (misbehaved; not asked again this run).
+    public var status: String
+    public var bytes: UInt64 = 0
+    public var objects = 0
+
+    public var dropped: Bool { status.hasPrefix("dropped") }
 }
 
 /// Why a sync stopped.

@@ -11,6 +11,12 @@ public struct DiscoveredPeer: Sendable {
     public let announcement: PeerAnnouncement
     /// Announcements received from it in the window.
     public let datagrams: Int
+
+    public init(url: String, announcement: PeerAnnouncement, datagrams: Int) {
+        self.url = url
+        self.announcement = announcement
+        self.datagrams = datagrams
+    }
 }
 
 /// What a listening window found.

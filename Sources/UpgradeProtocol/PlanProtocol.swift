@@ -135,6 +135,10 @@ public struct SyncOutcome: Codable, Sendable {
     public var deltas: Int?
     /// Deltas that could not be used (the files came whole), with the reason.
     public var fallbacks: [String]?
+    /// Payload bytes that came from LAN peers instead of this server or its mirror.
+    public var peerBytes: UInt64?
+    /// Peers dropped for misbehaving, with the reason.
+    public var badPeers: [String]?
 
     public init(
         product: String,

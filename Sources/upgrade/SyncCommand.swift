@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import UpgradeClient
 import UpgradeCore
+import UpgradePeer
 import UpgradeRepository
 
 /// `upgrade sync`.
@@ -35,11 +36,22 @@ struct SyncCommand: AsyncParsableCommand {
     @Flag(help: "Verify and show the plan and the bytes it would download; change nothing.") var dryRun = false
     @Flag(help: "Print one JSON document.") var json = false
     @Flag(help: "Install even if the release is older than the installed one.") var allowDowngrade = false
+    @Option(help: "LAN peers: off (default; never listens), auto (multicast announcements), or HOST:PORT,... of `upgrade share` servers.")
+    var peers: String?
+    @Option(help: "Multicast GROUP:PORT peers announce on (default \(PeerWire.defaultGroup)).") var announce: String?
+    @Option(help: "Interface for multicast: an IPv4 address of it or its name (default: the kernel's choice).")
+    var interface: String?
+    @Option(help: "Seconds to listen for peer announcements (default 2).") var peerWait: Double?
+    @Option(help: "Seconds without data before a peer is dropped as stalled (default 5).") var peerTimeout: Int?
+    @Flag(help: "No server: upgrade from a release a peer holds (needs --peers; the plan is computed here).")
+    var offline = false
+    @Option(help: "With --offline: install this version (one a peer holds) instead of the newest.") var version: String?
 
     static let configKeys: Set<String> = [
         "server", "product", "root", "trust", "channel", "mirror", "ca-cert", "state-dir", "lock-timeout", "parallel",
         "device-id",
-        "dry-run", "json", "allow-downgrade",
+        "dry-run", "json", "allow-downgrade", "peers", "announce", "interface", "peer-wait", "peer-timeout", "offline",
+        "version",
     ]
 
     func run() async throws {
@@ -50,17 +62,19 @@ struct SyncCommand: AsyncParsableCommand {
             return file
         }
         func pick(_ flag: String?, _ key: String) throws -> String? { try flag ?? file?.string(key) }
-        guard let server = try pick(server, "server"), let product = try pick(product, "product"),
-            let root = try pick(root, "root")
+        let offline = try offline || (file?.bool("offline") ?? false)
+        let server = try pick(server, "server")
+        guard server != nil || offline, let product = try pick(product, "product"), let root = try pick(root, "root")
         else {
             throw CommandFailure(
-                description: "--server, --product and --root are required (on the command line or in --config)",
+                description:
+                    "--server (or --offline), --product and --root are required (on the command line or in --config)",
                 exitStatus: .usage
             )
         }
         let trustValues = trust.isEmpty ? (try file?.strings("trust") ?? []) : trust
         var options = SyncOptions(
-            server: server,
+            server: server ?? "",
             product: product,
             root: root,
             trusted: try KeyFiles.loadTrusted(trustValues)
@@ -74,6 +88,7 @@ struct SyncCommand: AsyncParsableCommand {
         options.deviceID = try pick(deviceId, "device-id")
         options.dryRun = try dryRun || (file?.bool("dry-run") ?? false)
         options.allowDowngrade = try allowDowngrade || (file?.bool("allow-downgrade") ?? false)
+        try configurePeers(&options, file: file, offline: offline)
         let json = try json || (file?.bool("json") ?? false)
         if !json && isatty(STDERR_FILENO) == 1 { options.progress = ProgressBar.draw }
 
@@ -111,6 +126,51 @@ struct SyncCommand: AsyncParsableCommand {
                 "\(report.result): \(report.product) \(from) -> \(to); \(report.summary.map(DiffCommand.summaryLine) ?? ""); downloaded \(Terminal.bytes(report.bytesDownloaded)) (\(report.objectsDownloaded) whole, \(report.deltasUsed) as deltas), \(String(format: "%.1f", report.durationSeconds)) s"
             )
             for fallback in report.fallbacks { print("note: \(fallback)") }
+            if report.bytesFromPeers > 0 {
+                print("from peers: \(Terminal.bytes(report.bytesFromPeers)) in \(report.objectsFromPeers) files")
+            }
+            for peer in report.peers where peer.dropped { print("note: peer \(peer.url) \(peer.status)") }
+        }
+    }
+
+    /// The peer flags (or config keys); bad values are usage errors before anything runs.
+    private func configurePeers(_ options: inout SyncOptions, file: ConfigFile?, offline: Bool) throws {
+        let mode = try peers ?? file?.string("peers") ?? "off"
+        switch mode {
+        case "off": options.peers = .off
+        case "auto": options.peers = .auto
+        default:
+            let addresses = mode.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            for address in addresses {
+                let port = address.split(separator: ":").last.flatMap { Int($0) }
+                guard address.split(separator: ":").count >= 2, let port, (1...65535).contains(port) else {
+                    throw CommandFailure(
+                        description: "--peers \(mode.debugDescription): expected off, auto or HOST:PORT,...",
+                        exitStatus: .usage
+                    )
+                }
+            }
+            options.peers = .list(addresses)
+        }
+        if let group = try announce ?? file?.string("announce") {
+            options.announceGroup = try IPv4Endpoint(parsing: group, what: "--announce")
+        }
+        options.peerInterface = try (interface ?? file?.string("interface")).map(MulticastInterface.init(parsing:))
+        options.peerWait = try peerWait ?? file?.number("peer-wait") ?? 2
+        options.peerTimeout = Int64(try peerTimeout ?? (file?.number("peer-timeout")).map { Int($0) } ?? 5)
+        guard options.peerWait > 0, options.peerWait <= 60, options.peerTimeout > 0 else {
+            throw CommandFailure(description: "--peer-wait must be in (0, 60] and --peer-timeout positive", exitStatus: .usage)
+        }
+        options.offline = offline
+        options.targetVersion = try version ?? file?.string("version")
+        if offline && options.peers == .off {
+            throw CommandFailure(
+                description: "--offline needs peers: --peers auto or --peers HOST:PORT,...",
+                exitStatus: .usage
+            )
+        }
+        if options.targetVersion != nil && !offline {
+            throw CommandFailure(description: "--version goes with --offline", exitStatus: .usage)
         }
     }
 }

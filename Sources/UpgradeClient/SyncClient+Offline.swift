@@ -1,0 +1,166 @@
+import Crypto
+import Foundation
+import UpgradeApply
+import UpgradeCore
+import UpgradePeer
+import UpgradeTrust
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension SyncClient {
+    /// `upgrade sync --offline`: no server. The newest release the peers hold (or
+    /// `--version`), when a trusted key signed it and it is newer than the installed one; the
+    /// plan is computed here from that release's signed manifest, and every payload comes from
+    /// the peers and is verified like any other.
+    static func runOffline(_ options: SyncOptions, peers: PeerContext, started: Date) async throws -> SyncReport {
+        guard options.peers != .off else {
+            throw SyncError.network("--offline needs peers (--peers auto or --peers HOST:PORT,...)")
+        }
+        let session = try RootSession(
+            root: options.root,
+            stateDirectoryName: options.stateDirectoryName,
+            lockTimeout: options.lockTimeout
+        )
+        let discovery = peers.startDiscovery(options)
+        let local = try session.scan()
+        let installed = session.installed
+        var report = SyncReport(
+            result: "up to date",
+            product: options.product,
+            fromVersion: installed?.header.version,
+            recovered: session.recovered
+        )
+        let found = try await discovery?.value ?? []
+        let releases = await checkPeers(found, options: options, transport: peers.transport, board: peers.board)
+        guard !releases.isEmpty else {
+            throw SyncError.network(
+                "no peer offers a verifiable release of \(options.product) (\(found.count) announced; see the peers in --json)"
+            )
+        }
+        // The target: the version asked for, else the newest that is newer than what is installed.
+        let candidates = releases.values.sorted { $0.header.sequence > $1.header.sequence }
+        let chosen: PeerRelease?
+        if let version = options.targetVersion {
+            chosen = candidates.first { $0.header.version == version }
+            guard chosen != nil else {
+                throw SyncError.network(
+                    "no peer offers \(options.product) \(version) (offered: \(candidates.map(\.header.version).joined(separator: ", ")))"
+                )
+            }
+        } else {
+            chosen = candidates.first { release in
+                installed.map { release.header.sequence > $0.header.sequence } ?? true
+            }
+        }
+        guard let target = chosen else {
+            report.durationSeconds = Date().timeIntervalSince(started)
+            return report
+        }
+        report.toVersion = target.header.version
+        for (digest, release) in releases where digest != target.digest {
+            for source in release.sources {
+                peers.board.note(
+                    source.url,
+                    version: release.header.version,
+                    status: "ignored: holds \(release.header.version), not the target"
+                )
+            }
+        }
+
+        // The signed manifest, from the first peer that serves the bytes the header names.
+        var manifestBytes: [UInt8]?
+        for source in target.sources where manifestBytes == nil && !peers.board.isDropped(source.url) {
+            let url = source.url + PeerWire.releasePath(header: target.digest, file: "manifest")
+            do {
+                let (status, bytes) = try await peers.transport.fetch(url, limit: 1 << 30)
+                guard status == 200, SHA256Hash(bytes: Array(SHA256.hash(data: bytes)))!.hex == target.header.manifestSHA256
+                else {
+                    peers.board.drop(source.url, "serves a manifest that does not match the signed header")
+                    continue
+                }
+                manifestBytes = bytes
+            } catch {
+                peers.board.drop(source.url, "stalled or failed (\(error))")
+            }
+        }
+        guard let manifestBytes else {
+            throw SyncError.network("no peer served the signed manifest of \(options.product) \(target.header.version)")
+        }
+        let manifest: Manifest
+        do {
+            manifest = try Manifest(canonical: manifestBytes)
+            try target.header.check(manifest)
+        } catch {
+            throw SyncError.verification("the manifest of \(target.header.version) from the peers: \(error)")
+        }
+        let plan = Plan(from: local, to: manifest)
+        report.summary = plan.summary
+        if plan.isEmpty && installed?.header.manifestSHA256 == target.header.manifestSHA256 {
+            report.durationSeconds = Date().timeIntervalSince(started)
+            return report
+        }
+
+        var install = InstallRequest(
+            root: session.root,
+            trusted: options.trusted,
+            headerBytes: target.headerBytes,
+            manifestBytes: manifestBytes,
+            plan: plan,
+            payloads: NoPayloads()
+        )
+        install.stateDirectoryName = options.stateDirectoryName
+        install.allowDowngrade = options.allowDowngrade
+        install.hookTimeout = options.hookTimeout
+        install.healthCheckTimeout = options.healthCheckTimeout
+        install.now = options.now
+        let needed = neededObjects(plan)
+        report.bytesToDownload = needed.reduce(0) { $0 + $1.size }
+        report.files = plan.operations.compactMap { operation in
+            switch operation {
+            case .add(let path, _, let content), .replace(let path, _, let content):
+                FileTransfer(path: path, transfer: "whole from a peer", bytes: content.size, sha256: content.sha256?.hex ?? "")
+            default: nil
+            }
+        }
+        if options.dryRun {
+            install.dryRun = true
+            let dry = try session.install(install)
+            report.result = "dry run"
+            report.operations = dry.operations
+            report.durationSeconds = Date().timeIntervalSince(started)
+            return report
+        }
+        var check = install
+        check.dryRun = true
+        _ = try session.install(check)
+
+        let downloads = try session.directory("downloads")
+        let fetched = await fetchFromPeers(
+            needed,
+            sources: target.sources,
+            into: downloads,
+            options: options,
+            transport: peers.transport,
+            board: peers.board
+        )
+        let missing = needed.filter { !fetched.contains($0.sha256!) }
+        guard missing.isEmpty else {
+            for content in needed { unlink(downloads + "/" + content.sha256!.hex + ".raw") }
+            throw SyncError.network(
+                "\(missing.count) of \(needed.count) files of \(target.header.version) could not be fetched from any peer (first: \(missing[0].sha256!.hex.prefix(12))); nothing was changed"
+            )
+        }
+        report.bytesFromPeers = peers.bytes
+        report.bytesDownloaded = peers.bytes
+        report.objectsFromPeers = fetched.count
+        report.objectsDownloaded = fetched.count
+        install.payloads = DownloadedObjects(directory: downloads, root: session.root, deltaBases: [:])
+        defer { for content in needed { unlink(downloads + "/" + content.sha256!.hex + ".raw") } }
+        let result = try session.install(install)
+        report.result = result.result
+        report.durationSeconds = Date().timeIntervalSince(started)
+        return report
+    }
+}
