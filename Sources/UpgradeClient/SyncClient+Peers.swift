@@ -205,13 +205,21 @@ extension SyncClient {
         board: PeerBoard
     ) async -> Set<SHA256Hash> {
         guard !sources.isEmpty, !needed.isEmpty else { return [] }
-        let queue = PeerQueue(count: needed.count)
+        let queue = PeerQueue(count: needed.count, owners: sources.map(\.url))
         let workers = max(1, min(options.parallelDownloads, 4))
         await withTaskGroup(of: Void.self) { group in
             for source in sources {
                 for _ in 0..<workers {
                     group.addTask {
-                        while !board.isDropped(source.url), let index = queue.take(for: source.url) {
+                        while !board.isDropped(source.url) {
+                            let index: Int
+                            switch queue.next(for: source.url, isDropped: board.isDropped) {
+                            case .finished: return
+                            case .wait:
+                                try? await Task.sleep(for: .milliseconds(20))
+                                continue
+                            case .fetch(let next): index = next
+                            }
                             let content = needed[index]
                             let outcome = await fetchOne(
                                 content,
@@ -299,29 +307,51 @@ extension PeerRelease {
     }
 }
 
-/// The files still to fetch from peers: each is handed to one peer at a time, and goes back to
-/// the queue (for the other peers) when that peer fails it.
+/// The files to fetch from peers. Each file is some peer's share (round robin, so every peer
+/// that holds the release is asked); it moves to another peer only when its own peer failed it
+/// or was dropped. A file goes back to the queue when a peer fails it.
 final class PeerQueue: Sendable {
     private struct State {
         var pending: [Int]
+        var inFlight = 0
         var failedBy: [Int: Set<String>] = [:]
         var done: [Int] = []
     }
 
+    enum Next {
+        case fetch(Int)
+        /// Nothing for this peer now, but files in flight may come back.
+        case wait
+        case finished
+    }
+
     private let state: Mutex<State>
+    private let owners: [String]
 
-    init(count: Int) { state = Mutex(State(pending: Array(0..<count))) }
+    init(count: Int, owners: [String]) {
+        state = Mutex(State(pending: Array(0..<count)))
+        self.owners = owners
+    }
 
-    func take(for url: String) -> Int? {
+    func next(for url: String, isDropped: (String) -> Bool) -> Next {
         state.withLock { state in
-            guard let position = state.pending.firstIndex(where: { !(state.failedBy[$0]?.contains(url) ?? false) })
-            else { return nil }
-            return state.pending.remove(at: position)
+            let available = state.pending.firstIndex { index in
+                let failed = state.failedBy[index] ?? []
+                let owner = owners[index % owners.count]
+                return !failed.contains(url) && (owner == url || isDropped(owner) || failed.contains(owner))
+            }
+            if let available {
+                state.inFlight += 1
+                return .fetch(state.pending.remove(at: available))
+            }
+            let someoneMayTakeIt = state.pending.contains { !(state.failedBy[$0]?.contains(url) ?? false) }
+            return state.inFlight > 0 || someoneMayTakeIt ? .wait : .finished
         }
     }
 
     func finish(_ index: Int, source url: String, done: Bool) {
         state.withLock { state in
+            state.inFlight -= 1
             if done {
                 state.done.append(index)
             } else {

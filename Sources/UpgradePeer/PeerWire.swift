@@ -88,7 +88,12 @@ public enum PeerWire {
     public static func objectPath(_ sha: String) -> String { "/v1/peer/objects/\(sha)" }
 
     public static func isQuery(_ bytes: some Collection<UInt8>) -> Bool {
-        guard bytes.count <= maxDatagram, let query = try? JSONDecoder().decode(PeerQuery.self, from: Data(bytes))
+        // Cheap test first: a flood of announcements should cost little to turn away.
+        let marker = Array("-query".utf8)
+        let raw = Array(bytes)
+        guard raw.count <= 256, raw.count >= marker.count,
+            (0...(raw.count - marker.count)).contains(where: { raw[$0..<($0 + marker.count)].elementsEqual(marker) }),
+            let query = try? JSONDecoder().decode(PeerQuery.self, from: Data(bytes))
         else { return false }
         return query.type == PeerQuery.typeName
     }

@@ -45,7 +45,7 @@ public struct IPv4Endpoint: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { "\(host):\(port)" }
 
-    var isMulticast: Bool { (UInt32(bigEndian: address) >> 28) == 0xE }
+    public var isMulticast: Bool { (UInt32(bigEndian: address) >> 28) == 0xE }
 
     var socketAddress: sockaddr_in {
         var result = sockaddr_in()

@@ -88,6 +88,8 @@ struct ShareCommand: AsyncParsableCommand {
             watcher.cancel()
             announcer.stop()
         }
-        try await app.runService()
+        // A share only reads: SIGTERM and SIGINT end it at once (no graceful drain, which a
+        // stalled client could hold open forever).
+        try await app.run()
     }
 }

@@ -154,6 +154,12 @@ struct SyncCommand: AsyncParsableCommand {
         }
         if let group = try announce ?? file?.string("announce") {
             options.announceGroup = try IPv4Endpoint(parsing: group, what: "--announce")
+            guard options.announceGroup.isMulticast else {
+                throw CommandFailure(
+                    description: "--announce \(group): \(options.announceGroup.host) is not a multicast group (224.0.0.0/4)",
+                    exitStatus: .usage
+                )
+            }
         }
         options.peerInterface = try (interface ?? file?.string("interface")).map(MulticastInterface.init(parsing:))
         options.peerWait = try peerWait ?? file?.number("peer-wait") ?? 2
