@@ -406,6 +406,31 @@ struct PeerTests {
         #expect(missing.status == 10 && missing.stderr.contains("no peer offers"), "\(missing.stderr)")
     }
 
+    @Test("where multicast does not pass: share --peer pushes announcements by unicast, sync --peers HOST:PORT pulls")
+    func unicastAnnouncements() async throws {
+        let peers = try PeerFixture()
+        let server = try ServerProcess(repo: peers.sync.repo)
+        let held = try peers.root("held", at: 2)
+        let port = Int(peers.group.split(separator: ":").last!)!
+        // No multicast at all: announcements go to the client's announce port by unicast.
+        let share = try Machine.loopback.start([
+            "share", "--root", held, "--listen", "127.0.0.1:0", "--announce", "off", "--peer", "127.0.0.1:\(port)",
+            "--interval", "0.5", "--log-level", "warning",
+        ])
+        let pushed = try peers.root("pushed", at: 1)
+        let (result, report) = try peers.syncWithPeers(pushed, on: .loopback, server: server.url, ["--peer-wait", "1.5"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(number(report, "bytesFromPeers") > 0, "\(peerList(report))")
+        #expect(peerList(report).first?["url"] as? String == share.url)
+        try await peers.sync.expect(pushed, equals: 2, "after unicast announcements")
+
+        let pulled = try peers.root("pulled", at: 1)
+        let (listed, listedReport) = try peers.syncWithPeers(pulled, on: .loopback, server: server.url, ["--peers", share.hostPort])
+        #expect(listed.status == 0, "\(listed.stderr)")
+        #expect(number(listedReport, "bytesFromPeers") > 0, "\(peerList(listedReport))")
+        try await peers.sync.expect(pulled, equals: 2, "after asking the listed peer")
+    }
+
     @Test("--peers off never opens a UDP socket; auto does; bad peer flags are usage errors that change nothing")
     func optInAndBadInput() async throws {
         let peers = try PeerFixture()
