@@ -42,7 +42,10 @@ public struct HeldReleases: Sendable {
     public let previous: HeldRelease?
 
     /// Nil when nothing is installed in `root`.
-    public static func read(root: String, stateDirectoryName: String = TreeSource.stateDirectoryName) throws
+    public static func read(
+        root: String,
+        stateDirectoryName: String = TreeSource.stateDirectoryName
+    ) throws
         -> HeldReleases?
     {
         guard FileManager.default.fileExists(atPath: root + "/" + stateDirectoryName) else { return nil }
@@ -105,7 +108,10 @@ public func openRegularFile(root: String, path: String) -> Int32? {
         !components.contains(where: { $0.isEmpty || $0 == ".." || $0 == "." })
     else { return nil }
     guard let tree = try? SafeTree(path: root, observer: NoObserver()),
-        let fd = try? tree.withParent(path, { parentFD, last in openat(parentFD, last, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }),
+        let fd = try? tree.withParent(
+            path,
+            { parentFD, last in openat(parentFD, last, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
+        ),
         fd >= 0
     else { return nil }
     var info = stat()

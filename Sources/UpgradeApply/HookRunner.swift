@@ -45,8 +45,7 @@ struct HookRunner {
         let cArguments = arguments.map { strdup($0) } + [nil]
         let cEnvironment = env.map { strdup($0) } + [nil]
         defer {
-            cArguments.forEach { free($0) }
-            cEnvironment.forEach { free($0) }
+            for pointer in cArguments + cEnvironment { free(pointer) }
         }
         let spawned = posix_spawn(&pid, executable, &actions, &attributes, cArguments, cEnvironment)
         guard spawned == 0 else {

@@ -75,7 +75,8 @@ extension SyncClient {
             let url = source.url + PeerWire.releasePath(header: target.digest, file: "manifest")
             do {
                 let (status, bytes) = try await peers.transport.fetch(url, limit: 1 << 30)
-                guard status == 200, SHA256Hash(bytes: Array(SHA256.hash(data: bytes)))!.hex == target.header.manifestSHA256
+                guard status == 200,
+                    SHA256Hash(bytes: Array(SHA256.hash(data: bytes)))!.hex == target.header.manifestSHA256
                 else {
                     peers.board.drop(source.url, "serves a manifest that does not match the signed header")
                     continue
@@ -120,7 +121,12 @@ extension SyncClient {
         report.files = plan.operations.compactMap { operation in
             switch operation {
             case .add(let path, _, let content), .replace(let path, _, let content):
-                FileTransfer(path: path, transfer: "whole from a peer", bytes: content.size, sha256: content.sha256?.hex ?? "")
+                FileTransfer(
+                    path: path,
+                    transfer: "whole from a peer",
+                    bytes: content.size,
+                    sha256: content.sha256?.hex ?? ""
+                )
             default: nil
             }
         }

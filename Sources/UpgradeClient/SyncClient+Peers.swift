@@ -92,13 +92,20 @@ extension SyncClient {
                     group.addTask {
                         let url = "http://\(address)"
                         do {
-                            let (status, bytes) = try await transport.fetch(url + PeerWire.announcementPath, limit: 4096)
+                            let (status, bytes) = try await transport.fetch(
+                                url + PeerWire.announcementPath,
+                                limit: 4096
+                            )
                             guard status == 200, let announcement = PeerAnnouncement(datagram: bytes) else {
                                 board.note(url, version: nil, status: "ignored: no release to share (HTTP \(status))")
                                 return nil
                             }
                             guard announcement.product == options.product else {
-                                board.note(url, version: announcement.version, status: "ignored: shares \(announcement.product)")
+                                board.note(
+                                    url,
+                                    version: announcement.version,
+                                    status: "ignored: shares \(announcement.product)"
+                                )
                                 return nil
                             }
                             return DiscoveredPeer(url: url, announcement: announcement, datagrams: 1)
@@ -157,7 +164,10 @@ extension SyncClient {
             do {
                 let (status, bytes) = try await transport.fetch(url, limit: 1 << 16)
                 guard status == 200 else {
-                    board.drop(peer.url, "announced release \(digest.prefix(12)) but does not serve its header (HTTP \(status))")
+                    board.drop(
+                        peer.url,
+                        "announced release \(digest.prefix(12)) but does not serve its header (HTTP \(status))"
+                    )
                     return []
                 }
                 guard SHA256Hash(bytes: Array(SHA256.hash(data: bytes)))!.hex == digest else {
@@ -251,7 +261,9 @@ extension SyncClient {
         let url = source.url + PeerWire.objectPath(sha.hex)
         var received: UInt64 = 0
         do {
-            let (status, _) = try await transport.downloadWhole(url, to: part, limit: content.size) { received += UInt64($0) }
+            let (status, _) = try await transport.downloadWhole(url, to: part, limit: content.size) {
+                received += UInt64($0)
+            }
             if status == 404 {
                 if source.complete {
                     board.drop(source.url, "announced a complete release but has no file \(sha.hex.prefix(12))")

@@ -169,7 +169,11 @@ public enum SyncClient {
         let releases = await checkPeers(found, options: options, transport: peers.transport, board: peers.board)
         for (digest, release) in releases where digest != targetDigest {
             for source in release.sources {
-                peers.board.note(source.url, version: release.header.version, status: "ignored: holds \(release.header.version), not the target")
+                peers.board.note(
+                    source.url,
+                    version: release.header.version,
+                    status: "ignored: holds \(release.header.version), not the target"
+                )
             }
         }
         let fromPeers = await fetchFromPeers(

@@ -97,7 +97,8 @@ public enum PeerDiscovery {
                 for _ in 0..<256 {
                     guard let (count, from) = socket.receive(into: &buffer, timeout: 0) else { break }
                     result.datagrams += 1
-                    guard count <= PeerWire.maxDatagram, let announcement = PeerAnnouncement(datagram: buffer[..<count]),
+                    guard count <= PeerWire.maxDatagram,
+                        let announcement = PeerAnnouncement(datagram: buffer[..<count]),
                         announcement.product == options.product
                     else {
                         result.dropped += 1

@@ -125,7 +125,8 @@ public final class UDPSocket: @unchecked Sendable {
         guard group.isMulticast else { throw PeerSetupError("\(group.host) is not a multicast group (224.0.0.0/4)") }
         var request = interface?.request ?? ip_mreqn()
         request.imr_multiaddr = in_addr(s_addr: group.address)
-        guard setsockopt(fd, Int32(IPPROTO_IP), IP_ADD_MEMBERSHIP, &request, socklen_t(MemoryLayout<ip_mreqn>.size)) == 0
+        guard
+            setsockopt(fd, Int32(IPPROTO_IP), IP_ADD_MEMBERSHIP, &request, socklen_t(MemoryLayout<ip_mreqn>.size)) == 0
         else {
             throw PeerSetupError(
                 "joining \(group.host) on \(interface?.description ?? "the default interface"): \(String(cString: strerror(errno)))"

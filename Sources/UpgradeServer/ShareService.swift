@@ -226,7 +226,8 @@ public final class ShareService: Sendable {
         }
         let size = Int(file.size)
         servedBytes.add(size, ordering: .relaxed)
-        let corrupt = configuration.faults.contains("wrong-byte") && size > 0
+        let corrupt =
+            configuration.faults.contains("wrong-byte") && size > 0
             && !corrupted.exchange(true, ordering: .relaxed)
         let stall = configuration.faults.contains("stall")
         return Response(

@@ -68,7 +68,7 @@ func measure(_ command: String, repeats: Int) -> Measurement {
         var start = timespec()
         clock_gettime(CLOCK_MONOTONIC, &start)
         let spawned = posix_spawn(&pid, "/usr/bin/time", &actions, nil, arguments, environ)
-        arguments.forEach { free($0) }
+        for pointer in arguments { free(pointer) }
         posix_spawn_file_actions_destroy(&actions)
         guard spawned == 0 else {
             FileHandle.standardError.write(Data("bench: cannot start /bin/sh\n".utf8))

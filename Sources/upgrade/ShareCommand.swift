@@ -23,10 +23,14 @@ struct ShareCommand: AsyncParsableCommand {
     )
 
     @Option(help: "The installed tree to share.") var root: String
-    @Option(help: "Address for the peer server, HOST:PORT (port 0 picks a free one).") var listen = "0.0.0.0:\(PeerWire.defaultPort)"
-    @Option(help: "Multicast GROUP:PORT to announce on (\(PeerWire.defaultGroup)), or `off`.") var announce = PeerWire.defaultGroup
-    @Option(help: "Interface for multicast: an IPv4 address of it or its name (default: the kernel's choice).") var interface: String?
-    @Option(help: "Also announce by unicast to this neighbour's announce port, HOST:PORT; repeatable.") var peer: [String] = []
+    @Option(help: "Address for the peer server, HOST:PORT (port 0 picks a free one).") var listen =
+        "0.0.0.0:\(PeerWire.defaultPort)"
+    @Option(help: "Multicast GROUP:PORT to announce on (\(PeerWire.defaultGroup)), or `off`.") var announce = PeerWire
+        .defaultGroup
+    @Option(help: "Interface for multicast: an IPv4 address of it or its name (default: the kernel's choice).")
+    var interface: String?
+    @Option(help: "Also announce by unicast to this neighbour's announce port, HOST:PORT; repeatable.") var peer:
+        [String] = []
     @Option(help: "Seconds between announcements (default 5).") var interval: Double = 5
     @Flag(help: "Do not serve the previous release's replaced files.") var noPrevious = false
     @Option(help: "State directory name inside the root (default .upgrade).") var stateDir = ".upgrade"
@@ -67,7 +71,8 @@ struct ShareCommand: AsyncParsableCommand {
         try service.refresh()
         guard service.holdsRelease else {
             throw CommandFailure(
-                description: "nothing is installed in \(root); install a release (upgrade sync or apply) before sharing it",
+                description:
+                    "nothing is installed in \(root); install a release (upgrade sync or apply) before sharing it",
                 exitStatus: .invalidInput
             )
         }

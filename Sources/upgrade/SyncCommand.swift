@@ -36,7 +36,10 @@ struct SyncCommand: AsyncParsableCommand {
     @Flag(help: "Verify and show the plan and the bytes it would download; change nothing.") var dryRun = false
     @Flag(help: "Print one JSON document.") var json = false
     @Flag(help: "Install even if the release is older than the installed one.") var allowDowngrade = false
-    @Option(help: "LAN peers: off (default; never listens), auto (multicast announcements), or HOST:PORT,... of `upgrade share` servers.")
+    @Option(
+        help:
+            "LAN peers: off (default; never listens), auto (multicast announcements), or HOST:PORT,... of `upgrade share` servers."
+    )
     var peers: String?
     @Option(help: "Multicast GROUP:PORT peers announce on (default \(PeerWire.defaultGroup)).") var announce: String?
     @Option(help: "Interface for multicast: an IPv4 address of it or its name (default: the kernel's choice).")
@@ -156,7 +159,8 @@ struct SyncCommand: AsyncParsableCommand {
             options.announceGroup = try IPv4Endpoint(parsing: group, what: "--announce")
             guard options.announceGroup.isMulticast else {
                 throw CommandFailure(
-                    description: "--announce \(group): \(options.announceGroup.host) is not a multicast group (224.0.0.0/4)",
+                    description:
+                        "--announce \(group): \(options.announceGroup.host) is not a multicast group (224.0.0.0/4)",
                     exitStatus: .usage
                 )
             }
@@ -165,7 +169,10 @@ struct SyncCommand: AsyncParsableCommand {
         options.peerWait = try peerWait ?? file?.number("peer-wait") ?? 2
         options.peerTimeout = Int64(try peerTimeout ?? (file?.number("peer-timeout")).map { Int($0) } ?? 5)
         guard options.peerWait > 0, options.peerWait <= 60, options.peerTimeout > 0 else {
-            throw CommandFailure(description: "--peer-wait must be in (0, 60] and --peer-timeout positive", exitStatus: .usage)
+            throw CommandFailure(
+                description: "--peer-wait must be in (0, 60] and --peer-timeout positive",
+                exitStatus: .usage
+            )
         }
         options.offline = offline
         options.targetVersion = try version ?? file?.string("version")

@@ -108,7 +108,8 @@ final class NamespaceLAN {
             try ip(["netns", "add", name])
             names.append(name)
             try ip([
-                "link", "add", "\(prefix)v\(index)", "netns", name, "type", "veth", "peer", "name", "p\(index)", "netns",
+                "link", "add", "\(prefix)v\(index)", "netns", name, "type", "veth", "peer", "name", "p\(index)",
+                "netns",
                 lan,
             ])
             try ip(["netns", "exec", lan, "ip", "link", "set", "p\(index)", "master", "br0", "up"])
@@ -215,12 +216,19 @@ struct PeerTests {
         let payload = number(report, "bytesDownloaded")
         #expect(fromPeers > 0 && fromPeers * 2 > payload, "peer bytes \(fromPeers) of \(payload)")
         #expect(peerList(report).first?["status"] as? String == "used", "\(peerList(report))")
-        print("three machines: B received \(payload) payload bytes, \(fromPeers) from peer A, \(payload - fromPeers) from the server; \(number(report, "bytesReceived")) bytes in all")
+        print(
+            "three machines: B received \(payload) payload bytes, \(fromPeers) from peer A, \(payload - fromPeers) from the server; \(number(report, "bytesReceived")) bytes in all"
+        )
 
         // The server goes away; C upgrades from A alone.
         server.stop()
         let rootC = try peers.root("c", at: 1)
-        let (offline, offlineReport) = try peers.syncWithPeers(rootC, on: c, server: nil, ["--offline", "--peers", "auto"])
+        let (offline, offlineReport) = try peers.syncWithPeers(
+            rootC,
+            on: c,
+            server: nil,
+            ["--offline", "--peers", "auto"]
+        )
         #expect(offline.status == 0, "\(offline.stderr)")
         try await peers.sync.expect(rootC, equals: 2, "C after an offline sync from A")
         #expect(number(offlineReport, "bytesFromPeers") > 0)
@@ -237,7 +245,10 @@ struct PeerTests {
         try await threeMachines(server: .loopback, a: .loopback, b: .loopback, c: .loopback)
     }
 
-    @Test("three machines in network namespaces on a bridge the test creates", .enabled(if: NamespaceLAN.unavailable == nil))
+    @Test(
+        "three machines in network namespaces on a bridge the test creates",
+        .enabled(if: NamespaceLAN.unavailable == nil)
+    )
     func threeMachinesInNamespaces() async throws {
         let lan = try NamespaceLAN(machines: 4)
         try await threeMachines(server: lan.machine(1), a: lan.machine(2), b: lan.machine(3), c: lan.machine(4))
@@ -263,7 +274,10 @@ struct PeerTests {
         let quiet = try peers.root("quiet", at: 1)
         let baseline = try runProgram(
             "/usr/bin/time",
-            ["-f", "%M", Upgrade.binary, "sync", "--server", server.url, "--product", peers.fixture.product, "--root", quiet, "--trust", peers.fixture.pub]
+            [
+                "-f", "%M", Upgrade.binary, "sync", "--server", server.url, "--product", peers.fixture.product,
+                "--root", quiet, "--trust", peers.fixture.pub,
+            ]
         )
         #expect(baseline.status == 0, "\(baseline.stderr)")
 
@@ -271,7 +285,8 @@ struct PeerTests {
         let result = try runProgram(
             "/usr/bin/time",
             [
-                "-f", "%M", Upgrade.binary, "sync", "--server", server.url, "--product", peers.fixture.product, "--root",
+                "-f", "%M", Upgrade.binary, "sync", "--server", server.url, "--product", peers.fixture.product,
+                "--root",
                 rootB, "--trust", peers.fixture.pub, "--json", "--peers", "auto", "--announce", peers.group,
                 "--interface", "127.0.0.1", "--peer-wait", "2", "--peer-timeout", "2",
             ]
@@ -301,7 +316,9 @@ struct PeerTests {
         _ = (wrong, stall, flood, foreign)
     }
 
-    @Test("a peer serves only verified files of its releases: paths, ../, unknown hashes, changed files and symlinks get 404")
+    @Test(
+        "a peer serves only verified files of its releases: paths, ../, unknown hashes, changed files and symlinks get 404"
+    )
     func peerServesOnlyVerifiedFiles() async throws {
         let peers = try PeerFixture()
         let server = try ServerProcess(repo: peers.sync.repo)
@@ -418,14 +435,24 @@ struct PeerTests {
             "--interval", "0.5", "--log-level", "warning",
         ])
         let pushed = try peers.root("pushed", at: 1)
-        let (result, report) = try peers.syncWithPeers(pushed, on: .loopback, server: server.url, ["--peer-wait", "1.5"])
+        let (result, report) = try peers.syncWithPeers(
+            pushed,
+            on: .loopback,
+            server: server.url,
+            ["--peer-wait", "1.5"]
+        )
         #expect(result.status == 0, "\(result.stderr)")
         #expect(number(report, "bytesFromPeers") > 0, "\(peerList(report))")
         #expect(peerList(report).first?["url"] as? String == share.url)
         try await peers.sync.expect(pushed, equals: 2, "after unicast announcements")
 
         let pulled = try peers.root("pulled", at: 1)
-        let (listed, listedReport) = try peers.syncWithPeers(pulled, on: .loopback, server: server.url, ["--peers", share.hostPort])
+        let (listed, listedReport) = try peers.syncWithPeers(
+            pulled,
+            on: .loopback,
+            server: server.url,
+            ["--peers", share.hostPort]
+        )
         #expect(listed.status == 0, "\(listed.stderr)")
         #expect(number(listedReport, "bytesFromPeers") > 0, "\(peerList(listedReport))")
         try await peers.sync.expect(pulled, equals: 2, "after asking the listed peer")
@@ -453,7 +480,10 @@ struct PeerTests {
         #expect(try udpSockets("auto", root: try peers.root("auto", at: 1)) >= 2)
 
         let root = try peers.root("bad", at: 1)
-        let base = ["sync", "--server", server.url, "--product", peers.fixture.product, "--root", root, "--trust", peers.fixture.pub]
+        let base = [
+            "sync", "--server", server.url, "--product", peers.fixture.product, "--root", root, "--trust",
+            peers.fixture.pub,
+        ]
         for (extra, message) in [
             (["--peers", "sideways"], "expected off, auto or HOST:PORT"),
             (["--offline"], "--offline needs peers"),
