@@ -71,25 +71,11 @@ public struct HeldReleases: Sendable {
 
     /// The previous release and the backups of its files that the last transaction kept.
     private static func previousFiles(_ store: StateStore, current: StateStore.InstalledState) -> HeldRelease? {
-        guard let previousID = current.previous, let previous = store.state(previousID),
-            let header = try? ReleaseHeader(unverified: SignedEnvelope(encoded: previous.headerBytes)),
-            let journalBytes = store.read("state/\(current.id)/journal"),
-            let journal = try? JSONDecoder().decode(Journal.self, from: Data(journalBytes))
+        guard let (previous, backups) = store.backups(of: current),
+            let header = try? ReleaseHeader(unverified: SignedEnvelope(encoded: previous.headerBytes))
         else { return nil }
-        let index = previous.manifest.index()
-        var files = [SHA256Hash: FileLocation]()
         let directory = String(store.path.split(separator: "/").last ?? ".upgrade")
-        for step in journal.steps {
-            let backupName: String?
-            switch step {
-            case .place(_, _, let backup): backupName = backup
-            case .remove(_, _, let backup): backupName = backup
-            default: backupName = nil
-            }
-            if let backupName, let file = index[step.path]?.file, let sha = file.sha256, files[sha] == nil {
-                files[sha] = FileLocation(path: "\(directory)/state/\(current.id)/undo/\(backupName)", size: file.size)
-            }
-        }
+        let files = backups.mapValues { FileLocation(path: "\(directory)/\($0.1)", size: $0.0.size) }
         return HeldRelease(
             headerBytes: previous.headerBytes,
             header: header,

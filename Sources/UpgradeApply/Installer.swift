@@ -173,26 +173,13 @@ public enum Installer {
         guard let current = store.current else {
             throw ApplyError.nothingToRollBack("no release is installed in \(rootPath)")
         }
-        guard let previousID = current.previous, let previous = store.state(previousID) else {
+        guard current.previous.flatMap(store.state) != nil else {
             throw ApplyError.nothingToRollBack("no earlier release is kept for \(rootPath)")
         }
-        guard let journalBytes = store.read("state/\(current.id)/journal"),
-            let journal = try? JSONDecoder().decode(Journal.self, from: Data(journalBytes))
-        else { throw ApplyError.nothingToRollBack("the backups of the last upgrade are gone") }
-        // Backups hold the previous release's entries at the paths the last transaction replaced or removed.
-        let previousIndex = previous.manifest.index()
-        var files = [SHA256Hash: String]()
-        for step in journal.steps {
-            let backupName: String?
-            switch step {
-            case .place(_, _, let backup): backupName = backup
-            case .remove(_, _, let backup): backupName = backup
-            default: backupName = nil
-            }
-            if let backupName, let sha = previousIndex[step.path]?.file?.sha256 {
-                files[sha] = "state/\(current.id)/undo/\(backupName)"
-            }
+        guard let (previous, backups) = store.backups(of: current) else {
+            throw ApplyError.nothingToRollBack("the backups of the last upgrade are gone")
         }
+        let files = backups.mapValues(\.1)
         let local = try scan(root: rootPath, store: store, options: ScanOptions())
         let targetHeader = try ReleaseHeader(unverified: SignedEnvelope(encoded: previous.headerBytes))
         let currentHeader = try ReleaseHeader(unverified: SignedEnvelope(encoded: current.headerBytes))

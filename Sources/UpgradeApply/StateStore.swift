@@ -126,6 +126,31 @@ final class StateStore: @unchecked Sendable {
 
     var current: InstalledState? { currentID.flatMap(state) }
 
+    /// The previous release's files that the transaction which installed `state` backed up:
+    /// content → (path in the previous release, backup path inside the state directory). Nil when
+    /// there is no previous release or its journal is gone.
+    func backups(of state: InstalledState) -> (previous: InstalledState, files: [SHA256Hash: (FileContent, String)])? {
+        guard let previousID = state.previous, let previous = self.state(previousID),
+            let journalBytes = read("state/\(state.id)/journal"),
+            let journal = try? JSONDecoder().decode(Journal.self, from: Data(journalBytes))
+        else { return nil }
+        // Backups hold the previous release's entries at the paths the transaction replaced or removed.
+        let index = previous.manifest.index()
+        var files = [SHA256Hash: (FileContent, String)]()
+        for step in journal.steps {
+            let backupName: String?
+            switch step {
+            case .place(_, _, let backup): backupName = backup
+            case .remove(_, _, let backup): backupName = backup
+            default: backupName = nil
+            }
+            if let backupName, let file = index[step.path]?.file, let sha = file.sha256, files[sha] == nil {
+                files[sha] = (file, "state/\(state.id)/undo/\(backupName)")
+            }
+        }
+        return (previous, files)
+    }
+
     /// A fresh state id, larger than any existing one.
     func newStateID() -> String {
         let existing = (try? tree.subdirectory("state", create: true).list()) ?? []

@@ -103,19 +103,13 @@ extension SyncClient {
             return report
         }
 
-        var install = InstallRequest(
-            root: session.root,
-            trusted: options.trusted,
-            headerBytes: target.headerBytes,
-            manifestBytes: manifestBytes,
-            plan: plan,
-            payloads: NoPayloads()
+        var install = installRequest(
+            options,
+            session: session,
+            header: target.headerBytes,
+            manifest: manifestBytes,
+            plan: plan
         )
-        install.stateDirectoryName = options.stateDirectoryName
-        install.allowDowngrade = options.allowDowngrade
-        install.hookTimeout = options.hookTimeout
-        install.healthCheckTimeout = options.healthCheckTimeout
-        install.now = options.now
         let needed = neededObjects(plan)
         report.bytesToDownload = needed.reduce(0) { $0 + $1.size }
         report.files = plan.operations.compactMap { operation in
@@ -130,17 +124,9 @@ extension SyncClient {
             default: nil
             }
         }
-        if options.dryRun {
-            install.dryRun = true
-            let dry = try session.install(install)
-            report.result = "dry run"
-            report.operations = dry.operations
-            report.durationSeconds = Date().timeIntervalSince(started)
+        if try checkPlan(install, options: options, session: session, report: &report, started: started) {
             return report
         }
-        var check = install
-        check.dryRun = true
-        _ = try session.install(check)
 
         let downloads = try session.directory("downloads")
         let fetched = await fetchFromPeers(

@@ -125,19 +125,13 @@ public enum SyncClient {
             options: options,
             transport: transport
         )
-        var install = InstallRequest(
-            root: session.root,
-            trusted: options.trusted,
-            headerBytes: headerBytes,
-            manifestBytes: manifestBytes,
-            plan: plan,
-            payloads: NoPayloads()
+        var install = installRequest(
+            options,
+            session: session,
+            header: headerBytes,
+            manifest: manifestBytes,
+            plan: plan
         )
-        install.stateDirectoryName = options.stateDirectoryName
-        install.allowDowngrade = options.allowDowngrade
-        install.hookTimeout = options.hookTimeout
-        install.healthCheckTimeout = options.healthCheckTimeout
-        install.now = options.now
 
         let needed = neededObjects(plan)
         let downloads = try session.directory("downloads")
@@ -150,18 +144,9 @@ public enum SyncClient {
             if FileManager.default.fileExists(atPath: downloads + "/" + sha.hex) { return total }
             return total + (deltas[sha]?.size ?? response.objects[sha.hex] ?? content.size)
         }
-        if options.dryRun {
-            install.dryRun = true
-            let dry = try session.install(install)
-            report.result = "dry run"
-            report.operations = dry.operations
-            report.durationSeconds = Date().timeIntervalSince(started)
+        if try checkPlan(install, options: options, session: session, report: &report, started: started) {
             return report
         }
-        // Verify the plan against the tree before fetching a byte.
-        var check = install
-        check.dryRun = true
-        _ = try session.install(check)
 
         // Payloads from peers that hold the target release first (LAN bytes spare the uplink);
         // whatever they do not deliver comes from the mirror or server below.
@@ -258,6 +243,49 @@ public enum SyncClient {
     }
 
     // MARK: Steps
+
+    /// The install request for a verified release; payloads are filled in once fetched.
+    static func installRequest(
+        _ options: SyncOptions,
+        session: RootSession,
+        header: [UInt8],
+        manifest: [UInt8],
+        plan: Plan
+    ) -> InstallRequest {
+        var install = InstallRequest(
+            root: session.root,
+            trusted: options.trusted,
+            headerBytes: header,
+            manifestBytes: manifest,
+            plan: plan,
+            payloads: NoPayloads()
+        )
+        install.stateDirectoryName = options.stateDirectoryName
+        install.allowDowngrade = options.allowDowngrade
+        install.hookTimeout = options.hookTimeout
+        install.healthCheckTimeout = options.healthCheckTimeout
+        install.now = options.now
+        return install
+    }
+
+    /// Verifies the plan against the tree before a byte is fetched; for a dry run, fills the
+    /// report in and returns true (nothing more to do).
+    static func checkPlan(
+        _ install: InstallRequest,
+        options: SyncOptions,
+        session: RootSession,
+        report: inout SyncReport,
+        started: Date
+    ) throws -> Bool {
+        var check = install
+        check.dryRun = true
+        let dry = try session.install(check)
+        guard options.dryRun else { return false }
+        report.result = "dry run"
+        report.operations = dry.operations
+        report.durationSeconds = Date().timeIntervalSince(started)
+        return true
+    }
 
     private static func askForPlan(
         _ request: PlanRequest,

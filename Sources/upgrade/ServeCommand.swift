@@ -26,9 +26,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: .hidden) var fault: [String] = []
 
     func validate() throws {
-        guard listen.split(separator: ":").count >= 2, Int(listen.split(separator: ":").last!) != nil else {
-            throw ValidationError("--listen must be HOST:PORT")
-        }
+        _ = try ListenAddress(listen)
         if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
         guard FileManager.default.fileExists(atPath: repo + "/upgrade-repository.json") else {
             throw ValidationError(
@@ -41,11 +39,9 @@ struct ServeCommand: AsyncParsableCommand {
         var logger = Logger(label: "upgrade.serve")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         var configuration = ServerConfiguration(repository: repo)
-        let port = listen.split(separator: ":").last.map(String.init)!
-        configuration.host = String(listen.dropLast(port.count + 1)).trimmingCharacters(
-            in: CharacterSet(charactersIn: "[]")
-        )
-        configuration.port = Int(port)!
+        let address = try ListenAddress(listen)
+        configuration.host = address.host
+        configuration.port = address.port
         configuration.reportsFile = reports
         configuration.faults = Set(fault)
         if let tlsCert, let tlsKey { configuration.tls = (tlsCert, tlsKey) }
@@ -56,5 +52,19 @@ struct ServeCommand: AsyncParsableCommand {
             FileHandle.standardOutput.write(Data("listening on \(scheme)://\(host):\(port)\n".utf8))
         }
         try await app.runService()
+    }
+}
+
+/// `--listen HOST:PORT` (`[::1]:PORT` for IPv6; port 0 picks a free one).
+struct ListenAddress {
+    let host: String
+    let port: Int
+
+    init(_ text: String) throws {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+            (0...65535).contains(port), colon != text.startIndex
+        else { throw ValidationError("--listen must be HOST:PORT, not \(text.debugDescription)") }
+        host = String(text[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        self.port = port
     }
 }

@@ -38,10 +38,7 @@ struct ShareCommand: AsyncParsableCommand {
     @Option(help: .hidden) var fault: [String] = []
 
     func validate() throws {
-        let port = listen.split(separator: ":").last.flatMap { Int($0) }
-        guard listen.split(separator: ":").count >= 2, let port, (0...65535).contains(port) else {
-            throw ValidationError("--listen must be HOST:PORT")
-        }
+        _ = try ListenAddress(listen)
         guard interval > 0 else { throw ValidationError("--interval must be positive") }
     }
 
@@ -49,11 +46,9 @@ struct ShareCommand: AsyncParsableCommand {
         var logger = Logger(label: "upgrade.share")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         var configuration = ShareConfiguration(root: root)
-        let port = listen.split(separator: ":").last.map(String.init)!
-        configuration.host = String(listen.dropLast(port.count + 1)).trimmingCharacters(
-            in: CharacterSet(charactersIn: "[]")
-        )
-        configuration.port = Int(port)!
+        let address = try ListenAddress(listen)
+        configuration.host = address.host
+        configuration.port = address.port
         configuration.stateDirectoryName = stateDir
         configuration.servePrevious = !noPrevious
         configuration.faults = Set(fault)

@@ -13,41 +13,15 @@ import Glibc
 
 /// `upgrade serve` as a subprocess on 127.0.0.1 port 0.
 final class ServerProcess {
-    let process = Process()
-    let url: String
-
-    init(repo: String, extra: [String] = []) throws {
-        process.executableURL = URL(fileURLWithPath: Upgrade.binary)
-        process.arguments = ["serve", "--repo", repo, "--listen", "127.0.0.1:0", "--log-level", "error"] + extra
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        // The first line is "listening on URL".
-        var line = Data()
-        let deadline = Date().addingTimeInterval(20)
-        while !line.contains(0x0a) && Date() < deadline {
-            let chunk = out.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            line.append(chunk)
-        }
-        let text = String(decoding: line, as: UTF8.self)
-        guard let found = text.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines),
-            text.hasPrefix("listening on ")
-        else {
-            process.terminate()
-            throw POSIXError(.ECONNREFUSED)
-        }
-        url = found
-    }
-
+    let server: ListeningProcess
+    var url: String { server.url }
+    var process: Process { server.process }
     var pid: Int32 { process.processIdentifier }
 
-    deinit {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
+    init(repo: String, extra: [String] = []) throws {
+        server = try ListeningProcess(
+            [Upgrade.binary, "serve", "--repo", repo, "--listen", "127.0.0.1:0", "--log-level", "error"] + extra
+        )
     }
 }
 
