@@ -69,7 +69,7 @@ public final class Announcer: Sendable {
         while !stopped.load(ordering: .relaxed) {
             if configuration.flood {
                 announceAll()
-                usleep(150)
+                usleep(40)
                 continue
             }
             let now = Date()

@@ -311,6 +311,7 @@ struct PeerTests {
         }
         let quietPeak = peakKiB(baseline.stderr)
         let floodedPeak = peakKiB(result.stderr)
+        for (url, status) in outcomes.sorted(by: { $0.key < $1.key }) { print("hostile peers: \(url) \(status)") }
         print("hostile peers: peak RSS \(floodedPeak) KiB with the flood, \(quietPeak) KiB without peers")
         #expect(floodedPeak < quietPeak + 64 * 1024, "peak RSS \(floodedPeak) KiB vs \(quietPeak) KiB")
         _ = (wrong, stall, flood, foreign)
