@@ -16,7 +16,10 @@ struct SyncCommand: AsyncParsableCommand {
             changes when a release is installed), verifies the signed channel record and header \
             and the plan against the signed manifest, fetches payloads in parallel (resuming \
             broken downloads, every byte verified), installs them as one transaction and reports \
-            the outcome. Prints nothing when nothing changed, unless --json. Every flag can come \
+            the outcome. With --peers, payloads come first from LAN peers running `upgrade share` that \
+            hold the target release (each byte checked against the signature; a misbehaving peer \
+            is dropped and named); --offline needs no server at all. Prints nothing when nothing \
+            changed, unless --json. Every flag can come \
             from --config FILE (TOML: key = value, keys are the long flag names); flags win.
             """
     )
