@@ -41,6 +41,19 @@ public struct HeldReleases: Sendable {
     public let current: HeldRelease
     public let previous: HeldRelease?
 
+    /// The installed state's id alone (one small file): how a sharer notices an upgrade without
+    /// reading the manifest again.
+    public static func installedStateID(
+        root: String,
+        stateDirectoryName: String = TreeSource.stateDirectoryName
+    ) -> String? {
+        guard FileManager.default.fileExists(atPath: root + "/" + stateDirectoryName),
+            let tree = try? SafeTree(path: root, observer: NoObserver()),
+            let store = try? StateStore(root: tree, name: stateDirectoryName, rootPath: root, create: false)
+        else { return nil }
+        return store.currentID
+    }
+
     /// Nil when nothing is installed in `root`.
     public static func read(
         root: String,

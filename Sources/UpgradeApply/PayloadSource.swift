@@ -62,14 +62,8 @@ public enum DeltaBase {
         }
         defer { close(fd) }
         var bytes = [UInt8]()
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        while true {
-            let n = Glibc.read(fd, &buffer, buffer.count)
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { throw SystemCallError(call: "read \(path)", code: errno) }
-            if n == 0 { return bytes }
-            bytes += buffer[..<n]
-        }
+        try readChunks(fd, what: path) { bytes += $0 }
+        return bytes
     }
 }
 
@@ -86,14 +80,7 @@ struct FilePayloads: PayloadSource {
             let fd = openat(parentFD, last, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
             guard fd >= 0 else { throw SystemCallError(call: "open \(tree.display)/\(name)", code: errno) }
             defer { close(fd) }
-            var buffer = [UInt8](repeating: 0, count: 1 << 20)
-            while true {
-                let n = read(fd, &buffer, buffer.count)
-                if n < 0 && errno == EINTR { continue }
-                guard n >= 0 else { throw SystemCallError(call: "read \(tree.display)/\(name)", code: errno) }
-                if n == 0 { return }
-                try buffer.withUnsafeBytes { try sink(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
-            }
+            try readChunks(fd, what: "\(tree.display)/\(name)", sink)
         }
     }
 }

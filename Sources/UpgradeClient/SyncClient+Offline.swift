@@ -18,13 +18,7 @@ extension SyncClient {
         guard options.peers != .off else {
             throw SyncError.network("--offline needs peers (--peers auto or --peers HOST:PORT,...)")
         }
-        let session = try RootSession(
-            root: options.root,
-            stateDirectoryName: options.stateDirectoryName,
-            lockTimeout: options.lockTimeout
-        )
-        let discovery = peers.startDiscovery(options)
-        let local = try session.scan()
+        let (session, discovery, local) = try openRoot(options, peers: peers)
         let installed = session.installed
         var report = SyncReport(
             result: "up to date",
@@ -139,7 +133,7 @@ extension SyncClient {
         )
         let missing = needed.filter { !fetched.contains($0.sha256!) }
         guard missing.isEmpty else {
-            for content in needed { unlink(downloads + "/" + content.sha256!.hex + ".raw") }
+            removeDownloads(needed, from: downloads)
             throw SyncError.network(
                 "\(missing.count) of \(needed.count) files of \(target.header.version) could not be fetched from any peer (first: \(missing[0].sha256!.hex.prefix(12))); nothing was changed"
             )
@@ -149,7 +143,7 @@ extension SyncClient {
         report.objectsFromPeers = fetched.count
         report.objectsDownloaded = fetched.count
         install.payloads = DownloadedObjects(directory: downloads, root: session.root, deltaBases: [:])
-        defer { for content in needed { unlink(downloads + "/" + content.sha256!.hex + ".raw") } }
+        defer { removeDownloads(needed, from: downloads) }
         let result = try session.install(install)
         report.result = result.result
         report.durationSeconds = Date().timeIntervalSince(started)

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Synchronization
+import UpgradeApply
 import UpgradeCore
 import UpgradePeer
 import UpgradeTrust
@@ -298,16 +299,7 @@ extension SyncClient {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
-        var hasher = SHA256()
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        while true {
-            let n = read(fd, &buffer, buffer.count)
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { return nil }
-            if n == 0 { break }
-            buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<n])) }
-        }
-        return SHA256Hash(bytes: Array(hasher.finalize()))
+        return try? sha256(of: fd, what: path).0
     }
 }
 

@@ -5,6 +5,7 @@ import NIOHTTP1
 import Synchronization
 import UpgradeApply
 import UpgradeCore
+import UpgradePeer
 import UpgradeProtocol
 import UpgradeScan
 import UpgradeTrust
@@ -55,14 +56,8 @@ public enum SyncClient {
         logger: Logger,
         started: Date
     ) async throws -> SyncReport {
-        let session = try RootSession(
-            root: options.root,
-            stateDirectoryName: options.stateDirectoryName,
-            lockTimeout: options.lockTimeout
-        )
-        // Listen for peers while the tree is scanned and the server asked.
-        let discovery = peers.startDiscovery(options)
-        let local = try session.scan()
+        // Peers are heard while the tree is scanned and the server asked.
+        let (session, discovery, local) = try openRoot(options, peers: peers)
         let installed = session.installed
         let device = PlanRequest.Device(
             os: "linux",
@@ -205,44 +200,56 @@ public enum SyncClient {
         report.resumedDownloads = fetched.resumed
 
         install.payloads = DownloadedObjects(directory: downloads, root: session.root, deltaBases: viaDelta.applied)
-        var outcome = "installed"
+        let outcome: Result<String, any Error>
         do {
             let installedReport = try session.install(install)
-            outcome = installedReport.result
             try session.setValue(channelKey(options), String(record.sequence))
-            for content in needed {
-                unlink(downloads + "/" + content.sha256!.hex)
-                unlink(downloads + "/" + content.sha256!.hex + ".delta")
-                unlink(downloads + "/" + content.sha256!.hex + ".raw")
-            }
+            removeDownloads(needed, from: downloads)
+            outcome = .success(installedReport.result)
         } catch {
-            report.durationSeconds = Date().timeIntervalSince(started)
-            report.peers = peers.board.outcomes
-            await sendReport(
-                options: options,
-                device: device,
-                report: report,
-                result: "failed: \(error)".prefix(200).description,
-                transport: transport,
-                logger: logger
-            )
-            throw error
+            outcome = .failure(error)
         }
-        report.result = outcome
         report.durationSeconds = Date().timeIntervalSince(started)
         report.peers = peers.board.outcomes
+        let said: String
+        switch outcome {
+        case .success(let result): said = result
+        case .failure(let error): said = "failed: \(error)".prefix(200).description
+        }
         await sendReport(
             options: options,
             device: device,
             report: report,
-            result: outcome,
+            result: said,
             transport: transport,
             logger: logger
         )
+        report.result = try outcome.get()
         return report
     }
 
     // MARK: Steps
+
+    /// Opens the root (lock, recovery), starts listening for peers, and scans the tree.
+    static func openRoot(
+        _ options: SyncOptions,
+        peers: PeerContext
+    ) throws -> (RootSession, Task<[DiscoveredPeer], any Error>?, Manifest) {
+        let session = try RootSession(
+            root: options.root,
+            stateDirectoryName: options.stateDirectoryName,
+            lockTimeout: options.lockTimeout
+        )
+        let discovery = peers.startDiscovery(options)
+        return (session, discovery, try session.scan())
+    }
+
+    /// Removes the downloaded payloads of `needed` (objects, deltas, files from peers).
+    static func removeDownloads(_ needed: [FileContent], from directory: String) {
+        for content in needed {
+            for suffix in ["", ".delta", ".raw"] { unlink(directory + "/" + content.sha256!.hex + suffix) }
+        }
+    }
 
     /// The install request for a verified release; payloads are filled in once fetched.
     static func installRequest(
@@ -542,99 +549,5 @@ public enum SyncClient {
 
     static func message(_ bytes: [UInt8]) -> String {
         String(decoding: bytes.prefix(500), as: UTF8.self)
-    }
-}
-
-/// Shared state of the download tasks.
-final class DownloadCounters: Sendable {
-    struct State {
-        var bytes: UInt64 = 0
-        var objects = 0
-        var resumed = 0
-        var done = 0
-    }
-
-    let state = Mutex(State())
-    private let index = Atomic<Int>(0)
-
-    func takeIndex() -> Int { index.add(1, ordering: .relaxed).oldValue }
-}
-
-/// Payloads downloaded into the state directory: zstd objects named by SHA-256, or deltas
-/// (`<sha>.delta`) applied to a base file of the root; either way verified again by the engine
-/// as they are staged (before the commit, so every base is still the old content).
-struct DownloadedObjects: PayloadSource {
-    let directory: String
-    let root: String
-    /// Target SHA-256 → base path, for the contents that came as deltas.
-    let deltaBases: [SHA256Hash: String]
-
-    func stream(_ content: FileContent, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
-        if let sha = content.sha256 {
-            // From a peer, uncompressed (checked on arrival, and again by the engine as it stages).
-            let fd = open(directory + "/" + sha.hex + ".raw", O_RDONLY | O_CLOEXEC)
-            if fd >= 0 {
-                defer { close(fd) }
-                var buffer = [UInt8](repeating: 0, count: 1 << 20)
-                while true {
-                    let n = read(fd, &buffer, buffer.count)
-                    if n < 0 && errno == EINTR { continue }
-                    guard n >= 0 else { throw ApplyError.verification("cannot read payload \(sha.hex)") }
-                    if n == 0 { return }
-                    try buffer.withUnsafeBytes { try sink(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
-                }
-            }
-        }
-        if let sha = content.sha256, let base = deltaBases[sha],
-            let delta = FileManager.default.contents(atPath: directory + "/" + sha.hex + ".delta")
-        {
-            let bytes = try ZstdDelta.decode(
-                [UInt8](delta),
-                base: try DeltaBase.read(root: root, path: base),
-                maxSize: Int(content.size)
-            )
-            try bytes.withUnsafeBytes { try sink($0) }
-            return
-        }
-        guard let sha = content.sha256, let data = FileManager.default.contents(atPath: directory + "/" + sha.hex)
-        else {
-            throw ApplyError.verification("payload \(content.sha256?.hex ?? "?") was not downloaded")
-        }
-        let decompressor = try ZstdDecompressor(limit: content.size)
-        try data.withUnsafeBytes { raw in try decompressor.decompress(raw, sink: sink) }
-        guard decompressor.finished else { throw ApplyError.verification("payload \(sha.hex) is truncated") }
-    }
-}
-
-/// A placeholder until the payloads are known.
-struct NoPayloads: PayloadSource {
-    func stream(_ content: FileContent, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
-        throw ApplyError.verification("no payload source")
-    }
-}
-
-extension PlanRequest.Device {
-    static var hostArchitecture: String {
-        #if arch(x86_64)
-        "x86_64"
-        #elseif arch(arm64)
-        "aarch64"
-        #else
-        "unknown"
-        #endif
-    }
-
-    /// A stable id that does not reveal the machine id: SHA-256 of /etc/machine-id, 16 hex digits.
-    static func localID() -> String {
-        let raw = (try? String(contentsOfFile: "/etc/machine-id", encoding: .utf8)) ?? ProcessInfo.processInfo.hostName
-        return String(SHA256Hash(bytes: Array(SHA256.hash(data: Array(("upgrade:" + raw).utf8))))!.hex.prefix(16))
-    }
-}
-
-extension String {
-    func trimmingSuffix(_ suffix: String) -> String {
-        var result = self
-        while result.hasSuffix(suffix) { result.removeLast(suffix.count) }
-        return result
     }
 }

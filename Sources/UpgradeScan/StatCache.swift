@@ -34,7 +34,7 @@ public struct FileIdentity: Hashable, Sendable {
         self.ctimeNanoseconds = ctimeNanoseconds
     }
 
-    init(_ info: stat) {
+    public init(_ info: stat) {
         device = UInt64(info.st_dev)
         inode = UInt64(info.st_ino)
         size = UInt64(info.st_size)

@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 public import Hummingbird
 public import Logging
@@ -6,6 +5,7 @@ import Synchronization
 import UpgradeApply
 import UpgradeCore
 import UpgradePeer
+import UpgradeScan
 import UpgradeTrust
 
 #if canImport(Glibc)
@@ -105,12 +105,14 @@ public final class ShareService: Sendable {
         if FileManager.default.fileExists(atPath: root + "/" + configuration.stateDirectoryName + "/journal") {
             return false
         }
+        // Every interval costs one small read; the manifest is read only when the release changed.
+        let installed = HeldReleases.installedStateID(root: root, stateDirectoryName: configuration.stateDirectoryName)
+        if installed == state.withLock({ $0.stateID }) { return false }
         guard let held = try HeldReleases.read(root: root, stateDirectoryName: configuration.stateDirectoryName)
         else {
             state.withLock { $0 = State(port: $0.port) }
             return false
         }
-        if state.withLock({ $0.stateID }) == held.stateID { return false }
         var verified = [SHA256Hash: VerifiedFile]()
         var missing = 0
         var releases = [held.current]
@@ -143,6 +145,14 @@ public final class ShareService: Sendable {
         return true
     }
 
+    /// Refreshes every `interval` seconds until the task is cancelled.
+    public func watch(every interval: Double) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(interval))
+            do { try refresh() } catch { logger.warning("cannot read the installed release: \(error)") }
+        }
+    }
+
     /// The identity of the file at `location` if it holds exactly `sha`.
     static func verify(root: String, location: FileLocation, sha: SHA256Hash) -> FileIdentity? {
         guard let fd = openRegularFile(root: root, path: location.path) else { return nil }
@@ -152,19 +162,9 @@ public final class ShareService: Sendable {
 
     static func verify(fd: Int32, size: UInt64, sha: SHA256Hash) -> FileIdentity? {
         var info = stat()
-        guard fstat(fd, &info) == 0, UInt64(info.st_size) == size else { return nil }
-        var hasher = SHA256()
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        var offset: off_t = 0
-        while true {
-            let n = pread(fd, &buffer, buffer.count, offset)
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { return nil }
-            if n == 0 { break }
-            buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<n])) }
-            offset += off_t(n)
-        }
-        guard UInt64(offset) == size, SHA256Hash(bytes: Array(hasher.finalize())) == sha else { return nil }
+        guard fstat(fd, &info) == 0, UInt64(info.st_size) == size,
+            let (actual, count) = try? sha256(of: fd, what: "shared file"), count == size, actual == sha
+        else { return nil }
         var after = stat()
         guard fstat(fd, &after) == 0 else { return nil }
         let identity = FileIdentity(after)
@@ -262,23 +262,6 @@ public final class ShareService: Sendable {
             state.complete = false
         }
         logger.warning("a shared file no longer holds its content; not serving it", metadata: ["sha256": "\(sha.hex)"])
-    }
-}
-
-/// Device, inode, size and change times: a file with the same identity has not been rewritten.
-struct FileIdentity: Sendable, Hashable {
-    let device: UInt64
-    let inode: UInt64
-    let size: Int64
-    let mtime: Int64
-    let ctime: Int64
-
-    init(_ info: stat) {
-        device = UInt64(info.st_dev)
-        inode = UInt64(info.st_ino)
-        size = Int64(info.st_size)
-        mtime = Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
-        ctime = Int64(info.st_ctim.tv_sec) * 1_000_000_000 + Int64(info.st_ctim.tv_nsec)
     }
 }
 

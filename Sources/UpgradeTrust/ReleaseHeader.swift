@@ -3,7 +3,7 @@ public import UpgradeCore
 
 /// The small signed document that names a release: what it is, where it sits in its product's
 /// sequence, how long it may be installed, and the digest of its canonical manifest.
-public struct ReleaseHeader: Hashable, Sendable, Codable {
+public struct ReleaseHeader: Hashable, Sendable, Codable, SignedDocument {
     /// The envelope type of a release header.
     public static let envelopeType = "upgrade-release-header/1"
 
@@ -47,11 +47,6 @@ public struct ReleaseHeader: Hashable, Sendable, Codable {
         self.manifestSHA256 = manifestSHA256.hex
     }
 
-    /// Signs the header.
-    public func signed(with key: PrivateKey) -> SignedEnvelope {
-        SignedEnvelope(type: Self.envelopeType, payload: Payload.encode(self), signedWith: key)
-    }
-
     /// Verifies `envelope` and decodes its header: signature by a trusted key, not expired at
     /// `now`, sequence at least `minimumSequence`.
     public static func verify(
@@ -60,19 +55,8 @@ public struct ReleaseHeader: Hashable, Sendable, Codable {
         now: Int64,
         minimumSequence: UInt64 = 0
     ) throws(TrustError) -> ReleaseHeader {
-        _ = try envelope.verify(expectedType: envelopeType, trusted: trusted)
-        let header: ReleaseHeader = try Payload.decode(envelope.payload)
+        let header = try open(envelope, trusted: trusted, now: now, minimumSequence: minimumSequence)
         guard SHA256Hash(hex: header.manifestSHA256) != nil else { throw .malformed("manifestSHA256 is not a SHA-256") }
-        guard now < header.expires else {
-            throw .expired(what: "release \(header.product) \(header.version)", expiredAt: header.expires, now: now)
-        }
-        guard header.sequence >= minimumSequence else {
-            throw .sequenceTooLow(
-                what: "release \(header.product) \(header.version)",
-                sequence: header.sequence,
-                minimum: minimumSequence
-            )
-        }
         return header
     }
 
@@ -92,7 +76,7 @@ public struct ReleaseHeader: Hashable, Sendable, Codable {
 }
 
 /// The signed pointer from a channel (`stable`, `beta`, …) to a release.
-public struct ChannelRecord: Hashable, Sendable, Codable {
+public struct ChannelRecord: Hashable, Sendable, Codable, SignedDocument {
     /// The envelope type of a channel record.
     public static let envelopeType = "upgrade-channel/1"
 
@@ -130,11 +114,6 @@ public struct ChannelRecord: Hashable, Sendable, Codable {
         self.expires = expires
     }
 
-    /// Signs the record.
-    public func signed(with key: PrivateKey) -> SignedEnvelope {
-        SignedEnvelope(type: Self.envelopeType, payload: Payload.encode(self), signedWith: key)
-    }
-
     /// Verifies `envelope` and decodes its record: trusted signature, not expired, sequence at
     /// least `minimumSequence`.
     public static func verify(
@@ -143,19 +122,7 @@ public struct ChannelRecord: Hashable, Sendable, Codable {
         now: Int64,
         minimumSequence: UInt64 = 0
     ) throws(TrustError) -> ChannelRecord {
-        _ = try envelope.verify(expectedType: envelopeType, trusted: trusted)
-        let record: ChannelRecord = try Payload.decode(envelope.payload)
-        guard now < record.expires else {
-            throw .expired(what: "channel \(record.product)/\(record.channel)", expiredAt: record.expires, now: now)
-        }
-        guard record.sequence >= minimumSequence else {
-            throw .sequenceTooLow(
-                what: "channel \(record.product)/\(record.channel)",
-                sequence: record.sequence,
-                minimum: minimumSequence
-            )
-        }
-        return record
+        try open(envelope, trusted: trusted, now: now, minimumSequence: minimumSequence)
     }
 }
 
@@ -177,6 +144,31 @@ enum Payload {
 }
 
 extension ReleaseHeader {
+    /// What the header names, in messages.
+    public var subject: String { "release \(product) \(version)" }
+}
+
+extension ChannelRecord {
+    /// What the record names, in messages.
+    public var subject: String { "channel \(product)/\(channel)" }
+}
+
+/// A signed document of the trust model (release header, channel record): one envelope type,
+/// an expiry and a sequence that must not go backwards.
+public protocol SignedDocument: Codable {
+    static var envelopeType: String { get }
+    var expires: Int64 { get }
+    var sequence: UInt64 { get }
+    /// What the document names, in messages.
+    var subject: String { get }
+}
+
+extension SignedDocument {
+    /// Signs the document.
+    public func signed(with key: PrivateKey) -> SignedEnvelope {
+        SignedEnvelope(type: Self.envelopeType, payload: Payload.encode(self), signedWith: key)
+    }
+
     /// Decodes the payload without checking any signature: for a publisher reading its own
     /// repository to pick the next sequence, never for deciding what to install.
     public init(unverified envelope: SignedEnvelope) throws(TrustError) {
@@ -185,14 +177,22 @@ extension ReleaseHeader {
         }
         self = try Payload.decode(envelope.payload)
     }
-}
 
-extension ChannelRecord {
-    /// Decodes the payload without checking any signature (see ``ReleaseHeader/init(unverified:)``).
-    public init(unverified envelope: SignedEnvelope) throws(TrustError) {
-        guard envelope.type == Self.envelopeType else {
-            throw .wrongType(expected: Self.envelopeType, found: envelope.type)
+    /// A trusted signature of the right type, not expired at `now`, sequence at least `minimumSequence`.
+    static func open(
+        _ envelope: SignedEnvelope,
+        trusted: TrustedKeys,
+        now: Int64,
+        minimumSequence: UInt64
+    ) throws(TrustError) -> Self {
+        _ = try envelope.verify(expectedType: envelopeType, trusted: trusted)
+        let document: Self = try Payload.decode(envelope.payload)
+        guard now < document.expires else {
+            throw .expired(what: document.subject, expiredAt: document.expires, now: now)
         }
-        self = try Payload.decode(envelope.payload)
+        guard document.sequence >= minimumSequence else {
+            throw .sequenceTooLow(what: document.subject, sequence: document.sequence, minimum: minimumSequence)
+        }
+        return document
     }
 }

@@ -78,12 +78,7 @@ struct ShareCommand: AsyncParsableCommand {
             announcer.start()
         }
         // The installed release changes when the root is upgraded: look every interval.
-        let watcher = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .seconds(interval))
-                do { try service.refresh() } catch { logger.warning("cannot read the installed release: \(error)") }
-            }
-        }
+        let watcher = Task { await service.watch(every: interval) }
         defer {
             watcher.cancel()
             announcer.stop()

@@ -1,0 +1,99 @@
+import Crypto
+import Foundation
+import Synchronization
+import UpgradeApply
+import UpgradeCore
+import UpgradeProtocol
+import UpgradeZstd
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Shared state of the download tasks.
+final class DownloadCounters: Sendable {
+    struct State {
+        var bytes: UInt64 = 0
+        var objects = 0
+        var resumed = 0
+        var done = 0
+    }
+
+    let state = Mutex(State())
+    private let index = Atomic<Int>(0)
+
+    func takeIndex() -> Int { index.add(1, ordering: .relaxed).oldValue }
+}
+
+/// Payloads downloaded into the state directory: zstd objects named by SHA-256, or deltas
+/// (`<sha>.delta`) applied to a base file of the root; either way verified again by the engine
+/// as they are staged (before the commit, so every base is still the old content).
+struct DownloadedObjects: PayloadSource {
+    let directory: String
+    let root: String
+    /// Target SHA-256 → base path, for the contents that came as deltas.
+    let deltaBases: [SHA256Hash: String]
+
+    func stream(_ content: FileContent, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        if let sha = content.sha256 {
+            // From a peer, uncompressed (checked on arrival, and again by the engine as it stages).
+            let fd = open(directory + "/" + sha.hex + ".raw", O_RDONLY | O_CLOEXEC)
+            if fd >= 0 {
+                defer { close(fd) }
+                try readChunks(fd, what: "payload \(sha.hex)", sink)
+                return
+            }
+        }
+        if let sha = content.sha256, let base = deltaBases[sha],
+            let delta = FileManager.default.contents(atPath: directory + "/" + sha.hex + ".delta")
+        {
+            let bytes = try ZstdDelta.decode(
+                [UInt8](delta),
+                base: try DeltaBase.read(root: root, path: base),
+                maxSize: Int(content.size)
+            )
+            try bytes.withUnsafeBytes { try sink($0) }
+            return
+        }
+        guard let sha = content.sha256, let data = FileManager.default.contents(atPath: directory + "/" + sha.hex)
+        else {
+            throw ApplyError.verification("payload \(content.sha256?.hex ?? "?") was not downloaded")
+        }
+        let decompressor = try ZstdDecompressor(limit: content.size)
+        try data.withUnsafeBytes { raw in try decompressor.decompress(raw, sink: sink) }
+        guard decompressor.finished else { throw ApplyError.verification("payload \(sha.hex) is truncated") }
+    }
+}
+
+/// A placeholder until the payloads are known.
+struct NoPayloads: PayloadSource {
+    func stream(_ content: FileContent, into sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        throw ApplyError.verification("no payload source")
+    }
+}
+
+extension PlanRequest.Device {
+    static var hostArchitecture: String {
+        #if arch(x86_64)
+        "x86_64"
+        #elseif arch(arm64)
+        "aarch64"
+        #else
+        "unknown"
+        #endif
+    }
+
+    /// A stable id that does not reveal the machine id: SHA-256 of /etc/machine-id, 16 hex digits.
+    static func localID() -> String {
+        let raw = (try? String(contentsOfFile: "/etc/machine-id", encoding: .utf8)) ?? ProcessInfo.processInfo.hostName
+        return String(SHA256Hash(bytes: Array(SHA256.hash(data: Array(("upgrade:" + raw).utf8))))!.hex.prefix(16))
+    }
+}
+
+extension String {
+    func trimmingSuffix(_ suffix: String) -> String {
+        var result = self
+        while result.hasSuffix(suffix) { result.removeLast(suffix.count) }
+        return result
+    }
+}
