@@ -88,6 +88,7 @@ let package = Package(
                 "UpgradeCore", "UpgradeProtocol", "UpgradeApply", "UpgradeTrust", "UpgradeZstd", "UpgradeScan",
                 "UpgradePeer",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -1,9 +1,9 @@
 import AsyncHTTPClient
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOSSL
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -14,7 +14,14 @@ final class HTTPTransport: Sendable {
     let client: HTTPClient
     let attempts: Int
     /// Every response body byte received, for the report.
-    let received = Mutex<UInt64>(0)
+    ///
+    /// A copyable lock box, not a `Mutex` or `Atomic`: with a noncopyable stored property the
+    /// Swift 6.3.1 optimizer crashed (CopyPropagation, "Found outside of lifetime use") when it
+    /// inlined this class's deinit into `SyncClient`, where the transports are made and dropped.
+    private let received = NIOLockedValueBox<UInt64>(0)
+
+    /// Response body bytes received so far, over every request.
+    var bytesReceived: UInt64 { received.withLockedValue { $0 } }
 
     init(caCertificate: String?, readTimeout: Int64, attempts: Int, connectTimeout: Int64 = 10) throws {
         var tls = TLSConfiguration.makeClientConfiguration()
@@ -76,7 +83,7 @@ final class HTTPTransport: Sendable {
         let response = try await client.execute(request, timeout: .seconds(600))
         var bytes = [UInt8]()
         for try await chunk in response.body {
-            received.withLock { $0 += UInt64(chunk.readableBytes) }
+            received.withLockedValue { $0 += UInt64(chunk.readableBytes) }
             bytes += chunk.readableBytesView
             if bytes.count > limit {
                 throw SyncError.verification("response from \(url) is larger than \(limit) bytes")
@@ -126,7 +133,7 @@ final class HTTPTransport: Sendable {
             received += UInt64(chunk.readableBytes)
             size += UInt64(chunk.readableBytes)
             onBytes(chunk.readableBytes)
-            self.received.withLock { $0 += UInt64(chunk.readableBytes) }
+            self.received.withLockedValue { $0 += UInt64(chunk.readableBytes) }
             guard size <= limit else {
                 throw SyncError.verification("\(url) sends more than the \(limit) bytes its signed size allows")
             }

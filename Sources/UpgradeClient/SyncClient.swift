@@ -19,34 +19,52 @@ import Glibc
 public enum SyncClient {
     public static func sync(_ options: SyncOptions, logger: Logger) async throws -> SyncReport {
         let started = Date()
+        return try await withTransports(options) { transport, peers in
+            var report =
+                options.offline
+                ? try await runOffline(options, peers: peers, started: started)
+                : try await run(options, transport: transport, peers: peers, logger: logger, started: started)
+            report.bytesReceived = transport.bytesReceived + peers.transport.bytesReceived
+            report.peers = peers.board.outcomes
+            return report
+        }
+    }
+
+    /// Runs `body` with the server transport and the peer context, and shuts both clients down
+    /// whether it returns or throws (AsyncHTTPClient's `withHTTPClient` shape).
+    /// (The transports' byte counters are copyable lock boxes; see `HTTPTransport.received` for
+    /// the Swift 6.3.1 optimizer crash a `Mutex` there caused.)
+    private static func withTransports<T>(
+        _ options: SyncOptions,
+        _ body: (HTTPTransport, PeerContext) async throws -> T
+    ) async throws -> T {
         let transport = try HTTPTransport(
             caCertificate: options.caCertificate,
             readTimeout: options.readTimeout,
             attempts: options.attempts
         )
         // Peers get one attempt each and a short fuse: a slow peer is dropped, not waited for.
-        let peers = try HTTPTransport(
-            caCertificate: nil,
-            readTimeout: options.peerTimeout,
-            attempts: 1,
-            connectTimeout: min(options.peerTimeout, 3)
-        )
-        let context = PeerContext(transport: peers, board: PeerBoard())
+        let peers: HTTPTransport
         do {
-            var report =
-                options.offline
-                ? try await runOffline(options, peers: context, started: started)
-                : try await run(options, transport: transport, peers: context, logger: logger, started: started)
-            report.bytesReceived = transport.received.withLock { $0 } + peers.received.withLock { $0 }
-            report.peers = context.board.outcomes
-            await transport.shutdown()
-            await peers.shutdown()
-            return report
+            peers = try HTTPTransport(
+                caCertificate: nil,
+                readTimeout: options.peerTimeout,
+                attempts: 1,
+                connectTimeout: min(options.peerTimeout, 3)
+            )
         } catch {
             await transport.shutdown()
-            await peers.shutdown()
             throw error
         }
+        let result: Result<T, any Error>
+        do {
+            result = .success(try await body(transport, PeerContext(transport: peers, board: PeerBoard())))
+        } catch {
+            result = .failure(error)
+        }
+        await transport.shutdown()
+        await peers.shutdown()
+        return try result.get()
     }
 
     private static func run(

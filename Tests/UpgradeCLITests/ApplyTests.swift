@@ -250,13 +250,10 @@ struct ApplyTests {
         arguments: [
             "fsync:error=EIO:when=3", "linkat:error=EPERM:when=1", "rename,renameat,renameat2:error=EPERM:when=5",
             "write:error=ENOSPC:when=4",
-        ]
+        ],
+        .enabled(if: Prerequisites.strace, "strace is not installed (make deps installs it)")
     )
     func injectedFaults(injection: String) async throws {
-        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/strace") else {
-            print("skipped: strace is not installed (make deps installs it)")
-            return
-        }
         let fixture = try ApplyFixture()
         try fixture.publish("1.0", "\(PublishedRepository.examples)/myapp-1.0")
         try fixture.publish("1.1", "\(PublishedRepository.examples)/myapp-1.1")
@@ -283,7 +280,10 @@ struct ApplyTests {
         )
     }
 
-    @Test("a full filesystem (a 3 MiB tmpfs the test mounts) is refused with exit 7 before any change")
+    @Test(
+        "a full filesystem (a 3 MiB tmpfs the test mounts) is refused with exit 7 before any change",
+        .enabled(if: Prerequisites.tmpfsUnavailable == nil, "a tmpfs cannot be mounted here (not root?)")
+    )
     func noSpaceOnTmpfs() async throws {
         let fixture = try ApplyFixture()
         let small = try TemporaryTree()
@@ -296,12 +296,7 @@ struct ApplyTests {
         let mountPoint = fixture.work.path("tmpfs")
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
         let mounted = try runProgram("/bin/mount", ["-t", "tmpfs", "-o", "size=3m", "tmpfs", mountPoint])
-        guard mounted.status == 0 else {
-            print(
-                "skipped: cannot mount a tmpfs here (\(mounted.stderr.trimmingCharacters(in: .whitespacesAndNewlines)))"
-            )
-            return
-        }
+        try #require(mounted.status == 0, "mount -t tmpfs: \(mounted.stderr)")
         defer { _ = try? runProgram("/bin/umount", [mountPoint]) }
         let root = mountPoint + "/root"
         #expect(try fixture.apply(try fixture.bundle(from: nil, to: "1.0"), root: root).status == 0)

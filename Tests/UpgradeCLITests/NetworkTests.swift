@@ -56,12 +56,11 @@ struct NetworkTests {
         try await sync.expect(root, equals: 1, "https")
     }
 
-    @Test("payloads from a static mirror (nginx serving the repository) while the plan comes from upgrade serve")
+    @Test(
+        "payloads from a static mirror (nginx serving the repository) while the plan comes from upgrade serve",
+        .enabled(if: Prerequisites.nginx, "nginx is not installed (make deps installs nginx-light)")
+    )
     func nginxMirror() async throws {
-        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx") else {
-            print("skipped: nginx is not installed (make deps installs nginx-light)")
-            return
-        }
         let sync = try SyncFixture(releases: 2)
         let work = sync.fixture.work
         let port = freePort()

@@ -1,0 +1,31 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What some tests need from the machine, probed once, so that a test that cannot run here is
+/// reported as skipped by Swift Testing (`.enabled(if:)`) with the reason, never as a pass.
+enum Prerequisites {
+    /// strace, for injecting system-call faults (`make deps` installs it).
+    static let strace = FileManager.default.isExecutableFile(atPath: "/usr/bin/strace")
+
+    /// nginx, as a static mirror (`make deps` installs nginx-light).
+    static let nginx = FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx")
+
+    /// Why a small tmpfs cannot be mounted here, or nil when it can (root on Linux).
+    static let tmpfsUnavailable: String? = {
+        guard getuid() == 0 else { return "not root" }
+        let probe = NSTemporaryDirectory() + "/upgrade-tmpfs-probe-\(getpid())"
+        try? FileManager.default.createDirectory(atPath: probe, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: probe) }
+        guard let mounted = try? runProgram("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", probe]) else {
+            return "/bin/mount could not be run"
+        }
+        guard mounted.status == 0 else {
+            return "mount -t tmpfs failed: \(mounted.stderr.trimmingCharacters(in: .whitespacesAndNewlines))"
+        }
+        _ = try? runProgram("/bin/umount", [probe])
+        return nil
+    }()
+}
