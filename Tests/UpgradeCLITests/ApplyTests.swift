@@ -247,11 +247,11 @@ struct ApplyTests {
 
     @Test(
         "injected faults (EIO on fsync, EPERM on link, ENOSPC on write) abort cleanly with the tree unchanged",
+        .enabled(if: Prerequisites.strace, "strace is not installed (make deps installs it)"),
         arguments: [
             "fsync:error=EIO:when=3", "linkat:error=EPERM:when=1", "rename,renameat,renameat2:error=EPERM:when=5",
             "write:error=ENOSPC:when=4",
-        ],
-        .enabled(if: Prerequisites.strace, "strace is not installed (make deps installs it)")
+        ]
     )
     func injectedFaults(injection: String) async throws {
         let fixture = try ApplyFixture()
