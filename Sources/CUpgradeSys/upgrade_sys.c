@@ -11,6 +11,8 @@ int upgrade_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, co
 
 int upgrade_o_path(void) { return O_PATH; }
 
+int upgrade_o_tmpfile(void) { return O_TMPFILE; }
+
 int upgrade_syncfs(int fd) { return syncfs(fd); }
 
 short upgrade_spawn_setsid_flag(void) { return POSIX_SPAWN_SETSID; }

@@ -263,11 +263,12 @@ public enum Installer {
     /// Paths where the tree differs from the installed release (locally modified, added or removed).
     public static func verify(
         root rootPath: String,
-        stateDirectoryName: String = TreeSource.stateDirectoryName
+        stateDirectoryName: String = TreeSource.stateDirectoryName,
+        lockTimeout: Double = 60
     ) throws -> [String] {
         let root = try SafeTree(path: rootPath, observer: NoObserver())
         let store = try openState(root: root, rootPath, name: stateDirectoryName)
-        let lock = try store.lock(timeout: 60)
+        let lock = try store.lock(timeout: lockTimeout)
         defer { close(lock) }
         _ = try recover(store: store, root: root)
         guard let current = store.current else {

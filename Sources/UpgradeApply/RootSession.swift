@@ -74,6 +74,15 @@ public final class RootSession: @unchecked Sendable {
         try store.write(name, Array((value + "\n").utf8))
     }
 
+    /// Throws ``ApplyError/noSpace(needed:available:path:)`` unless the state directory's
+    /// filesystem (the root's: they are checked to be one) has `bytes` free for this user.
+    public func requireFreeSpace(_ bytes: UInt64) throws {
+        var vfs = statvfs()
+        guard fstatvfs(store.tree.fd, &vfs) == 0 else { return }
+        let available = UInt64(vfs.f_bavail) * UInt64(vfs.f_frsize)
+        if bytes > available { throw ApplyError.noSpace(needed: bytes, available: available, path: store.path) }
+    }
+
     /// A directory inside the state directory (created when missing), e.g. for downloads.
     public func directory(_ name: String) throws -> String {
         _ = try store.tree.subdirectory(name, create: true)

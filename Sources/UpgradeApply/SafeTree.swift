@@ -149,10 +149,64 @@ final class SafeTree: @unchecked Sendable {
             guard info.st_mode & S_IFMT != S_IFLNK else {
                 throw ApplyError.unsafePath(path: path, "is a symlink; refusing to chmod through it")
             }
+            // A file with other hard links may share its inode with a path outside the root
+            // (anyone who can write the root can plant one): give this path its own copy with the
+            // new mode instead of changing the shared inode.
+            if info.st_mode & S_IFMT == S_IFREG && info.st_nlink > 1 {
+                try replaceWithOwnCopy(parentFD, name, of: target, mode: mode, path: path)
+                return
+            }
             // fchmod does not take O_PATH descriptors; the /proc link names this exact inode.
             guard Glibc.chmod("/proc/self/fd/\(target)", mode_t(mode)) == 0 else {
                 throw SystemCallError(call: "chmod \(display)/\(path)", code: errno)
             }
+        }
+    }
+
+    /// Replaces `name` in `parentFD` with a private copy of the inode `target` (an O_PATH
+    /// descriptor) that has `mode`: written as an unnamed O_TMPFILE inode, fsynced, linked under
+    /// a random name and renamed over `name`, so the path is the old or the new inode at any
+    /// instant and the shared inode is never touched.
+    private func replaceWithOwnCopy(
+        _ parentFD: Int32,
+        _ name: String,
+        of target: Int32,
+        mode: UInt32,
+        path: String
+    )
+        throws
+    {
+        let source = open("/proc/self/fd/\(target)", O_RDONLY | O_CLOEXEC)
+        guard source >= 0 else { throw SystemCallError(call: "open \(display)/\(path)", code: errno) }
+        defer { close(source) }
+        let copy = openat(parentFD, ".", upgrade_o_tmpfile() | O_WRONLY | O_CLOEXEC, 0o600)
+        guard copy >= 0 else {
+            throw SystemCallError(call: "open a temporary file beside \(display)/\(path)", code: errno)
+        }
+        defer { close(copy) }
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(source, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            guard count >= 0 else { throw SystemCallError(call: "read \(display)/\(path)", code: errno) }
+            if count == 0 { break }
+            try AtomicFile.writeAll(copy, Array(buffer[0..<count]))
+        }
+        guard fchmod(copy, mode_t(mode)) == 0 else {
+            throw SystemCallError(call: "chmod a copy of \(display)/\(path)", code: errno)
+        }
+        guard fsync(copy) == 0 else { throw SystemCallError(call: "fsync a copy of \(display)/\(path)", code: errno) }
+        let temporary = ".\(name.prefix(200)).upgrade-\(UInt64.random(in: 0...UInt64.max))"
+        guard linkat(AT_FDCWD, "/proc/self/fd/\(copy)", parentFD, temporary, AT_SYMLINK_FOLLOW) == 0 else {
+            throw SystemCallError(call: "link a copy of \(display)/\(path)", code: errno)
+        }
+        guard renameat(parentFD, temporary, parentFD, name) == 0 else {
+            let code = errno
+            unlinkat(parentFD, temporary, 0)
+            throw SystemCallError(call: "rename a copy over \(display)/\(path)", code: code)
+        }
+        guard fsync(parentFD) == 0 else {
+            throw SystemCallError(call: "fsync the directory of \(display)/\(path)", code: errno)
         }
     }
 

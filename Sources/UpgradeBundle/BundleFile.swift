@@ -68,8 +68,15 @@ public struct BundleWriter {
             index.appendInteger(source.size)
             offset += source.size
         }
-        let temporary = "\(path).tmp-\(getpid())"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        // A new file of an unpredictable name, never through a symlink or over an existing file
+        // (someone who can write the output directory could plant a link at a guessable name).
+        var temporary = ""
+        var fd: Int32 = -1
+        for _ in 0..<16 {
+            temporary = "\(path).tmp-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+            fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+            if fd >= 0 || errno != EEXIST { break }
+        }
         guard fd >= 0 else { throw SystemCallError(call: "open \(temporary)", code: errno) }
         do {
             defer { close(fd) }

@@ -9,10 +9,64 @@ import NIOSSL
 import Glibc
 #endif
 
+/// How slow a transfer may be before it is abandoned, and when the whole run gives up.
+struct TransferLimits: Sendable {
+    /// A transfer that delivers fewer bytes than this per second, measured over `window`, is
+    /// abandoned (like curl's `--speed-limit`/`--speed-time`): a source trickling 1 byte/s would
+    /// otherwise never trip the read timeout.
+    var minimumRate: UInt64 = 1024
+    /// Seconds over which `minimumRate` is measured.
+    var window: Double = 30
+    /// The run's deadline (`--timeout`); nil waits as long as the sources keep up the rate.
+    var deadline: ContinuousClock.Instant?
+
+    /// Seconds left before the deadline, or nil without one.
+    var remaining: Double? {
+        deadline.map { now in
+            let left = ContinuousClock.now.duration(to: now).components
+            return Double(left.seconds) + Double(left.attoseconds) / 1e18
+        }
+    }
+
+    /// Throws when the run's deadline has passed.
+    func checkDeadline(_ what: String) throws {
+        if let remaining, remaining <= 0 { throw SyncError.timedOut(what) }
+    }
+}
+
+/// Watches one response body: its rate over the window, and the run's deadline.
+struct RateWatch {
+    let limits: TransferLimits
+    let url: String
+    private var windowStart = ContinuousClock.now
+    private var windowBytes: UInt64 = 0
+
+    init(limits: TransferLimits, url: String) {
+        self.limits = limits
+        self.url = url
+    }
+
+    /// Counts `bytes` that just arrived; throws when the source is too slow or time is up.
+    mutating func received(_ bytes: Int) throws {
+        windowBytes += UInt64(bytes)
+        try limits.checkDeadline("receiving \(url)")
+        let elapsed = windowStart.duration(to: .now).components
+        let seconds = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
+        guard seconds >= limits.window else { return }
+        let rate = Double(windowBytes) / seconds
+        if rate < Double(limits.minimumRate) {
+            throw SyncError.tooSlow(url: url, bytesPerSecond: rate, window: seconds)
+        }
+        windowStart = .now
+        windowBytes = 0
+    }
+}
+
 /// HTTP with retries and backoff over AsyncHTTPClient.
 final class HTTPTransport: Sendable {
     let client: HTTPClient
     let attempts: Int
+    let limits: TransferLimits
     /// Every response body byte received, for the report.
     ///
     /// A copyable lock box, not a `Mutex` or `Atomic`: with a noncopyable stored property the
@@ -23,7 +77,13 @@ final class HTTPTransport: Sendable {
     /// Response body bytes received so far, over every request.
     var bytesReceived: UInt64 { received.withLockedValue { $0 } }
 
-    init(caCertificate: String?, readTimeout: Int64, attempts: Int, connectTimeout: Int64 = 10) throws {
+    init(
+        caCertificate: String?,
+        readTimeout: Int64,
+        attempts: Int,
+        connectTimeout: Int64 = 10,
+        limits: TransferLimits = TransferLimits()
+    ) throws {
         var tls = TLSConfiguration.makeClientConfiguration()
         if let caCertificate {
             tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caCertificate))
@@ -33,6 +93,13 @@ final class HTTPTransport: Sendable {
         configuration.decompression = .disabled
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
         self.attempts = attempts
+        self.limits = limits
+    }
+
+    /// How long a request may wait for its response head: `seconds`, cut to the run's deadline.
+    private static func headTimeout(_ seconds: Int64, _ limits: TransferLimits) -> TimeAmount {
+        guard let remaining = limits.remaining else { return .seconds(seconds) }
+        return .milliseconds(max(1, min(seconds * 1000, Int64(remaining * 1000))))
     }
 
     func shutdown() async {
@@ -48,13 +115,18 @@ final class HTTPTransport: Sendable {
             do {
                 return try await body()
             } catch let error as SyncError {
-                if case .server(let status, _) = error, status < 500 { throw error }
-                if case .verification = error { throw error }
+                switch error {
+                case .server(let status, _) where status < 500: throw error
+                // A source too slow for --min-rate stays slow: the caller moves on to the next one.
+                case .verification, .noSpace, .timedOut, .tooSlow: throw error
+                default: break
+                }
                 lastError = error
             } catch {
                 lastError = error
             }
             if attempt < attempts {
+                try limits.checkDeadline(what)
                 try await Task.sleep(nanoseconds: delay)
                 delay = min(delay * 2, 5_000_000_000)
             }
@@ -80,10 +152,13 @@ final class HTTPTransport: Sendable {
         for (name, value) in headers { request.headers.add(name: name, value: value) }
         if let body { request.body = .bytes(ByteBuffer(bytes: body)) }
         // A cold server may compute deltas for the plan; the read timeout still catches a dead peer.
-        let response = try await client.execute(request, timeout: .seconds(600))
+        try limits.checkDeadline(url)
+        let response = try await client.execute(request, timeout: Self.headTimeout(600, limits))
         var bytes = [UInt8]()
+        var watch = RateWatch(limits: limits, url: url)
         for try await chunk in response.body {
             received.withLockedValue { $0 += UInt64(chunk.readableBytes) }
+            try watch.received(chunk.readableBytes)
             bytes += chunk.readableBytesView
             if bytes.count > limit {
                 throw SyncError.verification("response from \(url) is larger than \(limit) bytes")
@@ -100,8 +175,10 @@ final class HTTPTransport: Sendable {
         _ url: String,
         to path: String,
         limit: UInt64,
+        limits: TransferLimits? = nil,
         received onBytes: (Int) -> Void
     ) async throws -> (received: UInt64, resumed: Bool) {
+        let limits = limits ?? self.limits
         var existing: UInt64 = 0
         var info = stat()
         if stat(path, &info) == 0 { existing = UInt64(info.st_size) }
@@ -111,7 +188,8 @@ final class HTTPTransport: Sendable {
         }
         var request = HTTPClientRequest(url: url)
         if existing > 0 { request.headers.add(name: "Range", value: "bytes=\(existing)-") }
-        let response = try await client.execute(request, timeout: .hours(6))
+        try limits.checkDeadline(url)
+        let response = try await client.execute(request, timeout: Self.headTimeout(600, limits))
         let status = Int(response.status.code)
         var append = false
         switch status {
@@ -124,12 +202,14 @@ final class HTTPTransport: Sendable {
         case 500...: throw SyncError.server(status: status, message: "\(url)")
         default: throw SyncError.server(status: status, message: "GET \(url)")
         }
-        let fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC), 0o600)
-        guard fd >= 0 else { throw SyncError.network("cannot open \(path): \(String(cString: strerror(errno)))") }
+        let fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | (append ? O_APPEND : O_TRUNC), 0o600)
+        guard fd >= 0 else { throw Self.writeError("open", path) }
         defer { close(fd) }
         var size = append ? existing : 0
         var received: UInt64 = 0
+        var watch = RateWatch(limits: limits, url: url)
         for try await chunk in response.body {
+            try watch.received(chunk.readableBytes)
             received += UInt64(chunk.readableBytes)
             size += UInt64(chunk.readableBytes)
             onBytes(chunk.readableBytes)
@@ -142,11 +222,20 @@ final class HTTPTransport: Sendable {
                 while offset < raw.count {
                     let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
                     if n < 0 && errno == EINTR { continue }
-                    guard n >= 0 else { throw SyncError.network("write \(path): \(String(cString: strerror(errno)))") }
+                    guard n >= 0 else { throw Self.writeError("write", path) }
                     offset += n
                 }
             }
         }
         return (received, append)
+    }
+
+    /// The error for a failed `open`/`write` of a download: out of space (or quota) is its own
+    /// case, never retried; anything else is an I/O failure naming the path.
+    private static func writeError(_ call: String, _ path: String) -> SyncError {
+        let code = errno
+        let message = "\(call) \(path): \(String(cString: strerror(code)))"
+        if code == ENOSPC || code == EDQUOT { return .noSpace(message) }
+        return .network(message)
     }
 }

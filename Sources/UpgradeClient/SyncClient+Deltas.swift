@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import NIOConcurrencyHelpers
 import UpgradeApply
 import UpgradeCore
 import UpgradeProtocol
@@ -62,53 +63,165 @@ extension SyncClient {
         return (usable, transfers, skipped)
     }
 
-    /// Downloads each delta, applies it to its base and checks the result's SHA-256; a delta that
-    /// fails (missing, corrupt, base changed since the scan) is dropped and its file fetched whole.
+    /// Downloads the deltas in parallel, applies each to its base and checks the result against
+    /// the signed size and SHA-256. A delta that fails (missing, corrupt, too slow, over its
+    /// `deltaTimeout`, base changed since the scan) is dropped and its file fetched whole; a
+    /// source that stalls or cannot be reached gets no more delta requests this run, so a mirror
+    /// that hangs on `/deltas/` costs one timeout, not one per file. A verified delta stays in the
+    /// downloads directory until the install, so a killed run's successor reuses it.
     static func fetchDeltas(
         _ deltas: [SHA256Hash: DeltaChoice],
+        sizes: [SHA256Hash: UInt64],
         into directory: String,
         root: String,
         options: SyncOptions,
         transport: HTTPTransport
     ) async throws -> (applied: [SHA256Hash: String], bytes: UInt64, fallbacks: [String]) {
+        var sources = [options.server]
+        if let mirror = options.mirror { sources.insert(mirror, at: 0) }
+        let job = DeltaJob(
+            directory: directory,
+            root: root,
+            sources: sources,
+            timeout: options.deltaTimeout,
+            transport: transport,
+            stalled: NIOLockedValueBox([])
+        )
         var applied = [SHA256Hash: String]()
         var bytes: UInt64 = 0
         var fallbacks = [String]()
-        var sources = [options.server]
-        if let mirror = options.mirror { sources.insert(mirror, at: 0) }
-        for (sha, choice) in deltas.sorted(by: { $0.key < $1.key }) {
-            let file = directory + "/" + sha.hex + ".delta"
-            let limit = choice.size + choice.size / 128 + 1024
-            var failure = "no source"
-            var done = false
-            for base in sources where !done {
-                let url = base.trimmingSuffix("/") + "/" + choice.path
-                unlink(file)
-                do {
-                    _ = try await transport.download(url, to: file, limit: limit) { count in bytes += UInt64(count) }
-                    let delta = [UInt8](FileManager.default.contents(atPath: file) ?? Data())
-                    let result = try ZstdDelta.decode(
-                        delta,
-                        base: try DeltaBase.read(root: root, path: choice.base),
-                        maxSize: Int.max
-                    )
-                    guard SHA256Hash(bytes: Array(SHA256.hash(data: result)))! == sha else {
-                        failure = "the result does not match the signed SHA-256"
-                        continue
-                    }
-                    applied[sha] = choice.base
-                    done = true
-                } catch {
-                    failure = "\(error)"
-                }
+        try await withThrowingTaskGroup(of: (SHA256Hash, DeltaChoice, DeltaOutcome).self) { group in
+            var pending = deltas.sorted(by: { $0.key < $1.key }).makeIterator()
+            func start(_ next: (key: SHA256Hash, value: DeltaChoice)?) {
+                guard let (sha, choice) = next else { return }
+                let size = sizes[sha] ?? 0
+                group.addTask { (sha, choice, try await job.fetch(sha, choice, size: size)) }
             }
-            if !done {
-                unlink(file)
-                fallbacks.append(
-                    "delta for \(sha.hex.prefix(12)) from \(choice.base) failed (\(failure)); fetched whole"
-                )
+            for _ in 0..<max(1, options.parallelDownloads) { start(pending.next()) }
+            while let (sha, choice, outcome) = try await group.next() {
+                bytes += outcome.bytes
+                if let failure = outcome.failure {
+                    fallbacks.append(
+                        "delta for \(sha.hex.prefix(12)) from \(choice.base) failed (\(failure)); fetched whole"
+                    )
+                } else {
+                    applied[sha] = choice.base
+                }
+                start(pending.next())
             }
         }
-        return (applied, bytes, fallbacks)
+        return (applied, bytes, fallbacks.sorted())
+    }
+}
+
+/// What became of one delta.
+struct DeltaOutcome: Sendable {
+    /// Bytes received for it (also when it failed).
+    var bytes: UInt64
+    /// Why it was not used; nil when it was.
+    var failure: String?
+}
+
+/// Fetching one delta: sources in order, two attempts each, within the delta's own deadline.
+struct DeltaJob: Sendable {
+    let directory: String
+    let root: String
+    let sources: [String]
+    let timeout: Double
+    let transport: HTTPTransport
+    /// Sources that stalled or could not be reached on an earlier delta of this run.
+    let stalled: NIOLockedValueBox<Set<String>>
+
+    func fetch(_ sha: SHA256Hash, _ choice: DeltaChoice, size: UInt64) async throws -> DeltaOutcome {
+        let file = directory + "/" + sha.hex + ".delta"
+        let part = file + ".part"
+        let base: [UInt8]
+        do {
+            base = try DeltaBase.read(root: root, path: choice.base)
+        } catch {
+            unlink(file)
+            unlink(part)
+            return DeltaOutcome(bytes: 0, failure: "the base cannot be read: \(error)")
+        }
+        // Kept from an earlier run that was interrupted after this delta arrived.
+        if let kept = FileManager.default.contents(atPath: file) {
+            if check([UInt8](kept), base: base, sha: sha, size: size) == nil { return DeltaOutcome(bytes: 0) }
+            unlink(file)
+        }
+        // zstd's worst case for incompressible data, so an endless body is cut off.
+        let limit = choice.size + choice.size / 128 + 1024
+        var bytes: UInt64 = 0
+        var failures = [String]()
+        for source in sources {
+            var failure = "no answer"
+            defer { failures.append("\(source): \(failure)") }
+            if stalled.withLockedValue({ $0.contains(source) }) {
+                failure = "stalled on an earlier delta"
+                continue
+            }
+            let url = source.trimmingSuffix("/") + "/" + choice.path
+            // Each source gets the delta's own deadline, inside the run's.
+            var limits = transport.limits
+            let ownDeadline = ContinuousClock.now + .milliseconds(Int64(timeout * 1000))
+            limits.deadline = min(limits.deadline ?? ownDeadline, ownDeadline)
+            for attempt in 1...2 {
+                do {
+                    _ = try await transport.download(url, to: part, limit: limit, limits: limits) {
+                        bytes += UInt64($0)
+                    }
+                } catch {
+                    try transport.limits.checkDeadline("fetching deltas")
+                    if case .noSpace = error as? SyncError { throw error }
+                    if case .timedOut = error as? SyncError {
+                        failure = "took longer than --delta-timeout (\(Int(timeout)) s)"
+                    } else {
+                        failure = "\(error)"
+                    }
+                    if Self.stallsSource(error) {
+                        stalled.withLockedValue { _ = $0.insert(source) }
+                        break
+                    }
+                    if attempt == 1 { try await Task.sleep(for: .milliseconds(200)) }
+                    continue
+                }
+                let delta = [UInt8](FileManager.default.contents(atPath: part) ?? Data())
+                if let why = check(delta, base: base, sha: sha, size: size) {
+                    unlink(part)
+                    failure = why
+                    break
+                }
+                guard rename(part, file) == 0 else {
+                    failure = "rename \(part): \(String(cString: strerror(errno)))"
+                    break
+                }
+                return DeltaOutcome(bytes: bytes)
+            }
+        }
+        unlink(part)
+        return DeltaOutcome(bytes: bytes, failure: failures.joined(separator: "; "))
+    }
+
+    /// Nil when `delta` applied to `base` gives exactly the signed content (at most `size`
+    /// bytes are ever produced); otherwise why not.
+    private func check(_ delta: [UInt8], base: [UInt8], sha: SHA256Hash, size: UInt64) -> String? {
+        do {
+            let result = try ZstdDelta.decode(delta, base: base, maxSize: Int(size))
+            guard result.count == Int(size), SHA256Hash(bytes: Array(SHA256.hash(data: result)))! == sha else {
+                return "the result does not match the signed size and SHA-256"
+            }
+            return nil
+        } catch {
+            return "\(error) (the signed size is \(size) bytes)"
+        }
+    }
+
+    /// True for failures that say the source is slow or unreachable (not merely missing one
+    /// delta or sending a bad one): such a source gets no more delta requests this run.
+    private static func stallsSource(_ error: any Error) -> Bool {
+        switch error as? SyncError {
+        case .server(let status, _): status >= 500
+        case .verification, .corruptPayload: false
+        default: true
+        }
     }
 }

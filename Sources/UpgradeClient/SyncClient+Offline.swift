@@ -121,6 +121,11 @@ extension SyncClient {
         if try checkPlan(install, options: options, session: session, report: &report, started: started) {
             return report
         }
+        try requireSpace(
+            session: session,
+            plan: plan,
+            downloading: needed.reduce(0) { $0 + $1.size }
+        )
 
         let downloads = try session.directory("downloads")
         let fetched = await fetchFromPeers(

@@ -38,10 +38,16 @@ public enum SyncClient {
         _ options: SyncOptions,
         _ body: (HTTPTransport, PeerContext) async throws -> T
     ) async throws -> T {
+        let limits = TransferLimits(
+            minimumRate: options.minimumRate,
+            window: options.rateWindow,
+            deadline: options.timeout.map { ContinuousClock.now + .milliseconds(Int64($0 * 1000)) }
+        )
         let transport = try HTTPTransport(
             caCertificate: options.caCertificate,
             readTimeout: options.readTimeout,
-            attempts: options.attempts
+            attempts: options.attempts,
+            limits: limits
         )
         // Peers get one attempt each and a short fuse: a slow peer is dropped, not waited for.
         let peers: HTTPTransport
@@ -50,7 +56,8 @@ public enum SyncClient {
                 caCertificate: nil,
                 readTimeout: options.peerTimeout,
                 attempts: 1,
-                connectTimeout: min(options.peerTimeout, 3)
+                connectTimeout: min(options.peerTimeout, 3),
+                limits: limits
             )
         } catch {
             await transport.shutdown()
@@ -155,11 +162,15 @@ public enum SyncClient {
         report.bytesToDownload = needed.reduce(0) { total, content in
             let sha = content.sha256!
             if FileManager.default.fileExists(atPath: downloads + "/" + sha.hex) { return total }
+            if deltas[sha] != nil, FileManager.default.fileExists(atPath: downloads + "/" + sha.hex + ".delta") {
+                return total
+            }
             return total + (deltas[sha]?.size ?? response.objects[sha.hex] ?? content.size)
         }
         if try checkPlan(install, options: options, session: session, report: &report, started: started) {
             return report
         }
+        try requireSpace(session: session, plan: plan, downloading: report.bytesToDownload)
 
         // Payloads from peers that hold the target release first (LAN bytes spare the uplink);
         // whatever they do not deliver comes from the mirror or server below.
@@ -189,13 +200,29 @@ public enum SyncClient {
                 report.files[index].bytes = sizes[sha] ?? file.bytes
             }
         }
-        let viaDelta = try await fetchDeltas(
-            deltas.filter { !fromPeers.contains($0.key) },
-            into: downloads,
-            root: session.root,
-            options: options,
-            transport: transport
-        )
+        let viaDelta: (applied: [SHA256Hash: String], bytes: UInt64, fallbacks: [String])
+        let fetched: (bytes: UInt64, objects: Int, resumed: Int)
+        do {
+            viaDelta = try await fetchDeltas(
+                deltas.filter { !fromPeers.contains($0.key) },
+                sizes: sizes,
+                into: downloads,
+                root: session.root,
+                options: options,
+                transport: transport
+            )
+            fetched = try await fetchObjects(
+                needed.filter { viaDelta.applied[$0.sha256!] == nil && !fromPeers.contains($0.sha256!) },
+                into: downloads,
+                response: response,
+                options: options,
+                transport: transport
+            )
+        } catch SyncError.noSpace(let why) {
+            // Nothing partial is left to fill the disk further; the next run starts afresh.
+            removeDownloads(needed, from: downloads, partial: true)
+            throw SyncError.noSpace(why)
+        }
         report.fallbacks += viaDelta.fallbacks
         report.deltasUsed = viaDelta.applied.count
         for (index, file) in report.files.enumerated() where file.transfer.hasPrefix("delta") {
@@ -204,13 +231,6 @@ public enum SyncClient {
                 report.files[index].bytes = response.objects[sha.hex] ?? 0
             }
         }
-        let fetched = try await fetchObjects(
-            needed.filter { viaDelta.applied[$0.sha256!] == nil && !fromPeers.contains($0.sha256!) },
-            into: downloads,
-            response: response,
-            options: options,
-            transport: transport
-        )
         report.bytesDownloaded = fetched.bytes + viaDelta.bytes + peers.bytes
         report.bytesFromPeers = peers.bytes
         report.objectsFromPeers = fromPeers.count
@@ -263,10 +283,24 @@ public enum SyncClient {
     }
 
     /// Removes the downloaded payloads of `needed` (objects, deltas, files from peers).
-    static func removeDownloads(_ needed: [FileContent], from directory: String) {
+    /// Removes the downloaded payloads of `needed`, and with `partial` the unfinished ones too.
+    static func removeDownloads(_ needed: [FileContent], from directory: String, partial: Bool = false) {
+        let suffixes = partial ? ["", ".delta", ".raw", ".part", ".delta.part"] : ["", ".delta", ".raw"]
         for content in needed {
-            for suffix in ["", ".delta", ".raw"] { unlink(directory + "/" + content.sha256!.hex + suffix) }
+            for suffix in suffixes { unlink(directory + "/" + content.sha256!.hex + suffix) }
         }
+        if partial, let names = try? FileManager.default.contentsOfDirectory(atPath: directory) {
+            for name in names where name.hasSuffix(".part") { unlink(directory + "/" + name) }
+        }
+    }
+
+    /// Refuses (exit 7) before the first payload request unless the root's filesystem has room
+    /// for the downloads, the staged files and the journal, with a margin (1 MiB and 2%); the
+    /// replaced files move to backups by rename, which takes no space.
+    static func requireSpace(session: RootSession, plan: Plan, downloading: UInt64) throws {
+        let staged = plan.summary.bytesToWrite + UInt64(plan.operations.count) * 4096
+        let needed = downloading + staged
+        try session.requireFreeSpace(needed + needed / 50 + (1 << 20))
     }
 
     /// The install request for a verified release; payloads are filled in once fetched.

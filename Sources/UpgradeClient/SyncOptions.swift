@@ -25,6 +25,15 @@ public struct SyncOptions: Sendable {
     public var attempts = 5
     /// Seconds without data before a transfer counts as stalled.
     public var readTimeout: Int64 = 30
+    /// Bytes per second below which a transfer is abandoned (measured over `rateWindow`).
+    public var minimumRate: UInt64 = 1024
+    /// Seconds over which `minimumRate` is measured.
+    public var rateWindow: Double = 30
+    /// Seconds the whole run may spend asking and downloading; nil: no limit. The install,
+    /// once started, always finishes or rolls back.
+    public var timeout: Double?
+    /// Seconds a delta may take (download and decode) before its file is fetched whole instead.
+    public var deltaTimeout: Double = 60
     public var deviceID: String?
     public var now: Int64 = Timestamps.now()
     /// LAN peers: never (the default), discovered by multicast, or these peer servers.
@@ -130,6 +139,12 @@ public enum SyncError: Error, CustomStringConvertible {
     case verification(String)
     /// A payload did not match its signed SHA-256; retried, and a verification failure when it persists.
     case corruptPayload(String)
+    /// The disk filled up while downloading; the downloads were removed.
+    case noSpace(String)
+    /// A source sent less than the minimum rate over the window (`--min-rate`, `--rate-window`).
+    case tooSlow(url: String, bytesPerSecond: Double, window: Double)
+    /// The run's `--timeout` passed.
+    case timedOut(String)
 
     public var description: String {
         switch self {
@@ -137,6 +152,11 @@ public enum SyncError: Error, CustomStringConvertible {
         case .server(let status, let message): "server answered \(status): \(message)"
         case .verification(let why): "verification failed: \(why); nothing was changed"
         case .corruptPayload(let why): "verification failed: \(why); nothing was changed"
+        case .noSpace(let why):
+            "not enough space while downloading (\(why)); the downloads were removed and nothing was changed"
+        case .tooSlow(let url, let rate, let window):
+            "network: \(url) sent \(String(format: "%.0f", rate)) bytes/s over \(String(format: "%.0f", window)) s, below --min-rate; abandoned"
+        case .timedOut(let what): "network: --timeout passed while \(what); nothing was changed"
         }
     }
 }

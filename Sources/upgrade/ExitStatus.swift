@@ -48,10 +48,11 @@ enum ExitStatus: Int32, Error {
               other content, a version not newer than the latest)
           6   unsafe plan: a hostile path, or a symlink where the plan needs a directory;
               nothing was changed
-          7   not enough free space to stage the upgrade; nothing was changed
+          7   not enough free space to download or stage the upgrade; nothing was changed
           8   a hook or the health check failed; the tree was rolled back to the old release
           9   needs manual intervention: recovery could not restore a consistent tree
-          10  network: the server or mirror could not be reached, kept failing, or refused
+          10  network: the server or mirror could not be reached, kept failing, refused, was
+              slower than --min-rate, or --timeout passed
           75  busy: another upgrade holds the root's lock (try again later)
         """
 }
@@ -137,8 +138,9 @@ extension BundleBuildError: ClassifiedError {
 extension SyncError: ClassifiedError {
     var exitStatus: ExitStatus {
         switch self {
-        case .network, .server: .network
+        case .network, .server, .tooSlow, .timedOut: .network
         case .verification, .corruptPayload: .verificationFailed
+        case .noSpace: .noSpace
         }
     }
 }

@@ -34,7 +34,11 @@ struct VerifyCommand: AsyncParsableCommand {
     @OptionGroup var root: RootOptions
 
     func run() async throws {
-        let paths = try Installer.verify(root: root.root, stateDirectoryName: root.stateDir)
+        let paths = try Installer.verify(
+            root: root.root,
+            stateDirectoryName: root.stateDir,
+            lockTimeout: root.lockTimeout
+        )
         for path in paths { print("changed: \(path)") }
         if !paths.isEmpty {
             throw CommandFailure(

@@ -35,6 +35,12 @@ struct SyncCommand: AsyncParsableCommand {
     @Option(help: "State directory name inside the root (default .upgrade).") var stateDir: String?
     @Option(help: "Seconds to wait for another run's lock (default 60).") var lockTimeout: Double?
     @Option(help: "Parallel downloads (default 4).") var parallel: Int?
+    @Option(help: "Seconds the run may spend asking and downloading before it gives up (exit 10); default: no limit.")
+    var timeout: Double?
+    @Option(help: "Bytes per second below which a download is abandoned (default 1024).") var minRate: Int?
+    @Option(help: "Seconds over which --min-rate is measured (default 30).") var rateWindow: Double?
+    @Option(help: "Seconds a binary delta may take before its file is fetched whole (default 60).")
+    var deltaTimeout: Double?
     @Option(help: "Device id reported to the server (default: derived from /etc/machine-id).") var deviceId: String?
     @Flag(help: "Verify and show the plan and the bytes it would download; change nothing.") var dryRun = false
     @Flag(help: "Print one JSON document.") var json = false
@@ -55,7 +61,7 @@ struct SyncCommand: AsyncParsableCommand {
 
     static let configKeys: Set<String> = [
         "server", "product", "root", "trust", "channel", "mirror", "ca-cert", "state-dir", "lock-timeout", "parallel",
-        "device-id",
+        "timeout", "min-rate", "rate-window", "delta-timeout", "device-id",
         "dry-run", "json", "allow-downgrade", "peers", "announce", "interface", "peer-wait", "peer-timeout", "offline",
         "version",
     ]
@@ -91,6 +97,20 @@ struct SyncCommand: AsyncParsableCommand {
         options.stateDirectoryName = try pick(stateDir, "state-dir") ?? ".upgrade"
         options.lockTimeout = try lockTimeout ?? file?.number("lock-timeout") ?? 60
         options.parallelDownloads = try parallel ?? (file?.number("parallel")).map { Int($0) } ?? 4
+        options.timeout = try timeout ?? file?.number("timeout")
+        options.minimumRate = UInt64(max(0, try minRate.map(Double.init) ?? file?.number("min-rate") ?? 1024))
+        options.rateWindow = try rateWindow ?? file?.number("rate-window") ?? 30
+        options.deltaTimeout = try deltaTimeout ?? file?.number("delta-timeout") ?? 60
+        for (name, value) in [("--timeout", options.timeout ?? 1), ("--rate-window", options.rateWindow)]
+        where !(value > 0) {
+            throw CommandFailure(description: "\(name) must be a positive number of seconds", exitStatus: .usage)
+        }
+        if !(options.deltaTimeout > 0) {
+            throw CommandFailure(
+                description: "--delta-timeout must be a positive number of seconds",
+                exitStatus: .usage
+            )
+        }
         options.deviceID = try pick(deviceId, "device-id")
         options.dryRun = try dryRun || (file?.bool("dry-run") ?? false)
         options.allowDowngrade = try allowDowngrade || (file?.bool("allow-downgrade") ?? false)

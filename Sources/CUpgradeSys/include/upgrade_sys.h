@@ -9,6 +9,8 @@
 int upgrade_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
 /// The O_PATH open flag.
 int upgrade_o_path(void);
+/// The O_TMPFILE open flag (an unnamed file in a directory, linked in later).
+int upgrade_o_tmpfile(void);
 /// syncfs(2): flushes the filesystem holding fd.
 int upgrade_syncfs(int fd);
 /// The POSIX_SPAWN_SETSID flag (the child starts its own session and process group).
