@@ -20,6 +20,8 @@ public enum ApplyError: Error, CustomStringConvertible {
     case manualIntervention(String)
     /// Nothing to roll back to.
     case nothingToRollBack(String)
+    /// SIGTERM or SIGINT arrived; what the transaction did about it.
+    case interrupted(signal: Int32, String)
 
     public var description: String {
         switch self {
@@ -37,6 +39,7 @@ public enum ApplyError: Error, CustomStringConvertible {
                 + (output.isEmpty ? "" : "\n--- \(hook) output (last lines) ---\n\(output)")
         case .manualIntervention(let why): "needs manual intervention: \(why)"
         case .nothingToRollBack(let why): "nothing to roll back: \(why)"
+        case .interrupted(let signal, let what): "interrupted by \(Interruption.name(signal)): \(what)"
         }
     }
 }

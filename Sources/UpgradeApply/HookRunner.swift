@@ -65,6 +65,12 @@ struct HookRunner {
                     ? .succeeded : .failed(exited ? "exit status \(code)" : "killed by signal \(status & 0x7f)")
             } else if done < 0 && errno != EINTR {
                 outcome = .failed("waitpid: \(String(cString: strerror(errno)))")
+            } else if let signal = Interruption.signal {
+                // The run is being stopped: the hook and everything it started go with it, and
+                // the transaction rolls back.
+                kill(-pid, SIGKILL)
+                waitpid(pid, &status, 0)
+                outcome = .failed("stopped: \(Interruption.name(signal)) received")
             } else if Date() >= deadline {
                 kill(-pid, SIGKILL)
                 waitpid(pid, &status, 0)

@@ -301,6 +301,9 @@ public enum Installer {
             if needed > available { throw ApplyError.noSpace(needed: needed, available: available, path: store.path) }
         }
 
+        try Interruption.enter()
+        var outcome = "the tree is unchanged"
+        defer { Interruption.leave(note: outcome) }
         let id = store.newStateID()
         var journal = Journal(
             plan: plan,
@@ -339,6 +342,9 @@ public enum Installer {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
             try store.write("state/\(id)/journal", [UInt8](try encoder.encode(journal)))
+            if let signal = Interruption.signal {
+                throw ApplyError.interrupted(signal: signal, "stopped before any change; the tree is unchanged")
+            }
             try store.writeJournal(journal)
         } catch let error as TransactionAbandoned {
             throw error
@@ -381,6 +387,11 @@ public enum Installer {
             } catch let failure {
                 throw ApplyError.manualIntervention("rollback after \(error) failed: \(failure)")
             }
+            let restored = fromVersion.map { "rolled back to \($0)" } ?? "rolled back to the empty tree"
+            outcome = restored
+            if let signal = Interruption.signal {
+                throw ApplyError.interrupted(signal: signal, "\(restored); the hook's processes were killed")
+            }
             throw error
         }
 
@@ -388,6 +399,7 @@ public enum Installer {
         journal.state = .committed
         try store.writeJournal(journal)
         try finish(store: store, id: id)
+        outcome = "the upgrade to \(header.version) had passed its health check and was finished"
     }
 
     /// Makes the committed state current and cleans up; every step is idempotent.

@@ -145,7 +145,8 @@ final class HTTPTransport: Sendable {
         method: HTTPMethod = .GET,
         headers: [(String, String)] = [],
         body: [UInt8]? = nil,
-        limit: Int
+        limit: Int,
+        limitFromHead: ((HTTPHeaders) throws -> Int?)? = nil
     ) async throws -> (Int, [UInt8]) {
         var request = HTTPClientRequest(url: url)
         request.method = method
@@ -154,6 +155,11 @@ final class HTTPTransport: Sendable {
         // A cold server may compute deltas for the plan; the read timeout still catches a dead peer.
         try limits.checkDeadline(url)
         let response = try await client.execute(request, timeout: Self.headTimeout(600, limits))
+        // The head may tighten the bound (a plan's signed release header says how big it can be).
+        let limit = try limitFromHead?(response.headers).map { min($0, limit) } ?? limit
+        if let length = response.headers.first(name: "Content-Length").flatMap(Int.init), length > limit {
+            throw SyncError.verification("response from \(url) announces \(length) bytes, more than the \(limit) allowed")
+        }
         var bytes = [UInt8]()
         var watch = RateWatch(limits: limits, url: url)
         for try await chunk in response.body {

@@ -68,7 +68,7 @@ extension SyncClient {
         for source in target.sources where manifestBytes == nil && !peers.board.isDropped(source.url) {
             let url = source.url + PeerWire.releasePath(header: target.digest, file: "manifest")
             do {
-                let (status, bytes) = try await peers.transport.fetch(url, limit: 1 << 30)
+                let (status, bytes) = try await peers.transport.fetch(url, limit: target.header.manifestByteLimit)
                 guard status == 200,
                     SHA256Hash(bytes: Array(SHA256.hash(data: bytes)))!.hex == target.header.manifestSHA256
                 else {

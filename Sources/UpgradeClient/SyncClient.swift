@@ -108,12 +108,12 @@ public enum SyncClient {
         } else {
             request.manifest = Data(local.canonicalEncoding()).base64EncodedString()
         }
-        var (response, requestBytes) = try await askForPlan(request, options: options, transport: transport)
+        var (response, requestBytes) = try await askForPlan(request, localEntries: local.entries.count, options: options, transport: transport)
         if response == nil {
             // The server does not know our base release: send the whole tree.
             request.delta = nil
             request.manifest = Data(local.canonicalEncoding()).base64EncodedString()
-            (response, requestBytes) = try await askForPlan(request, options: options, transport: transport)
+            (response, requestBytes) = try await askForPlan(request, localEntries: local.entries.count, options: options, transport: transport)
         }
         guard let response else { throw SyncError.server(status: 409, message: "the server refused the manifest") }
         report.requestBytes = requestBytes
@@ -348,6 +348,7 @@ public enum SyncClient {
 
     private static func askForPlan(
         _ request: PlanRequest,
+        localEntries: Int,
         options: SyncOptions,
         transport: HTTPTransport
     ) async throws -> (PlanResponse?, Int) {
@@ -367,7 +368,10 @@ public enum SyncClient {
                 method: .POST,
                 headers: headers,
                 body: sent,
-                limit: 256 << 20
+                limit: 256 << 20,
+                limitFromHead: { head in
+                    try planResponseLimit(head, localEntries: localEntries, options: options)
+                }
             )
             if status >= 500 { throw SyncError.server(status: status, message: Self.message(bytes)) }
             return (status, bytes)
@@ -379,6 +383,31 @@ public enum SyncClient {
         } catch {
             throw SyncError.verification("the server's plan response is malformed (\(JSON.describe(error)))")
         }
+    }
+
+    /// How many bytes the plan response may have, from the signed release header the server
+    /// sends in its response head (`Upgrade-Release-Header`): each operation, object and delta
+    /// of the plan is about an entry of the target or of the local tree, so the plan is bounded
+    /// by the manifest's signed length and the two entry counts. nil (no such head, an older
+    /// server) keeps the fixed cap.
+    static func planResponseLimit(_ head: HTTPHeaders, localEntries: Int, options: SyncOptions) throws -> Int? {
+        guard let encoded = head.first(name: PlanHeaders.releaseHeader) else { return nil }
+        let header: ReleaseHeader
+        do {
+            guard let bytes = Data(base64Encoded: encoded) else { throw TrustError.malformed("not base64") }
+            header = try ReleaseHeader.verify(
+                SignedEnvelope(encoded: [UInt8](bytes)),
+                trusted: options.trusted,
+                now: options.now
+            )
+        } catch {
+            throw SyncError.verification("the plan response's release header does not verify: \(error)")
+        }
+        guard header.product == options.product else {
+            throw SyncError.verification("the plan response's release header is for \(header.product)")
+        }
+        let manifest = header.manifestBytes ?? header.entries * 512
+        return (1 << 20) + 4 * manifest + 1024 * (header.entries + localEntries)
     }
 
     private static func verifySigned(
@@ -442,7 +471,8 @@ public enum SyncClient {
             let url = base.trimmingSuffix("/") + "/" + path
             do {
                 let bytes = try await transport.retrying("GET \(url)") {
-                    let (status, bytes) = try await transport.fetch(url, limit: 1 << 30)
+                    // No more than the signed header allows: an endless or padded manifest is cut off there.
+                    let (status, bytes) = try await transport.fetch(url, limit: header.manifestByteLimit)
                     guard status == 200 else { throw SyncError.server(status: status, message: "GET \(url)") }
                     return bytes
                 }

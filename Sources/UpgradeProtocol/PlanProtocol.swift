@@ -159,6 +159,13 @@ public struct SyncOutcome: Codable, Sendable {
     }
 }
 
+/// HTTP header names of the plan exchange.
+public enum PlanHeaders {
+    /// On a plan response: the signed release header (base64), so a client can bound the body
+    /// it reads by what the publisher signed before reading it.
+    public static let releaseHeader = "Upgrade-Release-Header"
+}
+
 /// An error body: `{"error": "..."}`.
 public struct ErrorBody: Codable, Sendable {
     public var error: String

@@ -154,7 +154,8 @@ public struct Publisher: Sendable {
                     expires: request.now + request.releaseLifetime,
                     entries: manifest.entries.count,
                     totalSize: manifest.summary.bytes,
-                    manifestSHA256: manifest.digest
+                    manifestSHA256: manifest.digest,
+                    manifestBytes: manifest.canonicalEncoding().count
                 ),
             newRelease: existing == nil
         )

@@ -20,7 +20,29 @@ public struct ServerConfiguration: Sendable {
     /// Largest request body accepted (compressed).
     public var maxRequestBytes = 64 << 20
     /// Largest request body after decompression.
-    public var maxDecompressedBytes = 512 << 20
+    public var maxDecompressedBytes = 256 << 20
+    /// A zstd request body may expand to at most this many times its compressed size (and at
+    /// least 1 MiB): a 16 KB bomb costs 1 MiB, not the absolute cap.
+    public var maxExpansion = 64
+    /// Entries a plan request may describe (a whole manifest, or a delta's changes and
+    /// removals); a larger request is refused with 413 before its entries are decoded.
+    public var maxEntries = 2_000_000
+    /// Plans computed at once; the rest wait in a queue of `planQueue`, and beyond it get 503
+    /// with `Retry-After`. A waiting request has not read its body yet, so it costs a socket.
+    public var planConcurrency = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    public var planQueue = 1024
+    /// Seconds a connection may sit without a complete request head or between requests
+    /// before it is closed (slow-header and idle connections).
+    public var idleTimeout: Double = 30
+    /// Pending-connection queue of the listening socket (a burst of connects beyond it is reset).
+    public var backlog = 4096
+    /// On-demand delta computations one plan may start, and the server-wide budget per minute;
+    /// files beyond them travel whole (and a later plan may find the cached delta).
+    public var deltasPerRequest = 16
+    public var deltasPerMinute = 120
+    /// Reports accepted per second from the whole fleet, and per device id (burst 10).
+    public var reportsPerSecond: Double = 500
+    public var reportsPerDevicePerSecond: Double = 1
     /// Offer binary deltas (computed on demand and cached in the repository).
     public var deltas = true
     /// zstd level for deltas computed on demand.
@@ -49,6 +71,10 @@ public func buildApplication(
     router.add(middleware: MetricsCountingMiddleware(metrics: service.metrics))
     service.addRoutes(to: router)
 
+    // The idle timeout also closes a connection whose request head is not complete in time
+    // (Hummingbird's state handler counts only decoded parts as activity), which is what a
+    // slowloris client holding connections open with a byte now and then runs into.
+    let http1 = HTTP1Channel.Configuration(idleTimeout: .milliseconds(Int64(configuration.idleTimeout * 1000)))
     let server: HTTPServerBuilder
     if let tls = configuration.tls {
         let chain = try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
@@ -57,14 +83,18 @@ public func buildApplication(
             certificateChain: chain,
             privateKey: .privateKey(key)
         )
-        server = try .tls(.http1(), tlsConfiguration: tlsConfiguration)
+        server = try .tls(.http1(configuration: http1), tlsConfiguration: tlsConfiguration)
     } else {
-        server = .http1()
+        server = .http1(configuration: http1)
     }
     return Application(
         router: router,
         server: server,
-        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "upgrade"),
+        configuration: .init(
+            address: .hostname(configuration.host, port: configuration.port),
+            serverName: "upgrade",
+            backlog: configuration.backlog
+        ),
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
         logger: logger
     )

@@ -20,16 +20,38 @@ final class PlanService: Sendable {
     let metrics = ServerMetrics()
     let layout: RepositoryLayout
     private let manifests = ManifestCache(capacity: 16)
-    private let reportLock = Mutex(())
+    private let reportsFile = Mutex<Int32?>(nil)
     private let contentIndexes = Mutex([String: (stamp: String, index: [ContentKey: SHA256Hash])]())
     /// Bounds the on-demand delta work: a burst of clients cannot run more than this many
     /// computations (each holding base, target and delta in memory) at once.
-    let deltaLimiter = Limiter(permits: 2)
+    let deltaLimiter = AdmissionQueue(permits: 2, maxWaiting: .max, what: "delta computations")
+    let deltaBudget: DeltaBudget
+    /// Plans computed at once, and how many may wait (503 beyond).
+    let planQueue: AdmissionQueue
+    let reportLimiter: ReportRateLimiter
 
     init(configuration: ServerConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
         layout = RepositoryLayout(root: configuration.repository)
+        planQueue = AdmissionQueue(
+            permits: configuration.planConcurrency,
+            maxWaiting: configuration.planQueue,
+            what: "plan requests"
+        )
+        deltaBudget = DeltaBudget(perRequest: configuration.deltasPerRequest, perMinute: configuration.deltasPerMinute)
+        reportLimiter = ReportRateLimiter(
+            globalRate: configuration.reportsPerSecond,
+            globalBurst: configuration.reportsPerSecond * 2,
+            keyRate: configuration.reportsPerDevicePerSecond,
+            keyBurst: 10
+        )
+    }
+
+    deinit {
+        reportsFile.withLock { descriptor in
+            if let descriptor { close(descriptor) }
+        }
     }
 
     func addRoutes(to router: Router<BasicRequestContext>) {
@@ -61,14 +83,18 @@ final class PlanService: Sendable {
                 failed: failed
             )
         }
-        let body = try await collect(request)
-        let planRequest: PlanRequest
-        do {
-            planRequest = try JSONDecoder().decode(PlanRequest.self, from: body)
-        } catch {
-            throw HTTPError(.badRequest, message: "malformed plan request: \(JSON.describe(error))")
+        // The body is read only once the request has its turn: a queued request holds a socket.
+        let (planRequest, response) = try await planQueue.run {
+            let body = try await collect(request)
+            try requireEntryBound(body)
+            let planRequest: PlanRequest
+            do {
+                planRequest = try JSONDecoder().decode(PlanRequest.self, from: body)
+            } catch {
+                throw HTTPError(.badRequest, message: "malformed plan request: \(JSON.describe(error))")
+            }
+            return (planRequest, try await computePlan(planRequest))
         }
-        let response = try await computePlan(planRequest)
         failed = false
         logger.info(
             "plan",
@@ -77,7 +103,9 @@ final class PlanService: Sendable {
                 "to": "\(response.version)", "device": "\(planRequest.device.id)",
             ]
         )
-        return try json(response)
+        var answer = try json(response)
+        answer.headers[HTTPFields.Element.Name(PlanHeaders.releaseHeader)!] = response.header
+        return answer
     }
 
     func computePlan(_ request: PlanRequest) async throws -> PlanResponse {
@@ -100,6 +128,7 @@ final class PlanService: Sendable {
 
         let client: Manifest
         if let encoded = request.manifest {
+            try requireEntryBound(manifestPrefix: encoded)
             guard let bytes = Data(base64Encoded: encoded) else {
                 throw HTTPError(.badRequest, message: "manifest is not base64")
             }
@@ -112,7 +141,20 @@ final class PlanService: Sendable {
             guard let installed = request.installed, Version(installed.version) != nil else {
                 throw HTTPError(.badRequest, message: "a delta needs the installed version")
             }
-            let base = try manifest(request.product, installed.version)
+            guard delta.changed.count + delta.removed.count <= configuration.maxEntries else {
+                throw HTTPError(
+                    .contentTooLarge,
+                    message: "the request describes more than \(configuration.maxEntries) entries"
+                )
+            }
+            // A release this server no longer has (pruned, or from another repository): the
+            // client sends its whole manifest instead, as it does for a base mismatch.
+            guard let base = try? manifest(request.product, installed.version) else {
+                throw HTTPError(
+                    .conflict,
+                    message: "release \(installed.version) of \(request.product) is not on this server; send the whole manifest"
+                )
+            }
             guard base.digest.hex == delta.base else {
                 throw HTTPError(
                     .conflict,
@@ -165,15 +207,20 @@ final class PlanService: Sendable {
         let contents = try contentIndex(product)
         let store = DeltaStore(repository: configuration.repository, level: configuration.deltaLevel)
         var choices = [String: DeltaChoice]()
+        var computed = 0
         for operation in plan.operations {
             let target: FileContent
             switch operation {
             case .add(_, _, let content), .replace(_, _, let content): target = content
             default: continue
             }
+            // A base is always content this product published (found by size and XXH3 in the
+            // content index), never a digest the client names: an anonymous request cannot make
+            // the server diff, and cache, pairs of its choosing.
             guard let basePath = bases[operation.path], let baseFile = clientIndex[basePath]?.file,
                 let targetSHA = target.sha256,
-                let baseSHA = baseFile.sha256 ?? contents[ContentKey(baseFile)], baseSHA != targetSHA,
+                let baseSHA = contents[ContentKey(baseFile)], baseFile.sha256 == nil || baseFile.sha256 == baseSHA,
+                baseSHA != targetSHA,
                 target.size <= UInt64(configuration.maxDeltaFileSize),
                 baseFile.size <= UInt64(configuration.maxDeltaFileSize)
             else { continue }
@@ -182,7 +229,14 @@ final class PlanService: Sendable {
             if let cached = store.cachedSize(base: baseSHA, target: targetSHA) {
                 size = cached == 0 ? nil : cached
             } else {
-                size = try await deltaLimiter.run { try? store.size(base: base, target: target) }
+                guard computed < deltaBudget.perRequest, deltaBudget.take() else {
+                    metrics.countDeltaOverBudget()
+                    continue
+                }
+                computed += 1
+                size = try await deltaLimiter.run {
+                    try await offPool { try? store.size(base: base, target: target) }
+                }
             }
             guard let size, size < (objects[targetSHA.hex] ?? .max) else { continue }
             // `stale-base` (tests only): describe the base wrongly, as if it changed after the scan.
@@ -238,7 +292,18 @@ final class PlanService: Sendable {
         } catch {
             throw HTTPError(.badRequest, message: "malformed report: \(JSON.describe(error))")
         }
-        metrics.countReport(result: String(outcome.result.prefix(32)))
+        if let problem = ReportSchema.problem(outcome) {
+            throw HTTPError(.badRequest, message: "report: \(problem)")
+        }
+        guard reportLimiter.admit(outcome.device.id) else {
+            metrics.countReportRefused()
+            throw HTTPError(
+                .tooManyRequests,
+                headers: [.retryAfter: "1"],
+                message: "too many reports; retry after 1 s"
+            )
+        }
+        metrics.countReport(result: ReportSchema.resultClass(outcome.result))
         logger.info(
             "report",
             metadata: [
@@ -247,20 +312,41 @@ final class PlanService: Sendable {
             ]
         )
         if let file = configuration.reportsFile {
-            var line = body
+            // Re-encoded, not the client's bytes: JSONEncoder escapes every control character, so
+            // one report is always exactly one line.
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            var line = [UInt8](try encoder.encode(outcome))
             line.append(0x0a)
-            reportLock.withLock { _ in
-                if let handle = FileHandle(forWritingAtPath: file)
-                    ?? (FileManager.default.createFile(atPath: file, contents: nil)
-                        ? FileHandle(forWritingAtPath: file) : nil)
-                {
-                    handle.seekToEndOfFile()
-                    handle.write(line)
-                    try? handle.close()
-                }
-            }
+            try appendReport(line, to: file)
         }
         return Response(status: .accepted)
+    }
+
+    /// Appends one line to the reports file, opened once with O_APPEND (one write per line, so
+    /// lines never interleave) and created 0640 whatever the umask.
+    private func appendReport(_ line: [UInt8], to file: String) throws {
+        try reportsFile.withLock { descriptor in
+            if descriptor == nil {
+                let opened = open(file, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o640)
+                if opened >= 0 {
+                    fchmod(opened, 0o640)
+                    descriptor = opened
+                } else if errno == EEXIST {
+                    let existing = open(file, O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC)
+                    if existing >= 0 { descriptor = existing }
+                }
+            }
+            guard let descriptor else {
+                logger.error("reports file \(file): \(String(cString: strerror(errno)))")
+                throw HTTPError(.internalServerError, message: "reports file unavailable")
+            }
+            let written = line.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+            if written != line.count {
+                logger.error("reports file \(file): short write")
+                throw HTTPError(.internalServerError, message: "reports file unavailable")
+            }
+        }
     }
 
     // MARK: Helpers
@@ -280,12 +366,45 @@ final class PlanService: Sendable {
         switch request.headers[.contentEncoding]?.lowercased() {
         case nil, "identity": return Data(bytes)
         case "zstd":
+            let cap = min(configuration.maxDecompressedBytes, max(1 << 20, bytes.count * configuration.maxExpansion))
             do {
-                return Data(try Zstd.decompress(bytes, maxSize: configuration.maxDecompressedBytes))
+                return Data(try Zstd.decompress(bytes, maxSize: cap))
             } catch {
-                throw HTTPError(.badRequest, message: "request body: \(error)")
+                throw HTTPError(
+                    .contentTooLarge,
+                    message: "request body: \(error) (a \(bytes.count)-byte zstd body may decode to at most \(cap) bytes)"
+                )
             }
         case let other?: throw HTTPError(.unsupportedMediaType, message: "unsupported Content-Encoding \(other)")
+        }
+    }
+
+    /// Refuses, before JSON decoding, a body with more objects than `maxEntries` allows: each
+    /// entry of a delta is a JSON object, so counting `{` bounds the work the decoder would do.
+    private func requireEntryBound(_ body: Data) throws {
+        let objects = body.withUnsafeBytes { raw -> Int in
+            var count = 0
+            for byte in raw where byte == UInt8(ascii: "{") { count += 1 }
+            return count
+        }
+        guard objects <= configuration.maxEntries + 16 else {
+            throw HTTPError(
+                .contentTooLarge,
+                message: "the request describes more than \(configuration.maxEntries) entries"
+            )
+        }
+    }
+
+    /// Refuses a whole manifest whose declared entry count is over `maxEntries`, from its first
+    /// base64 characters (magic and count), before the rest is decoded.
+    private func requireEntryBound(manifestPrefix encoded: String) throws {
+        guard let prefix = Data(base64Encoded: String(encoded.prefix(24))), prefix.count >= 16 else { return }
+        let count = prefix[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        guard count <= UInt64(configuration.maxEntries) else {
+            throw HTTPError(
+                .contentTooLarge,
+                message: "the manifest declares \(count) entries; this server takes at most \(configuration.maxEntries)"
+            )
         }
     }
 
@@ -338,48 +457,5 @@ final class ManifestCache: Sendable {
             state.order.append(key)
             while state.order.count > capacity { state.entries[state.order.removeFirst()] = nil }
         }
-    }
-}
-
-/// At most `permits` bodies at once; the others wait their turn.
-final class Limiter: Sendable {
-    private struct State {
-        var available: Int
-        var waiting: [CheckedContinuation<Void, Never>] = []
-    }
-
-    private let state: Mutex<State>
-
-    init(permits: Int) { state = Mutex(State(available: permits)) }
-
-    func run<T: Sendable>(_ body: @Sendable () throws -> T) async throws -> T {
-        await acquire()
-        defer { release() }
-        return try body()
-    }
-
-    private func acquire() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let granted = state.withLock { state -> Bool in
-                if state.available > 0 {
-                    state.available -= 1
-                    return true
-                }
-                state.waiting.append(continuation)
-                return false
-            }
-            if granted { continuation.resume() }
-        }
-    }
-
-    private func release() {
-        let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            if state.waiting.isEmpty {
-                state.available += 1
-                return nil
-            }
-            return state.waiting.removeFirst()
-        }
-        next?.resume()
     }
 }

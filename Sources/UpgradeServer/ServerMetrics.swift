@@ -9,6 +9,8 @@ final class ServerMetrics: Sendable {
         var planSeconds = 0.0
         var objectBytes: UInt64 = 0
         var reports: [String: Int] = [:]
+        var reportsRefused = 0
+        var deltasOverBudget = 0
     }
 
     private let counters = Mutex(Counters())
@@ -22,7 +24,24 @@ final class ServerMetrics: Sendable {
         }
     }
     func countObjectBytes(_ bytes: Int) { counters.withLock { $0.objectBytes += UInt64(bytes) } }
+    /// `result` is one of ``ReportSchema/resultClasses`` or `other`: a bounded label set.
     func countReport(result: String) { counters.withLock { $0.reports[result, default: 0] += 1 } }
+    func countReportRefused() { counters.withLock { $0.reportsRefused += 1 } }
+    func countDeltaOverBudget() { counters.withLock { $0.deltasOverBudget += 1 } }
+
+    /// A label value as the exposition format wants it: backslash, quote and newline escaped.
+    static func escape(_ value: String) -> String {
+        var escaped = ""
+        for character in value {
+            switch character {
+            case "\\": escaped += "\\\\"
+            case "\"": escaped += "\\\""
+            case "\n": escaped += "\\n"
+            default: escaped.append(character)
+            }
+        }
+        return escaped
+    }
 
     /// The exposition text.
     func render() -> String {
@@ -48,8 +67,15 @@ final class ServerMetrics: Sendable {
                 "# TYPE upgrade_sync_reports_total counter",
             ]
             for (result, count) in c.reports.sorted(by: { $0.key < $1.key }) {
-                lines.append("upgrade_sync_reports_total{result=\"\(result)\"} \(count)")
+                lines.append("upgrade_sync_reports_total{result=\"\(Self.escape(result))\"} \(count)")
             }
+            lines += [
+                "# HELP upgrade_reports_refused_total Reports refused for exceeding the rate limits.",
+                "# TYPE upgrade_reports_refused_total counter", "upgrade_reports_refused_total \(c.reportsRefused)",
+                "# HELP upgrade_deltas_over_budget_total Files sent whole because the on-demand delta budget was spent.",
+                "# TYPE upgrade_deltas_over_budget_total counter",
+                "upgrade_deltas_over_budget_total \(c.deltasOverBudget)",
+            ]
             return lines.joined(separator: "\n") + "\n"
         }
     }

@@ -23,6 +23,17 @@ public struct ReleaseHeader: Hashable, Sendable, Codable, SignedDocument {
     public var totalSize: UInt64
     /// SHA-256 of the canonical manifest, hex.
     public var manifestSHA256: String
+    /// Length of the canonical manifest in bytes, so a client reads no more than that (absent
+    /// from headers published before it was added; ``manifestByteLimit`` then bounds by entries).
+    public var manifestBytes: Int?
+
+    /// The most manifest bytes a client should read for this release: the signed length, or
+    /// for older headers the most `entries` canonical entries can take (paths and link targets
+    /// of at most 4,096 bytes).
+    public var manifestByteLimit: Int {
+        if let manifestBytes { return manifestBytes }
+        return 4096 + entries * (2 * (2 + 4096) + 1 + 2 + 8 + 16 + 1 + 32)
+    }
 
     /// Creates a header.
     public init(
@@ -34,7 +45,8 @@ public struct ReleaseHeader: Hashable, Sendable, Codable, SignedDocument {
         expires: Int64,
         entries: Int,
         totalSize: UInt64,
-        manifestSHA256: SHA256Hash
+        manifestSHA256: SHA256Hash,
+        manifestBytes: Int? = nil
     ) {
         self.product = product
         self.version = version
@@ -45,6 +57,7 @@ public struct ReleaseHeader: Hashable, Sendable, Codable, SignedDocument {
         self.entries = entries
         self.totalSize = totalSize
         self.manifestSHA256 = manifestSHA256.hex
+        self.manifestBytes = manifestBytes
     }
 
     /// Verifies `envelope` and decodes its header: signature by a trusted key, not expired at

@@ -32,6 +32,7 @@ struct ApplyCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        Main.stopOnSignals()
         let keys = try KeyFiles.loadTrusted(trust)
         let reader = try BundleReader(path: bundle)
         guard let header = try reader.section(.header, limit: 1 << 20), let manifest = try reader.section(.manifest),

@@ -1,4 +1,7 @@
 import UpgradeApply
+#if canImport(Glibc)
+import Glibc
+#endif
 import UpgradeBundle
 import UpgradeClient
 import UpgradeCore
@@ -35,6 +38,10 @@ enum ExitStatus: Int32, Error {
     case network = 10
     /// Another run holds the root's lock (EX_TEMPFAIL).
     case busy = 75
+    /// Stopped by SIGINT (128 + 2) or SIGTERM (128 + 15); the line printed says which release
+    /// the tree holds (a transaction in progress was rolled back, or had committed and finished).
+    case interruptedByInt = 130
+    case interruptedByTerm = 143
 
     static let helpText = """
         EXIT CODES
@@ -54,6 +61,10 @@ enum ExitStatus: Int32, Error {
           10  network: the server or mirror could not be reached, kept failing, refused, was
               slower than --min-rate, or --timeout passed
           75  busy: another upgrade holds the root's lock (try again later)
+          130 interrupted by SIGINT, 143 by SIGTERM: before a transaction nothing was changed
+              (finished downloads are kept); during one, a running hook's process group is
+              killed and the tree rolled back, or, past the commit, the upgrade finishes; the
+              last line says which release the tree holds
         """
 }
 
@@ -123,6 +134,7 @@ extension ApplyError: ClassifiedError {
         case .rolledBack: .rolledBack
         case .manualIntervention: .manualIntervention
         case .nothingToRollBack: .refused
+        case .interrupted(let signal, _): signal == SIGINT ? .interruptedByInt : .interruptedByTerm
         }
     }
 }

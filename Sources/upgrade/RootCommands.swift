@@ -60,6 +60,7 @@ struct RollbackCommand: AsyncParsableCommand {
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
+        Main.stopOnSignals()
         let report = try Installer.rollback(
             root: root.root,
             stateDirectoryName: root.stateDir,

@@ -23,11 +23,34 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "PEM private key for HTTPS.") var tlsKey: String?
     @Option(help: "Append client reports (JSON lines) to this file.") var reports: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
+    @Option(help: "Plans computed at once (default: one per core).") var planConcurrency: Int?
+    @Option(help: "Plan requests that may wait for a turn; beyond it, 503 with Retry-After.") var planQueue = 1024
+    @Option(help: "Entries a plan request may describe; larger requests get 413.") var maxEntries = 2_000_000
+    @Option(help: "Seconds a connection may stay idle or take to send a request head.") var idleTimeout = 30.0
+    @Option(help: "On-demand delta computations per plan (the rest travel whole).") var deltasPerRequest = 16
+    @Option(help: "On-demand delta computations per minute over the whole server.") var deltasPerMinute = 120
+    @Option(help: "Reports accepted per second from the whole fleet.") var reportsPerSecond = 500.0
+    @Option(help: "Reports accepted per second from one device id (bursts of 10).") var reportsPerDevice = 1.0
     @Option(help: .hidden) var fault: [String] = []
 
     func validate() throws {
         _ = try ListenAddress(listen)
         if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
+        for (name, value) in [
+            ("--plan-concurrency", planConcurrency ?? 1), ("--max-entries", maxEntries),
+            ("--deltas-per-minute", deltasPerMinute),
+        ] where value < 1 {
+            throw ValidationError("\(name) must be at least 1, not \(value)")
+        }
+        for (name, value) in [("--plan-queue", planQueue), ("--deltas-per-request", deltasPerRequest)] where value < 0 {
+            throw ValidationError("\(name) must not be negative, not \(value)")
+        }
+        for (name, value) in [
+            ("--idle-timeout", idleTimeout), ("--reports-per-second", reportsPerSecond),
+            ("--reports-per-device", reportsPerDevice),
+        ] where !(value > 0) {
+            throw ValidationError("\(name) must be a positive number, not \(value)")
+        }
         guard FileManager.default.fileExists(atPath: repo + "/upgrade-repository.json") else {
             throw ValidationError(
                 "\(repo) is not a repository (no upgrade-repository.json); create one with `upgrade publish`"
@@ -44,6 +67,14 @@ struct ServeCommand: AsyncParsableCommand {
         configuration.port = address.port
         configuration.reportsFile = reports
         configuration.faults = Set(fault)
+        if let planConcurrency { configuration.planConcurrency = planConcurrency }
+        configuration.planQueue = planQueue
+        configuration.maxEntries = maxEntries
+        configuration.idleTimeout = idleTimeout
+        configuration.deltasPerRequest = deltasPerRequest
+        configuration.deltasPerMinute = deltasPerMinute
+        configuration.reportsPerSecond = reportsPerSecond
+        configuration.reportsPerDevicePerSecond = reportsPerDevice
         if let tlsCert, let tlsKey { configuration.tls = (tlsCert, tlsKey) }
         let scheme = configuration.tls == nil ? "http" : "https"
         let host = configuration.host

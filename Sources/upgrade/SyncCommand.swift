@@ -67,6 +67,7 @@ struct SyncCommand: AsyncParsableCommand {
     ]
 
     func run() async throws {
+        Main.stopOnSignals()
         let file = try config.map { path throws -> ConfigFile in
             let file = try ConfigFile(path: path)
             let unknown = file.unknownKeys(Self.configKeys)

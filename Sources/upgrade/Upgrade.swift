@@ -1,4 +1,5 @@
 import ArgumentParser
+import UpgradeApply
 
 #if canImport(Glibc)
 import Glibc
@@ -49,6 +50,9 @@ enum Main {
             print(Upgrade.fullMessage(for: error))
             return .success
         }
+        if case .interrupted(let signal, let what) = error as? ApplyError {
+            Interruption.exitNow(signal, note: what)
+        }
         if let classified = error as? any ClassifiedError {
             Terminal.error("\(classified)")
             return classified.exitStatus
@@ -61,5 +65,14 @@ enum Main {
         }
         Terminal.error("\(error)")
         return .failure
+    }
+
+    /// For commands that change a root: SIGTERM/SIGINT end the run safely (see ``Interruption``)
+    /// with one line saying what happened, and exit 128 + the signal.
+    static func stopOnSignals() {
+        Interruption.install { signal, note in
+            Terminal.error("interrupted by \(Interruption.name(signal)); \(note ?? "nothing was changed; finished downloads are kept for the next run")")
+            Glibc.exit(128 + signal)
+        }
     }
 }

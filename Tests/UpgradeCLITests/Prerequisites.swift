@@ -13,6 +13,9 @@ enum Prerequisites {
     /// nginx, as a static mirror (`make deps` installs nginx-light).
     static let nginx = FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx")
 
+    /// hey, the HTTP load generator (`make deps` installs it).
+    static let hey = FileManager.default.isExecutableFile(atPath: "/usr/bin/hey")
+
     /// Why a small tmpfs cannot be mounted here, or nil when it can (root on Linux).
     static let tmpfsUnavailable: String? = {
         guard getuid() == 0 else { return "not root" }

@@ -1,0 +1,103 @@
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// SIGTERM and SIGINT for commands that change a root. Outside a transaction the process ends
+/// at once (every step before and after one is crash-safe; finished downloads are kept). Inside
+/// one, the transaction decides: before its commit it is abandoned, a running hook's process
+/// group is killed and the tree rolled back; after the commit it finishes. Then the process
+/// ends with 128 + the signal number and a line that says which release the tree holds.
+public enum Interruption {
+    /// The signal received, 0 for none. Written by the signal handler (lock-free store only).
+    private static let received = Atomic<Int32>(0)
+
+    private struct State {
+        var transactions = 0
+        var exiting = false
+        /// What the last interrupted transaction did, for the final line.
+        var note: String?
+    }
+
+    private static let state = Mutex(State())
+    private static let leaving = Atomic<Bool>(false)
+    private static let exitAction = Mutex<(@Sendable (Int32, String?) -> Never)?>(nil)
+
+    /// The signal received so far, or nil.
+    public static var signal: Int32? {
+        let value = received.load(ordering: .relaxed)
+        return value == 0 ? nil : value
+    }
+
+    /// The name of a signal for messages.
+    public static func name(_ signal: Int32) -> String {
+        switch signal {
+        case SIGTERM: "SIGTERM"
+        case SIGINT: "SIGINT"
+        default: "signal \(signal)"
+        }
+    }
+
+    /// Installs the handlers and a watcher that calls `exit(signal, note)` once a signal has
+    /// arrived and no transaction runs; `note` says what an interrupted transaction did.
+    public static func install(exit: @escaping @Sendable (Int32, String?) -> Never) {
+        exitAction.withLock { $0 = exit }
+        for number in [SIGTERM, SIGINT] {
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { number in
+                Interruption.received.store(number, ordering: .relaxed)
+            }
+            action.sa_flags = SA_RESTART
+            sigemptyset(&action.sa_mask)
+            sigaction(number, &action, nil)
+        }
+        let watcher = Thread {
+            while true {
+                usleep(20_000)
+                guard let signal = Interruption.signal else { continue }
+                let leave = state.withLock { state -> String?? in
+                    guard state.transactions == 0 else { return nil }
+                    state.exiting = true
+                    return .some(state.note)
+                }
+                if let note = leave { exitNow(signal, note: note) }
+            }
+        }
+        watcher.start()
+    }
+
+    /// Ends the process for `signal` through the installed action, once: the watcher and the
+    /// command's error path may both get here.
+    public static func exitNow(_ signal: Int32, note: String?) -> Never {
+        if leaving.exchange(true, ordering: .acquiringAndReleasing) {
+            while true { pause() }
+        }
+        guard let action = exitAction.withLock({ $0 }) else { Glibc.exit(128 + signal) }
+        action(signal, note)
+    }
+
+    /// Marks a transaction as running; refuses to start one once a signal has arrived.
+    static func enter() throws {
+        try state.withLock { state in
+            if let signal, state.transactions == 0 {
+                throw ApplyError.interrupted(signal: signal, "before the transaction began; nothing was changed")
+            }
+            guard !state.exiting else {
+                throw ApplyError.interrupted(signal: signal ?? SIGTERM, "nothing was changed")
+            }
+            state.transactions += 1
+        }
+    }
+
+    /// Marks the transaction as over, with what it did when a signal arrived during it.
+    static func leave(note: @autoclosure () -> String) {
+        let interrupted = signal != nil
+        let text = interrupted ? note() : nil
+        state.withLock { state in
+            state.transactions -= 1
+            if let text { state.note = text }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+import UpgradeProtocol
+import UpgradeTrust
+
+/// What a report must look like before it is counted or written: names and versions well
+/// formed, strings short and free of control characters, lists short, numbers finite.
+enum ReportSchema {
+    /// The result classes `/metrics` counts; anything else is `other`, so a client cannot
+    /// create label values (or lines) of its choosing.
+    static let resultClasses = ["installed", "rolled back", "up to date", "dry run", "failed", "skipped"]
+
+    static func resultClass(_ result: String) -> String {
+        resultClasses.first { result == $0 || result.hasPrefix($0 + ":") || result.hasPrefix($0 + " ") } ?? "other"
+    }
+
+    /// Why `outcome` is refused, or nil when it is well formed.
+    static func problem(_ outcome: SyncOutcome) -> String? {
+        guard Names.isValid(outcome.product) else { return "product is not a valid name" }
+        for (field, value, limit) in [
+            ("device.id", outcome.device.id, 128), ("device.os", outcome.device.os, 64),
+            ("device.arch", outcome.device.arch, 64), ("result", outcome.result, 512),
+        ] {
+            if let problem = text(value, limit: limit) { return "\(field) \(problem)" }
+        }
+        guard !outcome.device.id.isEmpty else { return "device.id is empty" }
+        for (field, version) in [("fromVersion", outcome.fromVersion), ("toVersion", outcome.toVersion)] {
+            if let version, Version(version) == nil { return "\(field) is not a version" }
+        }
+        guard outcome.durationSeconds.isFinite, outcome.durationSeconds >= 0 else {
+            return "durationSeconds is not a non-negative number"
+        }
+        guard (outcome.deltas ?? 0) >= 0 else { return "deltas is negative" }
+        for (field, list) in [("fallbacks", outcome.fallbacks ?? []), ("badPeers", outcome.badPeers ?? [])] {
+            guard list.count <= 1000 else { return "\(field) has more than 1000 items" }
+            for item in list {
+                if let problem = text(item, limit: 1024) { return "an item of \(field) \(problem)" }
+            }
+        }
+        return nil
+    }
+
+    private static func text(_ value: String, limit: Int) -> String? {
+        if value.utf8.count > limit { return "is longer than \(limit) bytes" }
+        if value.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
+            return "contains a control character"
+        }
+        return nil
+    }
+}
