@@ -158,7 +158,9 @@ final class HTTPTransport: Sendable {
         // The head may tighten the bound (a plan's signed release header says how big it can be).
         let limit = try limitFromHead?(response.headers).map { min($0, limit) } ?? limit
         if let length = response.headers.first(name: "Content-Length").flatMap(Int.init), length > limit {
-            throw SyncError.verification("response from \(url) announces \(length) bytes, more than the \(limit) allowed")
+            throw SyncError.verification(
+                "response from \(url) announces \(length) bytes, more than the \(limit) allowed"
+            )
         }
         var bytes = [UInt8]()
         var watch = RateWatch(limits: limits, url: url)

@@ -108,12 +108,22 @@ public enum SyncClient {
         } else {
             request.manifest = Data(local.canonicalEncoding()).base64EncodedString()
         }
-        var (response, requestBytes) = try await askForPlan(request, localEntries: local.entries.count, options: options, transport: transport)
+        var (response, requestBytes) = try await askForPlan(
+            request,
+            localEntries: local.entries.count,
+            options: options,
+            transport: transport
+        )
         if response == nil {
             // The server does not know our base release: send the whole tree.
             request.delta = nil
             request.manifest = Data(local.canonicalEncoding()).base64EncodedString()
-            (response, requestBytes) = try await askForPlan(request, localEntries: local.entries.count, options: options, transport: transport)
+            (response, requestBytes) = try await askForPlan(
+                request,
+                localEntries: local.entries.count,
+                options: options,
+                transport: transport
+            )
         }
         guard let response else { throw SyncError.server(status: 409, message: "the server refused the manifest") }
         report.requestBytes = requestBytes

@@ -52,7 +52,8 @@ public struct ServerConfiguration: Sendable {
     /// Ways to lie, for tests of the client's defences only (`upgrade serve --fault`, hidden):
     /// `extra-file`, `wrong-hash`, `tamper-object`, `truncate-object`, `endless-object`,
     /// `cut-object` (first request of an object without Range stops half-way), `corrupt-delta`,
-    /// `missing-delta`, `stale-base` (deltas described with a base the client does not have).
+    /// `missing-delta`, `stale-base` (deltas described with a base the client does not have),
+    /// `padded-plan` (the plan response followed by endless whitespace).
     public var faults: Set<String> = []
 
     public init(repository: String) {

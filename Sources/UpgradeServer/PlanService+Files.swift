@@ -168,4 +168,14 @@ extension PlanService {
         }
         return nil
     }
+
+    /// `padded-plan`: the plan, then whitespace without end (valid JSON, if it ever ended).
+    func padEndlessly(_ response: inout Response, json: [UInt8]) {
+        response.headers[.contentLength] = nil
+        response.body = .init { writer in
+            try await writer.write(ByteBuffer(bytes: json))
+            let spaces = ByteBuffer(repeating: 0x20, count: 64 << 10)
+            while true { try await writer.write(spaces) }
+        }
+    }
 }

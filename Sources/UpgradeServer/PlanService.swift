@@ -105,6 +105,11 @@ final class PlanService: Sendable {
         )
         var answer = try json(response)
         answer.headers[HTTPFields.Element.Name(PlanHeaders.releaseHeader)!] = response.header
+        if configuration.faults.contains("padded-plan") {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            padEndlessly(&answer, json: [UInt8](try encoder.encode(response)))
+        }
         return answer
     }
 
@@ -152,7 +157,8 @@ final class PlanService: Sendable {
             guard let base = try? manifest(request.product, installed.version) else {
                 throw HTTPError(
                     .conflict,
-                    message: "release \(installed.version) of \(request.product) is not on this server; send the whole manifest"
+                    message:
+                        "release \(installed.version) of \(request.product) is not on this server; send the whole manifest"
                 )
             }
             guard base.digest.hex == delta.base else {
@@ -372,7 +378,8 @@ final class PlanService: Sendable {
             } catch {
                 throw HTTPError(
                     .contentTooLarge,
-                    message: "request body: \(error) (a \(bytes.count)-byte zstd body may decode to at most \(cap) bytes)"
+                    message:
+                        "request body: \(error) (a \(bytes.count)-byte zstd body may decode to at most \(cap) bytes)"
                 )
             }
         case let other?: throw HTTPError(.unsupportedMediaType, message: "unsupported Content-Encoding \(other)")

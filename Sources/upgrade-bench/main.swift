@@ -306,4 +306,16 @@ if options.endToEnd {
             print(row)
         }
     }
+    print()
+    print("server load on loopback (hey -n 1000 -c 1000, one request per client; release build)")
+    print("| load | what | rate | latency | server peak RSS | answers |")
+    print("|---|---|---:|---:|---:|---|")
+    for row in serverLoad(
+        UpgradePair(package: "numpy", from: "2.2.6", to: "2.3.5"),
+        data: options.dataDirectory,
+        upgrade: upgrade,
+        clients: 1000
+    ) {
+        print(row)
+    }
 }

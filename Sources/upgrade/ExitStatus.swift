@@ -1,7 +1,4 @@
 import UpgradeApply
-#if canImport(Glibc)
-import Glibc
-#endif
 import UpgradeBundle
 import UpgradeClient
 import UpgradeCore
@@ -9,6 +6,10 @@ import UpgradePeer
 import UpgradeRepository
 import UpgradeScan
 import UpgradeTrust
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The exit codes `upgrade` documents (README, `upgrade --help`). They are stable: scripts and
 /// cron jobs branch on them.

@@ -71,7 +71,9 @@ enum Main {
     /// with one line saying what happened, and exit 128 + the signal.
     static func stopOnSignals() {
         Interruption.install { signal, note in
-            Terminal.error("interrupted by \(Interruption.name(signal)); \(note ?? "nothing was changed; finished downloads are kept for the next run")")
+            Terminal.error(
+                "interrupted by \(Interruption.name(signal)); \(note ?? "nothing was changed; finished downloads are kept for the next run")"
+            )
             Glibc.exit(128 + signal)
         }
     }

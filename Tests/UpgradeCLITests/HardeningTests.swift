@@ -288,4 +288,147 @@ struct HardeningTests {
         #expect(try String(contentsOfFile: victim, encoding: .utf8) == "precious")
         #expect(FileManager.default.fileExists(atPath: output))
     }
+
+    /// Runs `upgrade ARGS` under /usr/bin/time; returns the result and the peak RSS in kB.
+    static func measured(_ arguments: [String]) throws -> (CommandResult, Int) {
+        let rssFile = NSTemporaryDirectory() + "/upgrade-rss-\(UInt64.random(in: 0...UInt64.max))"
+        defer { unlink(rssFile) }
+        let result = try runProgram("/usr/bin/time", ["-f", "%M", "-o", rssFile, Upgrade.binary] + arguments)
+        let text = (try? String(contentsOfFile: rssFile, encoding: .utf8)) ?? ""
+        let rss = Int(text.split(separator: "\n").last.map(String.init) ?? "") ?? 0
+        return (result, rss)
+    }
+
+    @Test("an endless manifest from a mirror is cut off at its signed length; the server's copy is used")
+    func endlessManifest() async throws {
+        let (sync, server, root) = try Self.atVersion1()
+        let mirror = try HostileMirror(directory: sync.repo, [("/releases/", .endless)])
+        defer { mirror.stop() }
+        let (result, rss) = try Self.measured([
+            "sync", "--server", server.url, "--mirror", mirror.url, "--product", sync.fixture.product, "--root", root,
+            "--trust", sync.fixture.pub,
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        try await sync.expect(root, equals: 2, "after the endless manifest")
+        #expect(mirror.requested.contains { $0.hasPrefix("/releases/") })
+        print("endless manifest: client peak RSS \(rss) kB")
+        // Before, the client read up to 1 GiB of it.
+        #expect(rss > 0 && rss < 200 * 1024, "client peak RSS \(rss) kB")
+    }
+
+    @Test("a plan response padded without end is cut off at the bound its signed header gives: exit 4, tree unchanged")
+    func endlessPlan() async throws {
+        let (sync, _, root) = try Self.atVersion1()
+        let lying = try ServerProcess(repo: sync.repo, extra: ["--fault", "padded-plan"])
+        let before = try await ApplyFixture.scan(root)
+        let (result, rss) = try Self.measured([
+            "sync", "--server", lying.url, "--product", sync.fixture.product, "--root", root, "--trust",
+            sync.fixture.pub,
+        ])
+        #expect(result.status == 4, "\(result.stderr)")
+        #expect(result.stderr.contains("larger than"), "\(result.stderr)")
+        #expect(try await ApplyFixture.scan(root) == before)
+        print("endless plan: client peak RSS \(rss) kB")
+        // Before, the client read 256 MiB of it before giving up.
+        #expect(rss > 0 && rss < 150 * 1024, "client peak RSS \(rss) kB")
+    }
+
+    @Test("an installed release the server no longer has: the client sends its whole manifest and upgrades")
+    func unknownInstalledRelease() async throws {
+        let (sync, server, root) = try Self.atVersion1()
+        try FileManager.default.removeItem(atPath: sync.repo + "/releases/app/1.0")
+        let result = try sync.sync(server, root: root, ["--json"])
+        #expect(result.status == 0, "\(result.stderr)")
+        try await sync.expect(root, equals: 2, "after the fallback")
+    }
+
+    /// A 2.0 whose health check starts a background child (its pid written to `pidFile`) and
+    /// then waits a minute, so a test can stop the sync while the hook runs.
+    static func slowHealthCheck(_ sync: SyncFixture, pidFile: String) throws {
+        let tree = try TemporaryTree()
+        try ApplyFixture.copy(sync.trees[1].root + "/.", tree.root)
+        try tree.file(
+            "hooks/health.sh",
+            "#!/bin/sh\nsleep 300 &\necho $! > \(pidFile)\nsleep 60\n",
+            mode: 0o755
+        )
+        try sync.fixture.publish("2.0", tree.root, extra: ["--health-check", "hooks/health.sh"])
+    }
+
+    @Test("SIGTERM during the health check: the hook's process group is killed, the tree rolled back, exit 143")
+    func sigtermDuringHealthCheck() async throws {
+        let sync = try SyncFixture(releases: 1)
+        let server = try ServerProcess(repo: sync.repo)
+        let root = sync.fixture.work.path("root")
+        #expect(try sync.sync(server, root: root).status == 0)
+        let pidFile = sync.fixture.work.path("hook-child.pid")
+        try Self.slowHealthCheck(sync, pidFile: pidFile)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Upgrade.binary)
+        process.arguments = [
+            "sync", "--server", server.url, "--product", sync.fixture.product, "--root", root, "--trust",
+            sync.fixture.pub,
+        ]
+        let errors = Pipe()
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = errors
+        try process.run()
+        let deadline = Date().addingTimeInterval(60)
+        while !FileManager.default.fileExists(atPath: pidFile) && Date() < deadline { usleep(50_000) }
+        usleep(200_000)
+        let child = try #require(
+            Int32(
+                (try? String(contentsOfFile: pidFile, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+                    ?? ""
+            )
+        )
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationStatus == 143, "\(stderr)")
+        #expect(stderr.contains("interrupted by SIGTERM") && stderr.contains("rolled back to 1.0"), "\(stderr)")
+        try await sync.expect(root, equals: 1, "after SIGTERM")
+        usleep(200_000)
+        let state = (try? String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8)) ?? ""
+        let alive = !state.isEmpty && !state.contains(") Z ")
+        #expect(!alive, "the health check's child \(child) outlived the run: \(state)")
+        if alive { kill(child, SIGKILL) }
+        // The lock is free and no journal is left: the next run proceeds (and hits the hook again).
+        let status = try Upgrade.run(["status", "--root", root])
+        #expect(status.status == 0, "\(status.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: root + "/.upgrade/journal"))
+    }
+
+    @Test("SIGTERM while downloading: exit 143 at once, nothing changed, the lock released")
+    func sigtermWhileDownloading() async throws {
+        let (sync, server, root) = try Self.atVersion1()
+        let mirror = try HostileMirror(directory: sync.repo, [("/objects/", .stall), ("/deltas/", .stall)])
+        defer { mirror.stop() }
+        let before = try await ApplyFixture.scan(root)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Upgrade.binary)
+        process.arguments = [
+            "sync", "--server", server.url, "--mirror", mirror.url, "--product", sync.fixture.product, "--root", root,
+            "--trust", sync.fixture.pub,
+        ]
+        let errors = Pipe()
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = errors
+        try process.run()
+        let deadline = Date().addingTimeInterval(30)
+        while !mirror.requested.contains(where: { $0.hasPrefix("/objects/") || $0.hasPrefix("/deltas/") })
+            && Date() < deadline
+        {
+            usleep(50_000)
+        }
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationStatus == 143, "\(stderr)")
+        #expect(stderr.contains("interrupted by SIGTERM; nothing was changed"), "\(stderr)")
+        #expect(try await ApplyFixture.scan(root) == before)
+        let next = try sync.sync(server, root: root, ["--lock-timeout", "1"])
+        #expect(next.status == 0, "\(next.stderr)")
+        try await sync.expect(root, equals: 2, "after the interrupted run")
+    }
 }

@@ -16,6 +16,8 @@ final class HostileMirror: @unchecked Sendable {
         case stall
         /// Sends `body` instead of the file.
         case replace(Data)
+        /// Sends zeros without end (no Content-Length).
+        case endless
     }
 
     let directory: String
@@ -90,6 +92,12 @@ final class HostileMirror: @unchecked Sendable {
         if case .stall = behaviour {
             // Hold the connection open, answering nothing, until the client gives up.
             while read(connection, &buffer, buffer.count) > 0 {}
+            return
+        }
+        if case .endless = behaviour {
+            guard send(connection, Data("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".utf8)) else { return }
+            let zeros = Data(count: 64 << 10)
+            while send(connection, zeros) {}
             return
         }
         var body: Data

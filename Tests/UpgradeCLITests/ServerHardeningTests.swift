@@ -35,7 +35,8 @@ struct RawConnection {
     @discardableResult
     func send(_ text: String) -> Bool {
         let bytes = Array(text.utf8)
-        return bytes.withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } == bytes.count
+        return bytes.withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            == bytes.count
     }
 
     /// True when the server closed the connection (EOF or reset) within `seconds`.
@@ -95,7 +96,10 @@ struct ServerHardeningTests {
         let sync = try SyncFixture(releases: 1)
         let server = try ServerProcess(repo: sync.repo)
         let bomb = sync.fixture.work.path("bomb.zst")
-        let made = try runProgram("/bin/sh", ["-c", "head -c 268435456 /dev/zero | tr '\\0' ' ' | zstd -19 -q -c > \(bomb)"])
+        let made = try runProgram(
+            "/bin/sh",
+            ["-c", "head -c 268435456 /dev/zero | tr '\\0' ' ' | zstd -19 -q -c > \(bomb)"]
+        )
         try #require(made.status == 0, "\(made.stderr)")
         let size = try FileManager.default.attributesOfItem(atPath: bomb)[.size] as? Int ?? 0
         #expect(size < 32 << 10, "the bomb is \(size) bytes")
@@ -139,7 +143,9 @@ struct ServerHardeningTests {
         // A whole manifest that declares 5,000,000 entries (the default bound is 2,000,000).
         let defaults = try ServerProcess(repo: sync.repo)
         var lying = Manifest.canonicalMagic
-        for shift in stride(from: 56, through: 0, by: -8) { lying.append(UInt8((5_000_000 as UInt64) >> UInt64(shift) & 0xff)) }
+        for shift in stride(from: 56, through: 0, by: -8) {
+            lying.append(UInt8((5_000_000 as UInt64) >> UInt64(shift) & 0xff))
+        }
         lying += [UInt8](repeating: 0, count: 64)
         let whole = """
             {"product":"app","channel":"stable","device":{"os":"linux","arch":"x86_64","id":"d"},\
@@ -156,9 +162,12 @@ struct ServerHardeningTests {
         // Holds the only slot: a head and part of its body, the rest never sent.
         let holder = try RawConnection(port: port(of: server.url))
         defer { holder.close() }
-        holder.send("POST /v1/plan HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"pro")
+        holder.send(
+            "POST /v1/plan HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"pro"
+        )
         usleep(300_000)
-        let body = #"{"product":"app","channel":"stable","device":{"os":"linux","arch":"x86_64","id":"d"},"manifest":""}"#
+        let body =
+            #"{"product":"app","channel":"stable","device":{"os":"linux","arch":"x86_64","id":"d"},"manifest":""}"#
         let busy = try Self.curl(["-X", "POST", "-d", body, server.url + "/v1/plan"])
         #expect(busy.status == 503, "\(busy)")
         #expect(busy.headers.lowercased().contains("retry-after: 2"), "\(busy.headers)")
@@ -299,7 +308,10 @@ struct ServerHardeningTests {
         try JSONEncoder().encode(request).write(to: URL(fileURLWithPath: body))
         let load = try runProgram(
             "/usr/bin/hey",
-            ["-n", "1000", "-c", "1000", "-t", "60", "-m", "POST", "-T", "application/json", "-D", body, server.url + "/v1/plan"]
+            [
+                "-n", "1000", "-c", "1000", "-t", "60", "-m", "POST", "-T", "application/json", "-D", body,
+                server.url + "/v1/plan",
+            ]
         )
         #expect(load.status == 0, "\(load.stderr)")
         let summary = load.text.split(separator: "\n").filter {

@@ -20,7 +20,8 @@ final class ServerProcess {
 
     /// `umask`, when given, is set for the server (through /bin/sh) before it starts.
     init(repo: String, umask: Int? = nil, extra: [String] = []) throws {
-        let command = [Upgrade.binary, "serve", "--repo", repo, "--listen", "127.0.0.1:0", "--log-level", "error"] + extra
+        let command =
+            [Upgrade.binary, "serve", "--repo", repo, "--listen", "127.0.0.1:0", "--log-level", "error"] + extra
         if let umask {
             server = try ListeningProcess(
                 ["/bin/sh", "-c", "umask \(String(umask, radix: 8)); exec \"$0\" \"$@\""] + command
