@@ -27,6 +27,36 @@ public enum BundleSection: UInt8, Sendable, CaseIterable {
     case object = 5
     /// A payload as a binary delta, named `<target sha256 hex>:<base path in the root>`.
     case delta = 6
+    /// The repository's roots of trust, oldest first, each a 4-byte big-endian length and the
+    /// signed envelope file: a machine without network walks a key rotation from the bundle.
+    case roots = 7
+}
+
+/// The framing of the roots section.
+public enum BundleRoots {
+    public static func encode(_ files: [[UInt8]]) -> [UInt8] {
+        var bytes = [UInt8]()
+        for file in files {
+            let count = UInt32(file.count)
+            bytes += [UInt8(count >> 24), UInt8(count >> 16 & 0xff), UInt8(count >> 8 & 0xff), UInt8(count & 0xff)]
+            bytes += file
+        }
+        return bytes
+    }
+
+    /// The files of a roots section; stops at the first frame that runs past the end.
+    public static func decode(_ bytes: [UInt8]) -> [[UInt8]] {
+        var files = [[UInt8]]()
+        var offset = 0
+        while offset + 4 <= bytes.count {
+            let count = bytes[offset..<offset + 4].reduce(0) { $0 << 8 | Int($1) }
+            offset += 4
+            guard offset + count <= bytes.count else { break }
+            files.append(Array(bytes[offset..<offset + count]))
+            offset += count
+        }
+        return files
+    }
 }
 
 /// Writes a bundle from in-memory sections and object files.

@@ -27,6 +27,12 @@ extension SyncClient {
             recovered: session.recovered
         )
         let found = try await discovery?.value ?? []
+        // The root chain the peers verified: a rotation reaches machines without a server too.
+        var options = options
+        let anchor = options
+        options.trusted = try await advanceTrust(anchor, session: session) { version in
+            await fetchRoot(version, peers: found, transport: peers.transport)
+        }
         let releases = await checkPeers(found, options: options, transport: peers.transport, board: peers.board)
         guard !releases.isEmpty else {
             throw SyncError.network(

@@ -191,6 +191,9 @@ extension SyncClient {
                     )
                 )
             } catch let error as TrustError {
+                // A kept previous release signed by a key the root has since revoked is not
+                // offered; the peer's own release still is.
+                if digest != announcement.header { continue }
                 board.drop(peer.url, "announces release \(announcement.version) that fails verification (\(error))")
                 return []
             } catch {

@@ -83,6 +83,12 @@ public enum SyncClient {
     ) async throws -> SyncReport {
         // Peers are heard while the tree is scanned and the server asked.
         let (session, discovery, local) = try openRoot(options, peers: peers)
+        // The root of trust first: a rotation applies to everything this run verifies.
+        var options = options
+        let anchor = options
+        options.trusted = try await advanceTrust(anchor, session: session) { version in
+            try await fetchRoot(version, options: anchor, transport: transport)
+        }
         let installed = session.installed
         let device = PlanRequest.Device(
             os: "linux",
@@ -143,7 +149,11 @@ public enum SyncClient {
         }
         report.summary = plan.summary
         if plan.isEmpty && installed?.header.manifestSHA256 == header.manifestSHA256 {
-            try session.setValue(channelKey(options), String(record.sequence))
+            try session.setChannelFloor(
+                channelKey(options),
+                sequence: record.sequence,
+                signers: channelSigners(channelBytesOf(response), trusted: options.trusted)
+            )
             report.durationSeconds = Date().timeIntervalSince(started)
             return report
         }
@@ -251,7 +261,11 @@ public enum SyncClient {
         let outcome: Result<String, any Error>
         do {
             let installedReport = try session.install(install)
-            try session.setValue(channelKey(options), String(record.sequence))
+            try session.setChannelFloor(
+                channelKey(options),
+                sequence: record.sequence,
+                signers: channelSigners(channelBytesOf(response), trusted: options.trusted)
+            )
             removeDownloads(needed, from: downloads)
             outcome = .success(installedReport.result)
         } catch {
@@ -330,7 +344,8 @@ public enum SyncClient {
             payloads: NoPayloads()
         )
         install.stateDirectoryName = options.stateDirectoryName
-        install.allowDowngrade = options.allowDowngrade
+        // A release whose signing keys the root revoked sets no floor.
+        install.allowDowngrade = options.allowDowngrade || !session.installedReleaseIsTrusted(by: options.trusted.root)
         install.hookTimeout = options.hookTimeout
         install.healthCheckTimeout = options.healthCheckTimeout
         install.now = options.now
@@ -430,7 +445,7 @@ public enum SyncClient {
         else {
             throw SyncError.verification("channel record or header is not base64")
         }
-        let floor = session.value(channelKey(options)).flatMap(UInt64.init) ?? 0
+        let floor = session.channelFloor(channelKey(options), root: options.trusted.root)
         let record: ChannelRecord
         let header: ReleaseHeader
         do {
@@ -495,6 +510,11 @@ public enum SyncClient {
             }
         }
         throw lastError ?? SyncError.network("no source for the manifest")
+    }
+
+    /// The channel record's bytes in a plan response (empty when not base64).
+    static func channelBytesOf(_ response: PlanResponse) -> [UInt8] {
+        Data(base64Encoded: response.channel).map { [UInt8]($0) } ?? []
     }
 
     /// The distinct payloads a plan needs.

@@ -86,6 +86,8 @@ public enum PeerWire {
 
     /// `GET`: the bytes of a file whose content has this SHA-256, uncompressed.
     public static func objectPath(_ sha: String) -> String { "/v1/peer/objects/\(sha)" }
+    /// A root of trust the peer holds (the chain it verified), by version.
+    public static func rootPath(_ version: UInt64) -> String { "/v1/peer/roots/\(version).json" }
 
     public static func isQuery(_ bytes: some Collection<UInt8>) -> Bool {
         // Cheap test first: a flood of announcements should cost little to turn away.

@@ -41,6 +41,13 @@ public struct BundleBuilder: Sendable {
         writer.add(.manifest, .bytes(manifestBytes))
         writer.add(.plan, .bytes([UInt8](plan.jsonEncoded())))
         if let base { writer.add(.baseManifest, .bytes(base.canonicalEncoding())) }
+        let roots = try RootFiles.chain(layout.root)
+        if !roots.isEmpty {
+            writer.add(
+                .roots,
+                .bytes(BundleRoots.encode(try roots.map { try AtomicFile.read(layout.root($0.version)) }))
+            )
+        }
         var added = Set<SHA256Hash>()
         var payloadBytes: UInt64 = 0
         var deltaCount = 0

@@ -44,6 +44,9 @@ public enum KeyFiles {
         return key.publicKey
     }
 
+    /// The bytes of a small file (a root document).
+    public static func readFile(_ path: String) throws -> [UInt8] { try AtomicFile.read(path) }
+
     /// Reads a private key file; refuses one that others can read.
     public static func loadPrivate(_ path: String) throws -> PrivateKey {
         var info = stat()
@@ -59,14 +62,28 @@ public enum KeyFiles {
 
     /// Trusted keys from `--trust` values: each is a key in text form (`ed25519:…`) or the path
     /// of a file holding one key per line. Commas separate several values.
+    ///
+    /// A file holding a signed root of trust (`upgrade root init` writes `REPO/roots/1.json`) is
+    /// the anchor instead: it must carry a threshold of its own root keys, and from it a client
+    /// walks forward to the repository's newest root. Roots and bare keys do not mix.
     public static func loadTrusted(_ values: [String]) throws -> TrustedKeys {
         var keys = [PublicKey]()
+        var roots = [(String, RootDocument)]()
         for value in values.flatMap({ $0.split(separator: ",").map(String.init) }) {
             if value.hasPrefix("ed25519:") {
                 keys.append(try PublicKey(text: value))
                 continue
             }
-            let text = String(decoding: try AtomicFile.read(value), as: UTF8.self)
+            let bytes = try AtomicFile.read(value)
+            if bytes.first(where: { $0 != 0x20 && $0 != 0x0a && $0 != 0x09 }) == UInt8(ascii: "{") {
+                do {
+                    roots.append((value, try RootDocument.verifyAnchor(SignedEnvelope(encoded: bytes))))
+                } catch {
+                    throw KeyFileError.unreadable(value, "not a valid signed root: \(error)")
+                }
+                continue
+            }
+            let text = String(decoding: bytes, as: UTF8.self)
             for line in text.split(separator: "\n") where !line.trimmingPrefix(" ").isEmpty && !line.hasPrefix("#") {
                 do {
                     keys.append(try PublicKey(text: String(line)))
@@ -74,6 +91,12 @@ public enum KeyFiles {
                     throw KeyFileError.unreadable(value, "\(error)")
                 }
             }
+        }
+        if let (path, newest) = roots.max(by: { $0.1.version < $1.1.version }) {
+            guard keys.isEmpty else {
+                throw KeyFileError.unreadable(path, "a root of trust cannot be combined with bare --trust keys")
+            }
+            return TrustedKeys(root: newest)
         }
         guard !keys.isEmpty else { throw KeyFileError.noTrustedKey }
         return TrustedKeys(keys)

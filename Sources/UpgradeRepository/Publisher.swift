@@ -62,6 +62,8 @@ public struct PublishResult: Sendable {
     public var bytesWritten: UInt64 = 0
     /// Deltas worth keeping that were computed from earlier releases.
     public var deltasComputed = 0
+    /// The release existed with a signature its repository no longer authorizes and was signed again.
+    public var resigned = false
 }
 
 /// Publishes a tree as a signed release: objects first, then manifest and header (the commit
@@ -69,12 +71,23 @@ public struct PublishResult: Sendable {
 /// crash at any instant leaves a repository that verifies and a re-run that completes.
 public struct Publisher: Sendable {
     let layout: RepositoryLayout
-    let key: PrivateKey
+    /// Sign release headers (the release role).
+    let keys: [PrivateKey]
+    /// Sign channel records (the channel role; may be an online key).
+    let channelKeys: [PrivateKey]
 
     /// A publisher signing with `key` into the repository at `request.repository`.
     public init(repository: String, key: PrivateKey) {
+        self.init(repository: repository, keys: [key])
+    }
+
+    /// A publisher signing headers with `keys` and channel records with `channelKeys` (the
+    /// same keys when nil). With a root of trust in the repository, each must be a key of its
+    /// role there, as many as the role's threshold.
+    public init(repository: String, keys: [PrivateKey], channelKeys: [PrivateKey]? = nil) {
         layout = RepositoryLayout(root: repository)
-        self.key = key
+        self.keys = keys
+        self.channelKeys = channelKeys ?? keys
     }
 
     public func publish(_ request: PublishRequest) async throws -> PublishResult {
@@ -86,6 +99,11 @@ public struct Publisher: Sendable {
         if !FileSystem.exists(layout.marker) {
             try AtomicFile.write(Array("{\"format\":\"upgrade-repository/1\"}\n".utf8), to: layout.marker)
         }
+        // Before anything is written: a key the repository's root does not authorize would
+        // sign what every client refuses.
+        try RootFiles.requireAuthorized(keys, role: .release, repository: layout.root)
+        try RootFiles.requireAuthorized(channelKeys, role: .channel, repository: layout.root)
+        let authorized = try RootFiles.newest(layout.root)
         let lock = try FileLock(path: layout.lockFile)
         defer { withExtendedLifetime(lock) {} }
 
@@ -172,11 +190,25 @@ public struct Publisher: Sendable {
                     differing: existing.manifest.map { manifest.differingPaths(from: $0) } ?? []
                 )
             }
-            headerBytes = existing.headerBytes
+            // A header signed by a key that is not (or no longer) authorized is signed again:
+            // a publish with the wrong key is repaired by publishing again with the right one.
+            let releaseKeys =
+                authorized?.keys(for: .release)
+                ?? Dictionary(keys.map { ($0.publicKey.keyID, $0.publicKey) }, uniquingKeysWith: { a, _ in a })
+            let threshold = authorized?.threshold(for: .release) ?? 1
+            if let envelope = try? SignedEnvelope(encoded: existing.headerBytes),
+                envelope.validSigners(among: releaseKeys).count >= threshold
+            {
+                headerBytes = existing.headerBytes
+            } else {
+                headerBytes = existing.header.signed(with: keys).encoded()
+                try AtomicFile.write(headerBytes, to: layout.header(request.product, request.version))
+                result.resigned = true
+            }
         } else {
             try FileSystem.makeDirectories(layout.release(request.product, request.version))
             try AtomicFile.write(manifest.canonicalEncoding(), to: layout.manifest(request.product, request.version))
-            headerBytes = result.header.signed(with: key).encoded()
+            headerBytes = result.header.signed(with: keys).encoded()
             try AtomicFile.write(headerBytes, to: layout.header(request.product, request.version))
         }
         // Deltas from the previous releases, before the channel points clients at this one.
@@ -199,7 +231,17 @@ public struct Publisher: Sendable {
         catalog: Catalog
     ) throws -> ChannelRecord? {
         let current = catalog.channel(request.product, request.channel)
-        if let current, current.releaseSequence > header.sequence { return nil }
+        // A record the repository's root does not authorize (a wrong or leaked key) does not
+        // hold the channel: it is replaced, whatever release it points at.
+        var authorizedRecord = true
+        if let root = try RootFiles.newest(layout.root),
+            let bytes = try? AtomicFile.read(layout.channel(request.product, request.channel)),
+            let envelope = try? SignedEnvelope(encoded: bytes)
+        {
+            authorizedRecord =
+                envelope.validSigners(among: root.keys(for: .channel)).count >= root.threshold(for: .channel)
+        }
+        if let current, authorizedRecord, current.releaseSequence > header.sequence { return nil }
         let record = ChannelRecord(
             product: request.product,
             channel: request.channel,
@@ -211,7 +253,10 @@ public struct Publisher: Sendable {
             expires: request.now + request.channelLifetime
         )
         try FileSystem.makeDirectories(layout.productChannels(request.product))
-        try AtomicFile.write(record.signed(with: key).encoded(), to: layout.channel(request.product, request.channel))
+        try AtomicFile.write(
+            record.signed(with: channelKeys).encoded(),
+            to: layout.channel(request.product, request.channel)
+        )
         return record
     }
 

@@ -8,6 +8,8 @@ public import UpgradeCore
 /// REPO/releases/PRODUCT/VERSION/manifest   canonical manifest (with SHA-256 per file)
 /// REPO/releases/PRODUCT/VERSION/header     signed release header (the commit point)
 /// REPO/channels/PRODUCT/CHANNEL            signed channel record
+/// REPO/roots/N.json                        signed root of trust, version N (1, 2, …)
+/// REPO/roots/draft.json                    the next root while it gathers signatures
 /// ```
 public struct RepositoryLayout: Sendable {
     /// The repository directory.
@@ -22,6 +24,10 @@ public struct RepositoryLayout: Sendable {
     public var releases: String { root + "/releases" }
     public var channels: String { root + "/channels" }
     public var lockFile: String { root + "/.lock" }
+    public var roots: String { root + "/roots" }
+    /// Root of trust `version`.
+    public func root(_ version: UInt64) -> String { roots + "/\(version).json" }
+    public var rootDraft: String { roots + "/draft.json" }
 
     /// The fan-out directory of an object.
     public func objectDirectory(_ sha: SHA256Hash) -> String { objects + "/" + sha.hex.prefix(2) }

@@ -120,6 +120,19 @@ extension PlanService {
         )
     }
 
+    /// `GET /roots/N.json`: the repository's root of trust, version N (clients walk N+1, N+2…).
+    func rootFile(_ context: BasicRequestContext) throws -> Response {
+        guard let file = context.parameters.get("file"), file.hasSuffix(".json"),
+            let version = UInt64(file.dropLast(5)), String(version) + ".json" == file,
+            let bytes = read(layout.root(version))
+        else { throw HTTPError(.notFound) }
+        return Response(
+            status: .ok,
+            headers: [.contentType: "application/json", .cacheControl: "no-cache"],
+            body: .init(byteBuffer: ByteBuffer(bytes: bytes))
+        )
+    }
+
     // MARK: Faults (tests only)
 
     func lie(about plan: inout Plan, target: Manifest) {

@@ -69,6 +69,7 @@ final class PlanService: Sendable {
         router.get("deltas/:fanout/:name") { request, context in try await self.delta(request, context: context) }
         router.get("releases/:product/:version/:file") { request, context in try self.releaseFile(context) }
         router.get("channels/:product/:channel") { _, context in try self.channelFile(context) }
+        router.get("roots/:file") { _, context in try self.rootFile(context) }
     }
 
     // MARK: Plans

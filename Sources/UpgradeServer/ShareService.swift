@@ -182,6 +182,19 @@ public final class ShareService: Sendable {
                 body: .init(byteBuffer: ByteBuffer(bytes: announcement.encoded()))
             )
         }
+        router.get("/v1/peer/roots/:file") { _, context -> Response in
+            // The roots this machine verified: a neighbour walks the same chain (it verifies
+            // every root itself; the file is only read, never trusted here).
+            guard let file = context.parameters.get("file"), file.hasSuffix(".json"),
+                let version = UInt64(file.dropLast(5)),
+                let bytes = self.readStateFile("roots/\(version).json", limit: RootSession.maxRootBytes)
+            else { throw HTTPError(.notFound) }
+            return Response(
+                status: .ok,
+                headers: [.contentType: "application/json"],
+                body: .init(byteBuffer: ByteBuffer(bytes: bytes))
+            )
+        }
         router.get("/v1/peer/releases/:header/:file") { _, context -> Response in
             guard let header = context.parameters.get("header"), let file = context.parameters.get("file"),
                 let release = self.state.withLock({ $0.releases[header] })
@@ -254,6 +267,24 @@ public final class ShareService: Sendable {
                 try await writer.finish(nil)
             }
         )
+    }
+
+    /// A small file of the state directory, opened without following a symlink at the last
+    /// component; nil when missing or larger than `limit`.
+    func readStateFile(_ name: String, limit: Int) -> [UInt8]? {
+        let path = configuration.root + "/" + configuration.stateDirectoryName + "/" + name
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: limit + 1)
+        var total = 0
+        while total <= limit {
+            let got = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + total, limit + 1 - total) }
+            if got < 0 && errno == EINTR { continue }
+            guard got > 0 else { break }
+            total += got
+        }
+        return total <= limit ? Array(bytes[0..<total]) : nil
     }
 
     private func forget(_ sha: SHA256Hash) {

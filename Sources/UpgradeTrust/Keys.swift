@@ -78,12 +78,24 @@ public struct PrivateKey: Sendable {
 
 /// The set of keys a client or verifier trusts; several at once allow key rotation.
 public struct TrustedKeys: Sendable {
-    /// Keys by key id.
-    public let keys: [String: PublicKey]
+    /// The root of trust: which keys sign what, with which thresholds.
+    public let root: RootDocument
 
-    /// Trusts `keys`.
+    /// Every key the root lists, by key id.
+    public var keys: [String: PublicKey] {
+        var result = [String: PublicKey]()
+        for role in Role.allCases { result.merge(root.keys(for: role)) { first, _ in first } }
+        return result
+    }
+
+    /// Trusts `keys` for every role, one signature enough (the implicit root 0).
     public init(_ keys: [PublicKey]) {
-        self.keys = Dictionary(keys.map { ($0.keyID, $0) }, uniquingKeysWith: { first, _ in first })
+        root = .implicit(keys)
+    }
+
+    /// Trusts what `root` says.
+    public init(root: RootDocument) {
+        self.root = root
     }
 }
 

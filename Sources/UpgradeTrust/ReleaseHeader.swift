@@ -6,6 +6,7 @@ public import UpgradeCore
 public struct ReleaseHeader: Hashable, Sendable, Codable, SignedDocument {
     /// The envelope type of a release header.
     public static let envelopeType = "upgrade-release-header/1"
+    public static let role = Role.release
 
     public var product: String
     public var version: String
@@ -92,6 +93,7 @@ public struct ReleaseHeader: Hashable, Sendable, Codable, SignedDocument {
 public struct ChannelRecord: Hashable, Sendable, Codable, SignedDocument {
     /// The envelope type of a channel record.
     public static let envelopeType = "upgrade-channel/1"
+    public static let role = Role.channel
 
     public var product: String
     public var channel: String
@@ -170,6 +172,8 @@ extension ChannelRecord {
 /// an expiry and a sequence that must not go backwards.
 public protocol SignedDocument: Codable {
     static var envelopeType: String { get }
+    /// The role whose keys sign documents of this type.
+    static var role: Role { get }
     var expires: Int64 { get }
     var sequence: UInt64 { get }
     /// What the document names, in messages.
@@ -180,6 +184,11 @@ extension SignedDocument {
     /// Signs the document.
     public func signed(with key: PrivateKey) -> SignedEnvelope {
         SignedEnvelope(type: Self.envelopeType, payload: Payload.encode(self), signedWith: key)
+    }
+
+    /// Signs the document with several keys (a role with a threshold above 1).
+    public func signed(with keys: [PrivateKey]) -> SignedEnvelope {
+        SignedEnvelope(type: Self.envelopeType, payload: Payload.encode(self), signedWith: keys)
     }
 
     /// Decodes the payload without checking any signature: for a publisher reading its own
@@ -198,7 +207,12 @@ extension SignedDocument {
         now: Int64,
         minimumSequence: UInt64
     ) throws(TrustError) -> Self {
-        _ = try envelope.verify(expectedType: envelopeType, trusted: trusted)
+        _ = try envelope.verify(
+            expectedType: envelopeType,
+            keys: trusted.root.keys(for: role),
+            threshold: trusted.root.threshold(for: role),
+            what: "\(role.rawValue) signature"
+        )
         let document: Self = try Payload.decode(envelope.payload)
         guard now < document.expires else {
             throw .expired(what: document.subject, expiredAt: document.expires, now: now)

@@ -42,22 +42,6 @@ public struct SignedEnvelope: Hashable, Sendable {
         Array("upgrade-signature/1\n\(type)\n".utf8) + payload
     }
 
-    /// The key that signed validly among `trusted`; throws when none did.
-    public func verify(expectedType: String, trusted: TrustedKeys) throws(TrustError) -> PublicKey {
-        guard type == expectedType else { throw .wrongType(expected: expectedType, found: type) }
-        let message = Self.message(type: type, payload: payload)
-        var untrusted = [String]()
-        for signature in signatures {
-            guard let key = trusted.keys[signature.keyid] else {
-                untrusted.append(signature.keyid)
-                continue
-            }
-            if key.isValidSignature(signature.sig, for: message) { return key }
-            throw .badSignature(keyID: signature.keyid)
-        }
-        throw .untrustedKey(keyIDs: untrusted)
-    }
-
     /// The file form: JSON with the payload and signatures in base64.
     public func encoded() -> [UInt8] {
         let file = EnvelopeFile(
@@ -103,6 +87,8 @@ public enum TrustError: Error, Hashable, Sendable, CustomStringConvertible {
     case expired(what: String, expiredAt: Int64, now: Int64)
     case sequenceTooLow(what: String, sequence: UInt64, minimum: UInt64)
     case mismatch(String)
+    case belowThreshold(what: String, valid: Int, threshold: Int)
+    case rootVersion(expected: UInt64, found: UInt64)
 
     public var description: String {
         switch self {
@@ -118,6 +104,10 @@ public enum TrustError: Error, Hashable, Sendable, CustomStringConvertible {
         case .sequenceTooLow(let what, let sequence, let minimum):
             "\(what) has sequence \(sequence), lower than the \(minimum) already seen (rollback attempt?)"
         case .mismatch(let why): why
+        case .belowThreshold(let what, let valid, let threshold):
+            "\(what) carries \(valid) valid signature\(valid == 1 ? "" : "s") of the \(threshold) its trusted root requires"
+        case .rootVersion(let expected, let found):
+            "root version \(found) where \(expected) was expected (a root may only move forward by one)"
         }
     }
 }

@@ -4,6 +4,7 @@ import UpgradeApply
 import UpgradeBundle
 import UpgradeCore
 import UpgradeRepository
+import UpgradeTrust
 
 /// `upgrade apply`.
 struct ApplyCommand: AsyncParsableCommand {
@@ -49,9 +50,23 @@ struct ApplyCommand: AsyncParsableCommand {
         } catch {
             throw CommandFailure(description: "\(bundle): \(error)", exitStatus: .unsafePlan)
         }
+        // The bundle's roots of trust (a key rotation reaches machines without network).
+        let session = try RootSession(root: root.root, stateDirectoryName: root.stateDir, lockTimeout: root.lockTimeout)
+        let envelopes = try reader.section(.roots, limit: 1 << 22).map(BundleRoots.decode) ?? []
+        var roots = [UInt64: [UInt8]]()
+        for bytes in envelopes {
+            if let envelope = try? SignedEnvelope(encoded: bytes), let root = try? RootDocument(unverified: envelope) {
+                roots[root.version] = bytes
+            }
+        }
+        let found = roots
+        let start = session.trustedRoot(anchor: keys)
+        let trusted = TrustedKeys(
+            root: try await session.advanceRoots(from: start, anchor: keys, now: Timestamps.now()) { found[$0] }.root
+        )
         var request = InstallRequest(
             root: root.root,
-            trusted: keys,
+            trusted: trusted,
             headerBytes: header,
             manifestBytes: manifest,
             plan: plan,
@@ -60,10 +75,10 @@ struct ApplyCommand: AsyncParsableCommand {
         request.stateDirectoryName = root.stateDir
         request.dryRun = dryRun
         request.lockTimeout = root.lockTimeout
-        request.allowDowngrade = allowDowngrade
+        request.allowDowngrade = allowDowngrade || !session.installedReleaseIsTrusted(by: trusted.root)
         request.hookTimeout = hookTimeout
         request.healthCheckTimeout = healthCheckTimeout
-        let report = try Installer.install(request)
+        let report = try session.install(request)
         Reporting.print(report, json: json)
     }
 }

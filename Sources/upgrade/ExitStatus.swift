@@ -140,6 +140,15 @@ extension ApplyError: ClassifiedError {
     }
 }
 
+extension RootFileError: ClassifiedError {
+    var exitStatus: ExitStatus {
+        switch self {
+        case .exists, .noRoot, .noDraft, .unauthorized, .belowThreshold: .refused
+        case .invalid: .verificationFailed
+        }
+    }
+}
+
 extension BundleError: ClassifiedError {
     var exitStatus: ExitStatus { .verificationFailed }
 }

@@ -22,7 +22,10 @@ struct PublishCommand: AsyncParsableCommand {
     @Option(help: "Repository directory (created when missing).") var repo: String
     @Option(help: "Product name (A-Z a-z 0-9 . _ -).") var product: String
     @Option(help: "Version (semantic versioning, e.g. 1.4.2).") var version: String
-    @Option(help: "Private key file written by `upgrade keygen`.") var key: String
+    @Option(help: "Private key file written by `upgrade keygen` (repeat for a release threshold above 1).")
+    var key: [String] = []
+    @Option(help: "Private key file for the channel record, when the channel role has its own key (repeatable).")
+    var channelKey: [String] = []
     @Option(help: "Channel to point at the release.") var channel = "stable"
     @Option(help: "Platform recorded in the header (default: this machine's).") var platform = PublishRequest
         .hostPlatform
@@ -40,12 +43,14 @@ struct PublishCommand: AsyncParsableCommand {
     @Argument(help: "The tree to publish.") var dir: String
 
     func validate() throws {
+        guard !key.isEmpty else { throw ValidationError("--key is required") }
         guard (1...19).contains(level) else { throw ValidationError("--level must be 1...19") }
         guard expiresDays > 0, channelExpiresDays > 0 else { throw ValidationError("expiry days must be positive") }
     }
 
     func run() async throws {
-        let key = try KeyFiles.loadPrivate(key)
+        let keys = try key.map(KeyFiles.loadPrivate)
+        let channelKeys = channelKey.isEmpty ? nil : try channelKey.map(KeyFiles.loadPrivate)
         var request = PublishRequest(repository: repo, product: product, version: version, tree: dir)
         request.channel = channel
         request.platform = platform
@@ -55,7 +60,7 @@ struct PublishCommand: AsyncParsableCommand {
         request.channelLifetime = Int64(channelExpiresDays) * 86_400
         request.hooks = [.preInstall: preInstall, .postInstall: postInstall, .healthCheck: healthCheck].compactMapValues
         { $0 }
-        let result = try await Publisher(repository: repo, key: key).publish(request)
+        let result = try await Publisher(repository: repo, keys: keys, channelKeys: channelKeys).publish(request)
         let header = result.header
         if json {
             let document: [String: Any] = [
@@ -69,7 +74,10 @@ struct PublishCommand: AsyncParsableCommand {
             print(String(decoding: data, as: UTF8.self))
             return
         }
-        let verb = result.newRelease ? "published" : "already published (same content)"
+        let verb =
+            result.newRelease
+            ? "published"
+            : result.resigned ? "signed again (same content, authorized key)" : "already published (same content)"
         print(
             "\(verb): \(header.product) \(header.version) (sequence \(header.sequence), \(header.entries) entries, \(Terminal.bytes(header.totalSize)))"
         )
