@@ -8,7 +8,7 @@ import Synchronization
 final class AdmissionQueue: Sendable {
     private struct State {
         var available: Int
-        var waiting: [CheckedContinuation<Void, Never>] = []
+        var waiting: [CheckedContinuation<Bool, Never>] = []
     }
 
     private let state: Mutex<State>
@@ -26,51 +26,44 @@ final class AdmissionQueue: Sendable {
 
     /// Runs `body` once a permit is free; throws 503 when the queue is full.
     func run<T: Sendable>(_ body: () async throws -> T) async throws -> T {
-        try await acquire()
-        defer { release() }
-        return try await body()
-    }
-
-    private enum Admission { case granted, queued, refused }
-
-    private func acquire() async throws {
-        var refused = false
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let admission = state.withLock { state -> Admission in
-                if state.available > 0 {
-                    state.available -= 1
-                    return .granted
-                }
-                guard state.waiting.count < maxWaiting else { return .refused }
-                state.waiting.append(continuation)
-                return .queued
-            }
-            switch admission {
-            case .granted: continuation.resume()
-            case .refused:
-                refused = true
-                continuation.resume()
-            case .queued: break
-            }
-        }
-        if refused {
+        guard await acquire() else {
             throw HTTPError(
                 .serviceUnavailable,
                 headers: [.retryAfter: String(retryAfter)],
                 message: "too many \(what) in progress; retry after \(retryAfter) s"
             )
         }
+        defer { release() }
+        return try await body()
+    }
+
+    /// True once a permit is held; false at once when the queue is full. (The continuation
+    /// returns the answer: an earlier shape that set a captured flag inside it crashed the
+    /// 6.3.1 optimizer's coroutine splitting in the release build.)
+    private func acquire() async -> Bool {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let answer = state.withLock { state -> Bool? in
+                if state.available > 0 {
+                    state.available -= 1
+                    return true
+                }
+                guard state.waiting.count < maxWaiting else { return false }
+                state.waiting.append(continuation)
+                return nil
+            }
+            if let answer { continuation.resume(returning: answer) }
+        }
     }
 
     private func release() {
-        let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
+        let next = state.withLock { state -> CheckedContinuation<Bool, Never>? in
             if state.waiting.isEmpty {
                 state.available += 1
                 return nil
             }
             return state.waiting.removeFirst()
         }
-        next?.resume()
+        next?.resume(returning: true)
     }
 }
 
