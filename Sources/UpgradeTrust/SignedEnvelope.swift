@@ -97,7 +97,7 @@ public enum TrustError: Error, Hashable, Sendable, CustomStringConvertible {
         case .untrustedKey(let ids):
             ids.isEmpty
                 ? "signed document carries no signature"
-                : "signed by untrusted key \(ids.joined(separator: ", ")); pass its public key with --trust"
+                : "signed by untrusted key \(ids.joined(separator: ", ")), which the trusted root does not authorize for this (trust its key or root with --trust; a publisher re-publishes with an authorized key)"
         case .badSignature(let id): "signature by key \(id) does not match the document (tampered?)"
         case .expired(let what, let at, let now):
             "\(what) expired at \(Timestamps.iso(at)) (now \(Timestamps.iso(now))); the publisher must re-sign it"
