@@ -247,6 +247,53 @@ struct ServerHardeningTests {
         #expect(!metrics.body.contains("upgrade_deltas_over_budget_total 0"), "\(metrics.body)")
     }
 
+    @Test("/healthz keeps answering while plans compute on-demand deltas (the work runs off the request pool)")
+    func healthWhileDiffing() async throws {
+        let fixture = try ApplyFixture()
+        let old = try TemporaryTree()
+        let new = try TemporaryTree()
+        for index in 0..<4 {
+            let bytes = noise(3 << 20, seed: UInt64(index))
+            _ = try old.file("data/f\(index).bin", bytes)
+            _ = try new.file(
+                "data/f\(index).bin",
+                Array(bytes.prefix(1 << 20)) + noise(4096, seed: 99) + Array(bytes.dropFirst(1 << 20))
+            )
+        }
+        try fixture.publish("1.0", old.root)
+        try fixture.publish("2.0", new.root, extra: ["--deltas", "0"])
+        let server = try ServerProcess(repo: fixture.repo, extra: ["--deltas-per-request", "64"])
+        let v1 = try Manifest(
+            canonical: [UInt8](try Data(contentsOf: URL(fileURLWithPath: fixture.repo + "/releases/app/1.0/manifest")))
+        )
+        var request = PlanRequest(
+            product: "app",
+            channel: "stable",
+            installed: .init(version: "1.0", sequence: 1, manifestSHA256: v1.digest.hex),
+            device: .init(os: "linux", arch: "x86_64", id: "health")
+        )
+        request.delta = ManifestDelta(from: v1, to: v1)
+        let body = fixture.work.path("plan.json")
+        try JSONEncoder().encode(request).write(to: URL(fileURLWithPath: body))
+        let url = server.url
+        let planning = Task.detached {
+            try Self.curl([
+                "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@" + body, url + "/v1/plan",
+            ])
+        }
+        // While the four level-19 deltas are computed, two at a time.
+        usleep(300_000)
+        var answered = 0
+        for _ in 0..<5 {
+            if try Self.curl(["--max-time", "3", url + "/healthz"]).status == 200 { answered += 1 }
+            usleep(200_000)
+        }
+        let plan = try await planning.value
+        #expect(plan.status == 200, "\(plan.body.prefix(300))")
+        #expect(plan.body.contains(#""deltas":{"data"#), "the plan offers the computed deltas")
+        #expect(answered == 5, "/healthz answered \(answered) of 5 probes within 3 s while deltas were computed")
+    }
+
     @Test("reports: control characters refused, one line each, file 0640 under umask 0, labels bounded, rate-limited")
     func reports() throws {
         let sync = try SyncFixture(releases: 1)
