@@ -15,8 +15,9 @@ public enum Role: String, Codable, CodingKeyRepresentable, CaseIterable, Sendabl
 /// TUF's root role: every key and role, a version that grows by one per rotation, and an
 /// expiry. Clients start from a root they were given once and walk forward: root N+1 is
 /// accepted only when signed by a threshold of root N's root keys and a threshold of its own.
-public struct RootDocument: Codable, Hashable, Sendable {
+public struct RootDocument: Codable, Hashable, Sendable, SignedDocument {
     public static let envelopeType = "upgrade-root/1"
+    public static let role = Role.root
 
     /// Grows by one with every root.
     public var version: UInt64
@@ -94,18 +95,9 @@ public struct RootDocument: Codable, Hashable, Sendable {
         return nil
     }
 
-    /// Signs the document with `keys` (any number; verification counts them against thresholds).
-    public func signed(with keys: [PrivateKey]) -> SignedEnvelope {
-        SignedEnvelope(type: Self.envelopeType, payload: Payload.encode(self), signedWith: keys)
-    }
-
-    /// Decodes a root without checking signatures (a publisher's own repository).
-    public init(unverified envelope: SignedEnvelope) throws(TrustError) {
-        guard envelope.type == Self.envelopeType else {
-            throw .wrongType(expected: Self.envelopeType, found: envelope.type)
-        }
-        self = try Payload.decode(envelope.payload)
-    }
+    /// The version is the sequence that must not go backwards.
+    public var sequence: UInt64 { version }
+    public var subject: String { "root \(version)" }
 
     /// Verifies that `envelope` is a trustworthy self-signed first root (a threshold of its
     /// own root keys): the check for a root given with `--trust`, where the file itself is the

@@ -118,17 +118,7 @@ struct NetworkTests {
         let sync = try SyncFixture(releases: 3)
         let server = try ServerProcess(repo: sync.repo)
         // A client at 1.0 asking for the channel's release: the routine request, as a delta.
-        let base = try Manifest(
-            canonical: [UInt8](try Data(contentsOf: URL(fileURLWithPath: sync.repo + "/releases/app/1.0/manifest")))
-        )
-        var request = PlanRequest(
-            product: "app",
-            channel: "stable",
-            installed: .init(version: "1.0", sequence: 1, manifestSHA256: base.digest.hex),
-            device: .init(os: "linux", arch: "x86_64", id: "load")
-        )
-        request.delta = ManifestDelta(from: base, to: base)
-        let body = try JSONEncoder().encode(request)
+        let body = try routinePlanRequest(repo: sync.repo, device: "load")
         let client = HTTPClient(
             eventLoopGroupProvider: .singleton,
             configuration: .init(connectionPool: .init(idleTimeout: .seconds(30)))

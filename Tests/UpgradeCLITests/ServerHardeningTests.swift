@@ -76,6 +76,22 @@ func peakRSS(_ pid: Int32) -> Int {
     return Int(line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first ?? "") ?? 0
 }
 
+/// The routine plan request of a client at `app` 1.0 with no local changes (a delta against
+/// the installed release), JSON.
+func routinePlanRequest(repo: String, device: String) throws -> Data {
+    let base = try Manifest(
+        canonical: [UInt8](try Data(contentsOf: URL(fileURLWithPath: repo + "/releases/app/1.0/manifest")))
+    )
+    var request = PlanRequest(
+        product: "app",
+        channel: "stable",
+        installed: .init(version: "1.0", sequence: 1, manifestSHA256: base.digest.hex),
+        device: .init(os: "linux", arch: "x86_64", id: device)
+    )
+    request.delta = ManifestDelta(from: base, to: base)
+    return try JSONEncoder().encode(request)
+}
+
 /// The port of a `http://127.0.0.1:PORT` URL.
 func port(of url: String) -> Int { Int(url.split(separator: ":").last ?? "") ?? 0 }
 
@@ -263,18 +279,8 @@ struct ServerHardeningTests {
         try fixture.publish("1.0", old.root)
         try fixture.publish("2.0", new.root, extra: ["--deltas", "0"])
         let server = try ServerProcess(repo: fixture.repo, extra: ["--deltas-per-request", "64"])
-        let v1 = try Manifest(
-            canonical: [UInt8](try Data(contentsOf: URL(fileURLWithPath: fixture.repo + "/releases/app/1.0/manifest")))
-        )
-        var request = PlanRequest(
-            product: "app",
-            channel: "stable",
-            installed: .init(version: "1.0", sequence: 1, manifestSHA256: v1.digest.hex),
-            device: .init(os: "linux", arch: "x86_64", id: "health")
-        )
-        request.delta = ManifestDelta(from: v1, to: v1)
         let body = fixture.work.path("plan.json")
-        try JSONEncoder().encode(request).write(to: URL(fileURLWithPath: body))
+        try routinePlanRequest(repo: fixture.repo, device: "health").write(to: URL(fileURLWithPath: body))
         let url = server.url
         let planning = Task.detached {
             try Self.curl([
@@ -341,18 +347,8 @@ struct ServerHardeningTests {
     func thousandConcurrentPlans() throws {
         let sync = try SyncFixture(releases: 3)
         let server = try ServerProcess(repo: sync.repo)
-        let base = try Manifest(
-            canonical: [UInt8](try Data(contentsOf: URL(fileURLWithPath: sync.repo + "/releases/app/1.0/manifest")))
-        )
-        var request = PlanRequest(
-            product: "app",
-            channel: "stable",
-            installed: .init(version: "1.0", sequence: 1, manifestSHA256: base.digest.hex),
-            device: .init(os: "linux", arch: "x86_64", id: "load")
-        )
-        request.delta = ManifestDelta(from: base, to: base)
         let body = sync.fixture.work.path("plan.json")
-        try JSONEncoder().encode(request).write(to: URL(fileURLWithPath: body))
+        try routinePlanRequest(repo: sync.repo, device: "load").write(to: URL(fileURLWithPath: body))
         let load = try runProgram(
             "/usr/bin/hey",
             [
