@@ -57,6 +57,10 @@ extension RootSession {
                 }
                 next = try current.verifyNext(SignedEnvelope(encoded: bytes))
             } catch let error as TrustError {
+                // A client given bare keys (the implicit root 0) whose repository's root 1 is
+                // not signed by one of them keeps its keys: it was never on that chain, and
+                // refusing every sync the day a publisher adds a root would break the fleet.
+                if current.version == 0 { break }
                 throw ApplyError.verification("root \(version): \(error)")
             }
             for role in Role.allCases { revoked[role, default: []].formUnion(current.removed(role, in: next)) }

@@ -240,6 +240,48 @@ struct TrustRootTests {
         #expect(try FileManager.default.subpathsOfDirectory(atPath: trust.repo).sorted() == before)
     }
 
+    @Test(
+        "clients given bare keys keep working when a root appears; a root 1 signed by their key takes them onto the chain"
+    )
+    func bareKeyClients() async throws {
+        // A root whose root key is a separate key: bare-key clients are not on its chain and
+        // go on with their key (which root 1 still authorizes for releases).
+        let separate = try TrustFixture()
+        let server = try ServerProcess(repo: separate.repo)
+        let root = separate.fixture.work.path("bare")
+        #expect(try separate.sync.sync(server, root: root).status == 0)
+        #expect(try separate.publish(2, key: separate.fixture.key).status == 0)
+        let kept = try separate.sync.sync(server, root: root)
+        #expect(kept.status == 0, "\(kept.stderr)")
+        try await separate.sync.expect(root, equals: 2, "a bare-key client after a root appeared")
+
+        // Root 1 signed by the key the clients were given: they walk onto the chain and follow
+        // a later rotation to a new release key.
+        let sync = try SyncFixture(releases: 1)
+        let chained = sync.fixture.work.path("chained")
+        let first = try ServerProcess(repo: sync.repo)
+        #expect(try sync.sync(first, root: chained).status == 0)
+        let made = try Upgrade.run([
+            "root", "init", "--repo", sync.repo, "--key", sync.fixture.key, "--release-key", sync.fixture.pub,
+        ])
+        #expect(made.status == 0, "\(made.stderr)")
+        let next = sync.fixture.work.path("next")
+        #expect(try Upgrade.run(["keygen", "--output", next]).status == 0)
+        let rotated = try Upgrade.run([
+            "root", "rotate", "--repo", sync.repo, "--key", sync.fixture.key, "--release-key", next + ".pub",
+            "--channel-key", next + ".pub",
+        ])
+        #expect(rotated.status == 0, "\(rotated.stderr)")
+        let published = try Upgrade.run([
+            "publish", "--repo", sync.repo, "--product", "app", "--version", "2.0", "--key", next, "--level", "3",
+            sync.trees[1].root,
+        ])
+        #expect(published.status == 0, "\(published.stderr)")
+        let followed = try sync.sync(first, root: chained)
+        #expect(followed.status == 0, "\(followed.stderr)")
+        try await sync.expect(chained, equals: 2, "a bare-key client after a rotation")
+    }
+
     @Test("a rotation reaches clients through a mirror, a bundle and a LAN peer")
     func rotationEverywhere() async throws {
         let trust = try TrustFixture()
