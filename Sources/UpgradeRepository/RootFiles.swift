@@ -49,10 +49,13 @@ public enum RootFiles {
     ) throws -> Outcome {
         let layout = RepositoryLayout(root: repository)
         try FileSystem.makeDirectories(layout.roots)
+        if !FileSystem.exists(layout.marker) {
+            try AtomicFile.write(Array("{\"format\":\"upgrade-repository/1\"}\n".utf8), to: layout.marker)
+        }
         let lock = try FileLock(path: layout.lockFile)
         defer { withExtendedLifetime(lock) {} }
         guard !FileSystem.exists(layout.root(1)) else { throw RootFileError.exists(layout.relative(layout.root(1))) }
-        if let problem = root.problem { throw RootFileError.invalid("the new root", problem) }
+        if let problem = root.problem { throw RootFileError.rejected("the new root", problem) }
         return try settle(root.signed(with: signers), previous: nil, layout: layout)
     }
 
@@ -63,19 +66,21 @@ public enum RootFiles {
         change: (inout RootDocument) -> Void
     ) throws -> Outcome {
         let layout = RepositoryLayout(root: repository)
+        guard FileSystem.exists(layout.marker) else { throw RootFileError.notARepository(repository) }
         let lock = try FileLock(path: layout.lockFile)
         defer { withExtendedLifetime(lock) {} }
         guard let current = try chain(repository).last else { throw RootFileError.noRoot(repository) }
         var next = current
         next.version = current.version + 1
         change(&next)
-        if let problem = next.problem { throw RootFileError.invalid("root \(next.version)", problem) }
+        if let problem = next.problem { throw RootFileError.rejected("root \(next.version)", problem) }
         return try settle(next.signed(with: signers), previous: current, layout: layout)
     }
 
     /// Adds `key`'s signature to the draft; publishes it once it is signed as required.
     public static func sign(repository: String, key: PrivateKey) throws -> Outcome {
         let layout = RepositoryLayout(root: repository)
+        guard FileSystem.exists(layout.marker) else { throw RootFileError.notARepository(repository) }
         let lock = try FileLock(path: layout.lockFile)
         defer { withExtendedLifetime(lock) {} }
         guard FileSystem.exists(layout.rootDraft) else {
@@ -156,19 +161,26 @@ public enum RootFiles {
 
 /// Why a root file operation was refused.
 public enum RootFileError: Error, CustomStringConvertible {
+    case notARepository(String)
     case exists(String)
     case noRoot(String)
     case noDraft(String)
+    /// A root file of the repository does not verify.
     case invalid(String, String)
+    /// The root asked for breaks the rules (nothing was written).
+    case rejected(String, String)
     case unauthorized(key: String, role: Role, root: UInt64)
     case belowThreshold(role: Role, given: Int, threshold: Int)
 
     public var description: String {
         switch self {
+        case .notARepository(let path):
+            "\(path) is not a repository (no upgrade-repository.json); create one with `upgrade publish` or `upgrade root init`"
         case .exists(let path): "\(path) already exists; change the root with `upgrade root rotate`"
         case .noRoot(let repository): "\(repository) has no root of trust yet; create one with `upgrade root init`"
         case .noDraft(let path): "no draft root to sign (\(path)); start one with `upgrade root rotate`"
         case .invalid(let what, let why): "\(what): \(why)"
+        case .rejected(let what, let why): "\(what) would be malformed: \(why); nothing was written"
         case .unauthorized(let key, let role, let root):
             "key \(key) is not a \(role.rawValue) key of the repository's root \(root); use an authorized key, or rotate the root to add it"
         case .belowThreshold(let role, let given, let threshold):

@@ -143,7 +143,8 @@ extension ApplyError: ClassifiedError {
 extension RootFileError: ClassifiedError {
     var exitStatus: ExitStatus {
         switch self {
-        case .exists, .noRoot, .noDraft, .unauthorized, .belowThreshold: .refused
+        case .exists, .noRoot, .noDraft, .unauthorized, .belowThreshold, .rejected: .refused
+        case .notARepository: .invalidInput
         case .invalid: .verificationFailed
         }
     }

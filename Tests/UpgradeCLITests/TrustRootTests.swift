@@ -282,6 +282,51 @@ struct TrustRootTests {
         try await sync.expect(chained, equals: 2, "a bare-key client after a rotation")
     }
 
+    @Test("root commands refuse what they cannot do (exit 5) and verify-repo checks releases against the newest root")
+    func rootCommands() throws {
+        let trust = try TrustFixture()
+        let again = try Upgrade.run([
+            "root", "init", "--repo", trust.repo, "--key", trust.key("root0"), "--release-key", trust.fixture.pub,
+        ])
+        #expect(again.status == 5 && again.stderr.contains("roots/1.json already exists"), "\(again.stderr)")
+        let noDraft = try Upgrade.run(["root", "sign", "--repo", trust.repo, "--key", trust.key("root0")])
+        #expect(noDraft.status == 5 && noDraft.stderr.contains("no draft root"), "\(noDraft.stderr)")
+        let bare = trust.fixture.work.path("bare-repo")
+        let missing = try Upgrade.run(["root", "rotate", "--repo", bare, "--key", trust.key("root0")])
+        #expect(missing.status == 3 && missing.stderr.contains("is not a repository"), "\(missing.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: bare))
+        #expect(try trust.publish(1, key: trust.fixture.key, repo: bare).status == 0)
+        let noRoot = try Upgrade.run(["root", "rotate", "--repo", bare, "--key", trust.key("root0")])
+        #expect(noRoot.status == 5 && noRoot.stderr.contains("no root of trust"), "\(noRoot.stderr)")
+        // Revoking the only release key without a replacement would leave the role empty.
+        let empty = try Upgrade.run([
+            "root", "revoke", "--repo", trust.repo, "--key", trust.key("root0"), trust.publisherKeyID,
+        ])
+        #expect(empty.status == 5 && empty.stderr.contains("fewer than its threshold"), "\(empty.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: trust.repo + "/roots/2.json"))
+
+        let verified = try Upgrade.run(["verify-repo", "--repo", trust.repo, "--trust", trust.anchor])
+        #expect(verified.status == 0, "\(verified.text)\(verified.stderr)")
+        try trust.keygen("release2")
+        #expect(
+            try trust.rotate([
+                "--key", trust.key("root0"), "--release-key", trust.key("release2") + ".pub", "--channel-key",
+                trust.key("release2") + ".pub",
+            ]).status == 0
+        )
+        // 1.0 is signed by a key root 2 no longer authorizes: reported until it is re-published.
+        let stale = try Upgrade.run(["verify-repo", "--repo", trust.repo, "--trust", trust.anchor])
+        #expect(stale.status == 4 && stale.text.contains("releases/app/1.0/header"), "\(stale.text)")
+        #expect(
+            try Upgrade.run([
+                "publish", "--repo", trust.repo, "--product", "app", "--version", "1.0", "--key", trust.key("release2"),
+                "--level", "3", trust.sync.trees[0].root,
+            ]).status == 0
+        )
+        let clean = try Upgrade.run(["verify-repo", "--repo", trust.repo, "--trust", trust.anchor])
+        #expect(clean.status == 0, "\(clean.text)\(clean.stderr)")
+    }
+
     @Test("a rotation reaches clients through a mirror, a bundle and a LAN peer")
     func rotationEverywhere() async throws {
         let trust = try TrustFixture()
