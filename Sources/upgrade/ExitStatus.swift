@@ -53,7 +53,8 @@ enum ExitStatus: Int32, Error {
               or a manifest file is malformed; nothing was changed
           4   verification failed: a signature, digest or content check did not pass
           5   refused: conflicts with what exists (a key file, a version published with
-              other content, a version not newer than the latest)
+              other content, a version not newer than the latest, a key the repository's
+              root does not authorize)
           6   unsafe plan: a hostile path, or a symlink where the plan needs a directory;
               nothing was changed
           7   not enough free space to download or stage the upgrade; nothing was changed
