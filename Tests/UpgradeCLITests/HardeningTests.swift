@@ -122,8 +122,9 @@ struct HardeningTests {
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
+        // Objects are asked for only once every delta is in and verified: then the kill.
         let deadline = Date().addingTimeInterval(60)
-        while !Self.downloads(root).contains(where: { $0.hasSuffix(".delta") }) && Date() < deadline {
+        while !mirror.requested.contains(where: { $0.hasPrefix("/objects/") }) && Date() < deadline {
             usleep(50_000)
         }
         kill(process.processIdentifier, SIGKILL)
