@@ -11,7 +11,6 @@ struct Upgrade: AsyncParsableCommand {
         commandName: "upgrade",
         abstract: "Bring an installed software tree to a signed release with the fewest bytes on the wire.",
         discussion: ExitStatus.helpText,
-        version: "0.1.0",
         subcommands: [
             ManifestCommand.self, DiffCommand.self, KeygenCommand.self, PublishCommand.self, ReleasesCommand.self,
             VerifyRepoCommand.self, BundleCommand.self, ApplyCommand.self, StatusCommand.self, VerifyCommand.self,
@@ -22,7 +21,16 @@ struct Upgrade: AsyncParsableCommand {
 
 @main
 enum Main {
+    /// The tool's version. Printed by `upgrade --version` alone: ArgumentParser's own version
+    /// flag is added to every subcommand and won over their `--version <v>` options (a
+    /// `publish --version 1.4.0` with its directory forgotten printed this and exited 0).
+    static let version = "0.1.0"
+
     static func main() async {
+        if CommandLine.arguments.dropFirst().elementsEqual(["--version"]) {
+            print(version)
+            Glibc.exit(0)
+        }
         let status: ExitStatus
         do {
             var command = try Upgrade.parseAsRoot()

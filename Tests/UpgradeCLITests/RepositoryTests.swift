@@ -75,6 +75,22 @@ func tamperEnvelope(_ path: String, field: String) throws {
 
 @Suite("Release repository", .serialized)
 struct RepositoryTests {
+    @Test("publish --version V with the directory forgotten is a usage error (exit 2), not the tool's version")
+    func versionOptionIsNotTheVersionFlag() throws {
+        let fixture = try ApplyFixture()
+        let forgotten = try Upgrade.run([
+            "publish", "--repo", fixture.repo, "--product", "app", "--version", "1.4.0", "--key", fixture.key,
+        ])
+        #expect(forgotten.status == 2, "\(forgotten.text)\(forgotten.stderr)")
+        #expect(forgotten.stderr.contains("<dir>"), "\(forgotten.stderr)")
+        #expect(!forgotten.text.contains("0.1.0"))
+        #expect(!FileManager.default.fileExists(atPath: fixture.repo))
+        let typo = try Upgrade.run(["publish", "--repo", fixture.repo, "--kee", fixture.key, fixture.work.root])
+        #expect(typo.status == 2, "\(typo.text)\(typo.stderr)")
+        let version = try Upgrade.run(["--version"])
+        #expect(version.status == 0 && version.text == "0.1.0\n", "\(version.text)")
+    }
+
     @Test("two published versions verify; releases lists them with the channel")
     func publishAndVerify() throws {
         let published = try PublishedRepository()
