@@ -16,6 +16,17 @@ enum Prerequisites {
     /// hey, the HTTP load generator (`make deps` installs it).
     static let hey = FileManager.default.isExecutableFile(atPath: "/usr/bin/hey")
 
+    /// Raises this process's open-file limit (inherited by the servers and load generators the
+    /// tests start) to at least `wanted` when the hard limit allows; true when it does.
+    static func openFiles(_ wanted: rlim_t) -> Bool {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return false }
+        if limit.rlim_cur >= wanted { return true }
+        guard limit.rlim_max >= wanted else { return false }
+        limit.rlim_cur = wanted
+        return setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0
+    }
+
     /// Why a small tmpfs cannot be mounted here, or nil when it can (root on Linux).
     static let tmpfsUnavailable: String? = {
         guard getuid() == 0 else { return "not root" }
