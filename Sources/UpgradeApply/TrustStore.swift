@@ -35,17 +35,17 @@ extension RootSession {
         store.read("roots/\(version).json")
     }
 
-    /// Walks from `start` through the roots `fetch` returns for version N+1, N+2, … until it
-    /// returns nil; verifies and stores each. Throws when one does not verify or the newest has
-    /// expired at `now`. Returns the newest root and the keys each role lost on the way.
-    public func advanceRoots(
-        from start: RootDocument,
+    /// The root this run trusts: the newest stored for `anchor`, walked forward through the
+    /// roots `fetch` returns for version N+1, N+2, … until it returns nil; each is verified and
+    /// stored. Throws when one does not verify or the newest has expired at `now`. Signatures
+    /// by keys a rotation revoked count no more, and the floors they set are discarded
+    /// (``channelFloor(_:root:)``, ``installedReleaseIsTrusted(by:)``).
+    public func advanceTrust(
         anchor: TrustedKeys,
         now: Int64,
         fetch: (UInt64) async throws -> [UInt8]?
-    ) async throws -> (root: RootDocument, revoked: [Role: Set<String>]) {
-        var current = start
-        var revoked = [Role: Set<String>]()
+    ) async throws -> TrustedKeys {
+        var current = trustedRoot(anchor: anchor)
         var stored = false
         for _ in 0..<1024 {
             let version = current.version + 1
@@ -63,7 +63,6 @@ extension RootSession {
                 if current.version == 0 { break }
                 throw ApplyError.verification("root \(version): \(error)")
             }
-            for role in Role.allCases { revoked[role, default: []].formUnion(current.removed(role, in: next)) }
             if !stored {
                 _ = try directory("roots")
                 try setValue("roots/anchor", Self.fingerprint(anchor.root))
@@ -77,7 +76,19 @@ extension RootSession {
         } catch {
             throw ApplyError.verification("\(error); the publisher must sign a new root")
         }
-        return (current, revoked)
+        return TrustedKeys(root: current)
+    }
+
+    /// ``advanceTrust(anchor:now:fetch:)`` through the roots of a bundle's roots section.
+    public func advanceTrust(anchor: TrustedKeys, now: Int64, files: [[UInt8]]) async throws -> TrustedKeys {
+        var roots = [UInt64: [UInt8]]()
+        for bytes in files {
+            if let envelope = try? SignedEnvelope(encoded: bytes), let root = try? RootDocument(unverified: envelope) {
+                roots[root.version] = bytes
+            }
+        }
+        let found = roots
+        return try await advanceTrust(anchor: anchor, now: now) { found[$0] }
     }
 
     /// Names an anchor: SHA-256 over its version and sorted keys and roles.

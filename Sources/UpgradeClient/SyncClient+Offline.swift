@@ -30,7 +30,7 @@ extension SyncClient {
         // The root chain the peers verified: a rotation reaches machines without a server too.
         var options = options
         let anchor = options
-        options.trusted = try await advanceTrust(anchor, session: session) { version in
+        options.trusted = try await session.advanceTrust(anchor: anchor.trusted, now: anchor.now) { version in
             await fetchRoot(version, peers: found, transport: peers.transport)
         }
         let releases = await checkPeers(found, options: options, transport: peers.transport, board: peers.board)

@@ -4,24 +4,6 @@ import UpgradePeer
 import UpgradeTrust
 
 extension SyncClient {
-    /// The root this run trusts: the newest stored for `options.trusted` (the anchor), walked
-    /// forward through the roots `fetch` finds. Signatures by keys a rotation revoked count no
-    /// more, and the floors they set are discarded (``RootSession/channelFloor(_:root:)``).
-    static func advanceTrust(
-        _ options: SyncOptions,
-        session: RootSession,
-        fetch: (UInt64) async throws -> [UInt8]?
-    ) async throws -> TrustedKeys {
-        let start = session.trustedRoot(anchor: options.trusted)
-        let (root, _) = try await session.advanceRoots(
-            from: start,
-            anchor: options.trusted,
-            now: options.now,
-            fetch: fetch
-        )
-        return TrustedKeys(root: root)
-    }
-
     /// Root `version` from the mirror, then the server (`roots/N.json`, the repository's own
     /// path, so a static mirror serves it); nil when neither has it.
     static func fetchRoot(_ version: UInt64, options: SyncOptions, transport: HTTPTransport) async throws -> [UInt8]? {

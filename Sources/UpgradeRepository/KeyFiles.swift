@@ -44,9 +44,6 @@ public enum KeyFiles {
         return key.publicKey
     }
 
-    /// The bytes of a small file (a root document).
-    public static func readFile(_ path: String) throws -> [UInt8] { try AtomicFile.read(path) }
-
     /// Reads a private key file; refuses one that others can read.
     public static func loadPrivate(_ path: String) throws -> PrivateKey {
         var info = stat()

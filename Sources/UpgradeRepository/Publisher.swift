@@ -101,9 +101,9 @@ public struct Publisher: Sendable {
         }
         // Before anything is written: a key the repository's root does not authorize would
         // sign what every client refuses.
-        try RootFiles.requireAuthorized(keys, role: .release, repository: layout.root)
-        try RootFiles.requireAuthorized(channelKeys, role: .channel, repository: layout.root)
         let authorized = try RootFiles.newest(layout.root)
+        try RootFiles.requireAuthorized(keys, role: .release, root: authorized)
+        try RootFiles.requireAuthorized(channelKeys, role: .channel, root: authorized)
         let lock = try FileLock(path: layout.lockFile)
         defer { withExtendedLifetime(lock) {} }
 
@@ -219,7 +219,13 @@ public struct Publisher: Sendable {
             store: DeltaStore(repository: request.repository, level: request.compressionLevel),
             concurrency: request.concurrency
         )
-        result.channel = try updateChannel(request, header: result.header, headerBytes: headerBytes, catalog: catalog)
+        result.channel = try updateChannel(
+            request,
+            header: result.header,
+            headerBytes: headerBytes,
+            catalog: catalog,
+            root: authorized
+        )
         return result
     }
 
@@ -228,13 +234,14 @@ public struct Publisher: Sendable {
         _ request: PublishRequest,
         header: ReleaseHeader,
         headerBytes: [UInt8],
-        catalog: Catalog
+        catalog: Catalog,
+        root: RootDocument?
     ) throws -> ChannelRecord? {
         let current = catalog.channel(request.product, request.channel)
         // A record the repository's root does not authorize (a wrong or leaked key) does not
         // hold the channel: it is replaced, whatever release it points at.
         var authorizedRecord = true
-        if let root = try RootFiles.newest(layout.root),
+        if let root,
             let bytes = try? AtomicFile.read(layout.channel(request.product, request.channel)),
             let envelope = try? SignedEnvelope(encoded: bytes)
         {

@@ -38,6 +38,25 @@ public enum RootFiles {
         return chain
     }
 
+    /// The newest root reached from `anchor` (a client's `--trust`): each root after it
+    /// verified against the one before, as a client would walk them.
+    public static func newest(_ repository: String, from anchor: RootDocument) throws -> RootDocument {
+        let layout = RepositoryLayout(root: repository)
+        var root = anchor
+        while FileSystem.exists(layout.root(root.version + 1)) {
+            let path = layout.root(root.version + 1)
+            do {
+                root = try root.verifyNext(SignedEnvelope(encoded: try AtomicFile.read(path)))
+            } catch {
+                throw RootFileError.invalid(
+                    layout.relative(path),
+                    "\(error) (walking from the --trust root \(anchor.version))"
+                )
+            }
+        }
+        return root
+    }
+
     /// The newest root, nil without any.
     public static func newest(_ repository: String) throws -> RootDocument? { try chain(repository).last }
 
@@ -63,16 +82,14 @@ public enum RootFiles {
     public static func rotate(
         repository: String,
         signers: [PrivateKey],
-        change: (inout RootDocument) -> Void
+        change: RootChange
     ) throws -> Outcome {
         let layout = RepositoryLayout(root: repository)
         guard FileSystem.exists(layout.marker) else { throw RootFileError.notARepository(repository) }
         let lock = try FileLock(path: layout.lockFile)
         defer { withExtendedLifetime(lock) {} }
         guard let current = try chain(repository).last else { throw RootFileError.noRoot(repository) }
-        var next = current
-        next.version = current.version + 1
-        change(&next)
+        let next = current.next(change)
         if let problem = next.problem { throw RootFileError.rejected("root \(next.version)", problem) }
         return try settle(next.signed(with: signers), previous: current, layout: layout)
     }
@@ -144,10 +161,10 @@ public enum RootFiles {
         return needs.joined(separator: " and ")
     }
 
-    /// Refuses keys the newest root does not put in `role` (or too few of them); a repository
-    /// without roots accepts any key.
-    public static func requireAuthorized(_ keys: [PrivateKey], role: Role, repository: String) throws {
-        guard let root = try newest(repository) else { return }
+    /// Refuses keys `root` (the repository's newest) does not put in `role`, or too few of
+    /// them; a repository without roots (nil) accepts any key.
+    public static func requireAuthorized(_ keys: [PrivateKey], role: Role, root: RootDocument?) throws {
+        guard let root else { return }
         let allowed = Set(root.roles[role]?.keyids ?? [])
         for key in keys where !allowed.contains(key.publicKey.keyID) {
             throw RootFileError.unauthorized(key: key.publicKey.keyID, role: role, root: root.version)

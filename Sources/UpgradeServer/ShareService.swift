@@ -276,15 +276,12 @@ public final class ShareService: Sendable {
         let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
-        var bytes = [UInt8](repeating: 0, count: limit + 1)
-        var total = 0
-        while total <= limit {
-            let got = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + total, limit + 1 - total) }
-            if got < 0 && errno == EINTR { continue }
-            guard got > 0 else { break }
-            total += got
+        var bytes = [UInt8]()
+        let read = try? readChunks(fd, what: path) { chunk in
+            guard bytes.count + chunk.count <= limit else { throw HTTPError(.notFound) }
+            bytes += chunk
         }
-        return total <= limit ? Array(bytes[0..<total]) : nil
+        return read == nil ? nil : bytes
     }
 
     private func forget(_ sha: SHA256Hash) {

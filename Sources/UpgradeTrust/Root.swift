@@ -150,6 +150,39 @@ public struct RootDocument: Codable, Hashable, Sendable, SignedDocument {
     }
 }
 
+/// What a rotation changes in a root: the keys of the roles named (the role's list is
+/// replaced), thresholds, keys revoked from every role, the new expiry.
+public struct RootChange: Sendable {
+    public var keys: [Role: [PublicKey]] = [:]
+    public var thresholds: [Role: Int] = [:]
+    public var revoke: [String] = []
+    public var expires: Int64
+
+    public init(expires: Int64) { self.expires = expires }
+}
+
+extension RootDocument {
+    /// The next root: version + 1 with `change` applied; keys no role uses any more leave it.
+    public func next(_ change: RootChange) -> RootDocument {
+        var next = self
+        next.version = version + 1
+        next.expires = change.expires
+        for role in Role.allCases {
+            var assignment = next.roles[role] ?? .init(keyids: [], threshold: 1)
+            if let keys = change.keys[role], !keys.isEmpty {
+                for key in keys { next.keys[key.keyID] = key.text }
+                assignment = .init(keyids: keys.map(\.keyID), threshold: assignment.threshold)
+            }
+            if let threshold = change.thresholds[role] { assignment.threshold = threshold }
+            assignment.keyids.removeAll { change.revoke.contains($0) }
+            next.roles[role] = assignment
+        }
+        let used = Set(Role.allCases.flatMap { next.roles[$0]?.keyids ?? [] })
+        next.keys = next.keys.filter { used.contains($0.key) && !change.revoke.contains($0.key) }
+        return next
+    }
+}
+
 extension SignedEnvelope {
     /// Signs `payload` of `type` with every key of `keys`.
     public init(type: String, payload: [UInt8], signedWith keys: [PrivateKey]) {

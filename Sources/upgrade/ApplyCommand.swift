@@ -52,17 +52,10 @@ struct ApplyCommand: AsyncParsableCommand {
         }
         // The bundle's roots of trust (a key rotation reaches machines without network).
         let session = try RootSession(root: root.root, stateDirectoryName: root.stateDir, lockTimeout: root.lockTimeout)
-        let envelopes = try reader.section(.roots, limit: 1 << 22).map(BundleRoots.decode) ?? []
-        var roots = [UInt64: [UInt8]]()
-        for bytes in envelopes {
-            if let envelope = try? SignedEnvelope(encoded: bytes), let root = try? RootDocument(unverified: envelope) {
-                roots[root.version] = bytes
-            }
-        }
-        let found = roots
-        let start = session.trustedRoot(anchor: keys)
-        let trusted = TrustedKeys(
-            root: try await session.advanceRoots(from: start, anchor: keys, now: Timestamps.now()) { found[$0] }.root
+        let trusted = try await session.advanceTrust(
+            anchor: keys,
+            now: Timestamps.now(),
+            files: try reader.section(.roots, limit: 1 << 22).map(BundleRoots.decode) ?? []
         )
         var request = InstallRequest(
             root: root.root,

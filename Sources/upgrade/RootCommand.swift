@@ -35,6 +35,29 @@ struct RoleOptions: ParsableArguments {
     }
 }
 
+/// The flags of `root rotate` and `root revoke`.
+struct RootChangeOptions: ParsableArguments {
+    @Option(help: "Repository directory.") var repo: String
+    @Option(help: "Private root key file that signs the new root (repeatable).") var key: [String] = []
+    @OptionGroup var roles: RoleOptions
+
+    /// Starts root N+1 with the roles' keys and thresholds given and `revoke` removed.
+    func rotate(revoking revoke: [String]) throws {
+        var change = RootChange(expires: Timestamps.now() + Int64(roles.expiresDays) * 86_400)
+        change.keys = [
+            .root: try roles.publicKeys(roles.rootKey), .release: try roles.publicKeys(roles.releaseKey),
+            .channel: try roles.publicKeys(roles.channelKey),
+        ]
+        change.thresholds = [
+            .root: roles.threshold, .release: roles.releaseThreshold, .channel: roles.channelThreshold,
+        ]
+        .compactMapValues { $0 }
+        change.revoke = revoke
+        let outcome = try RootFiles.rotate(repository: repo, signers: try key.map(KeyFiles.loadPrivate), change: change)
+        report(outcome, repo: repo)
+    }
+}
+
 /// Prints what a root change did.
 func report(_ outcome: RootFiles.Outcome, repo: String) {
     switch outcome {
@@ -99,13 +122,11 @@ struct RootRotate: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "Repository directory.") var repo: String
-    @Option(help: "Private root key file that signs the new root (repeatable).") var key: [String] = []
+    @OptionGroup var change: RootChangeOptions
     @Option(help: "Key id to remove from every role (repeatable).") var revoke: [String] = []
-    @OptionGroup var roles: RoleOptions
 
     func run() async throws {
-        try rotateRoot(repo: repo, key: key, revoke: revoke, roles: roles)
+        try change.rotate(revoking: revoke)
     }
 }
 
@@ -115,13 +136,11 @@ struct RootRevoke: AsyncParsableCommand {
         abstract: "Start root N+1 without the given keys (a leaked key): `rotate --revoke`, with replacements."
     )
 
-    @Option(help: "Repository directory.") var repo: String
-    @Option(help: "Private root key file that signs the new root (repeatable).") var key: [String] = []
-    @OptionGroup var roles: RoleOptions
+    @OptionGroup var change: RootChangeOptions
     @Argument(help: "Key ids to revoke.") var keyIDs: [String]
 
     func run() async throws {
-        try rotateRoot(repo: repo, key: key, revoke: keyIDs, roles: roles)
+        try change.rotate(revoking: keyIDs)
     }
 }
 
@@ -158,38 +177,4 @@ struct RootShow: AsyncParsableCommand {
         }
         report(.published(root), repo: repo)
     }
-}
-
-/// Starts root N+1 (see ``RootRotate``).
-func rotateRoot(repo: String, key: [String], revoke: [String], roles: RoleOptions) throws {
-    let signers = try key.map(KeyFiles.loadPrivate)
-    let rootKeys = try roles.publicKeys(roles.rootKey)
-    let releaseKeys = try roles.publicKeys(roles.releaseKey)
-    let channelKeys = try roles.publicKeys(roles.channelKey)
-    let outcome = try RootFiles.rotate(repository: repo, signers: signers) { next in
-        next.expires = Timestamps.now() + Int64(roles.expiresDays) * 86_400
-        for (role, keys, threshold) in [
-            (Role.root, rootKeys, roles.threshold), (.release, releaseKeys, roles.releaseThreshold),
-            (.channel, channelKeys, roles.channelThreshold),
-        ] {
-            for key in keys { next.keys[key.keyID] = key.text }
-            var assignment = next.roles[role] ?? .init(keyids: [], threshold: 1)
-            if !keys.isEmpty { assignment = .init(keyids: keys.map(\.keyID), threshold: assignment.threshold) }
-            if let threshold { assignment.threshold = threshold }
-            next.roles[role] = assignment
-        }
-        for id in revoke {
-            next.keys[id] = nil
-            for role in Role.allCases {
-                if var assignment = next.roles[role] {
-                    assignment.keyids.removeAll { $0 == id }
-                    next.roles[role] = assignment
-                }
-            }
-        }
-        // Keys no role uses any more leave the root.
-        let used = Set(Role.allCases.flatMap { next.roles[$0]?.keyids ?? [] })
-        next.keys = next.keys.filter { used.contains($0.key) }
-    }
-    report(outcome, repo: repo)
 }

@@ -79,13 +79,17 @@ struct TrustRootTests {
         let leaked = try KeyFiles.loadPrivate(trust.fixture.key)
         let layout = RepositoryLayout(root: evil)
         var header = try ReleaseHeader(
-            unverified: SignedEnvelope(encoded: try KeyFiles.readFile(layout.header("app", "2.0")))
+            unverified: SignedEnvelope(
+                encoded: [UInt8](try Data(contentsOf: URL(fileURLWithPath: layout.header("app", "2.0"))))
+            )
         )
         header.sequence = 1 << 62
         let headerBytes = header.signed(with: leaked).encoded()
         try Data(headerBytes).write(to: URL(fileURLWithPath: layout.header("app", "2.0")))
         var record = try ChannelRecord(
-            unverified: SignedEnvelope(encoded: try KeyFiles.readFile(layout.channel("app", "stable")))
+            unverified: SignedEnvelope(
+                encoded: [UInt8](try Data(contentsOf: URL(fileURLWithPath: layout.channel("app", "stable"))))
+            )
         )
         record.releaseSequence = 1 << 62
         record.sequence = 1 << 62
@@ -163,7 +167,9 @@ struct TrustRootTests {
         let root = trust.fixture.work.path("client")
         #expect(try trust.sync(server, root: root).status == 0)
         let rootKey = try KeyFiles.loadPrivate(trust.key("root0"))
-        let current = try RootDocument(unverified: SignedEnvelope(encoded: try KeyFiles.readFile(trust.anchor)))
+        let current = try RootDocument(
+            unverified: SignedEnvelope(encoded: [UInt8](try Data(contentsOf: URL(fileURLWithPath: trust.anchor))))
+        )
         let path = trust.repo + "/roots/2.json"
         func serve(_ envelope: SignedEnvelope) throws -> CommandResult {
             try Data(envelope.encoded()).write(to: URL(fileURLWithPath: path))
