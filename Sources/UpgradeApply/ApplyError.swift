@@ -22,6 +22,10 @@ public enum ApplyError: Error, CustomStringConvertible {
     case nothingToRollBack(String)
     /// SIGTERM or SIGINT arrived; what the transaction did about it.
     case interrupted(signal: Int32, String)
+    /// The release is older than the installed one and `--allow-downgrade` was not given.
+    case downgrade(String)
+    /// The root cannot be used as one: not a directory, or (for `verify`) nothing installed.
+    case notARoot(path: String, String)
 
     public var description: String {
         switch self {
@@ -40,6 +44,8 @@ public enum ApplyError: Error, CustomStringConvertible {
         case .manualIntervention(let why): "needs manual intervention: \(why)"
         case .nothingToRollBack(let why): "nothing to roll back: \(why)"
         case .interrupted(let signal, let what): "interrupted by \(Interruption.name(signal)): \(what)"
+        case .downgrade(let why): "refused: \(why); nothing was changed"
+        case .notARoot(let path, let why): "\(path): \(why)"
         }
     }
 }

@@ -46,15 +46,108 @@ public struct InstallRequest: Sendable {
     }
 }
 
+/// What a command that changes a root came to (the `result` of `--json`; docs/format.md).
+public enum RunResult: String, Sendable, Codable, CaseIterable {
+    /// The release was installed (or the tree repaired to it).
+    case installed
+    /// The tree already is the release; nothing was done.
+    case upToDate = "up-to-date"
+    /// `--dry-run`: the plan was checked and shown; nothing was changed.
+    case dryRun = "dry-run"
+    /// `apply` of a bundle whose release is installed, with an unchanged tree.
+    case nothingToDo = "nothing-to-do"
+    /// `rollback`: the previous release is back.
+    case rolledBack = "rolled-back"
+    /// An interrupted transaction was rolled back by recovery.
+    case recovered
+}
+
 /// What an install, a rollback or a recovery did.
 public struct InstallReport: Sendable, Codable {
-    public var result: String
+    public var result: RunResult
     public var product: String?
     public var fromVersion: String?
     public var toVersion: String?
     public var summary: Plan.Summary?
     public var recovered: String?
-    public var operations: [String]?
+    /// The plan, for dry runs.
+    public var operations: [OperationJSON]?
+}
+
+/// What `upgrade status` shows: the installed release, a pending journal, the lock holder, and
+/// how the last commands went.
+public struct RootStatus: Sendable, Codable {
+    public struct Release: Sendable, Codable {
+        public var product: String
+        public var version: String
+        public var sequence: UInt64
+        public var platform: String
+        public var manifestSHA256: String
+        public var created: String
+        public var expires: String
+    }
+
+    /// An interrupted transaction the next command that changes the root recovers.
+    public struct Pending: Sendable, Codable {
+        public var state: String
+        public var fromVersion: String?
+        public var toVersion: String
+    }
+
+    public struct Lock: Sendable, Codable {
+        /// Another process holds the lock right now.
+        public var held = false
+        /// The holder's pid (from the lock file), when held.
+        public var pid: Int32?
+    }
+
+    /// nil: nothing is installed.
+    public var installed: Release?
+    public var rollbackAvailable = false
+    public var pendingJournal: Pending?
+    public var lock = Lock()
+    /// The channel of the last sync.
+    public var channel: String?
+    /// The report of the last install, rollback or recovery.
+    public var lastResult: InstallReport?
+    public var lastAttempt: RunRecord?
+    public var lastSuccess: RunRecord?
+}
+
+/// How one run of `sync`, `apply` or `rollback` ended.
+public struct RunRecord: Sendable, Codable {
+    static let attemptFile = "last-attempt.json"
+    static let successFile = "last-success.json"
+
+    public var command: String
+    /// ISO 8601, UTC.
+    public var at: String
+    public var exitCode: Int32
+    /// The result on success.
+    public var result: RunResult?
+    /// The error message on failure.
+    public var error: String?
+    public var channel: String?
+    /// The release the root holds afterwards.
+    public var version: String?
+
+    public init(
+        command: String,
+        at: String,
+        exitCode: Int32,
+        result: RunResult? = nil,
+        error: String? = nil,
+        channel: String? = nil,
+        version: String? = nil
+    ) {
+        self.command = command
+        self.at = at
+        self.exitCode = exitCode
+        self.result = result
+        self.error = error
+        self.channel = channel
+        self.version = version
+    }
 }
 
 /// The transactional apply engine (see docs/design.md, "Apply engine").
@@ -100,7 +193,7 @@ public enum Installer {
                 )
             }
             guard header.sequence >= installedHeader.sequence || request.allowDowngrade else {
-                throw ApplyError.verification(
+                throw ApplyError.downgrade(
                     "release \(header.version) (sequence \(header.sequence)) is older than the installed \(installedHeader.version) (sequence \(installedHeader.sequence)); pass --allow-downgrade to install it anyway"
                 )
             }
@@ -113,6 +206,20 @@ public enum Installer {
             throw ApplyError.verification("release manifest: \(error)")
         }
         let local = try scan(root: root.display, store: store, options: request.scanOptions)
+        // The release is installed already and the tree is intact (a bundle applied twice, a
+        // plan for another starting point): nothing to do, whatever the plan says.
+        if installedHeader?.manifestSHA256 == header.manifestSHA256,
+            local.adoptingDigests(from: target).differingPaths(from: target).isEmpty
+        {
+            return InstallReport(
+                result: .nothingToDo,
+                product: header.product,
+                fromVersion: installedHeader?.version,
+                toVersion: header.version,
+                summary: Plan(operations: []).summary,
+                recovered: recovered
+            )
+        }
         do {
             try request.plan.verify(against: local, yields: target, reserved: [request.stateDirectoryName])
         } catch .unsafe(let why) {
@@ -122,7 +229,7 @@ public enum Installer {
         }
 
         var report = InstallReport(
-            result: "installed",
+            result: .installed,
             product: header.product,
             fromVersion: installedHeader?.version,
             toVersion: header.version,
@@ -130,12 +237,12 @@ public enum Installer {
             recovered: recovered
         )
         if request.dryRun {
-            report.result = "dry run"
-            report.operations = request.plan.operations.map { "\($0.name) \($0.path)" }
+            report.result = .dryRun
+            report.operations = request.plan.operations.map(OperationJSON.init)
             return report
         }
         if request.plan.isEmpty && installedHeader?.manifestSHA256 == header.manifestSHA256 {
-            report.result = "nothing to do"
+            report.result = .nothingToDo
             return report
         }
         try transact(
@@ -199,7 +306,7 @@ public enum Installer {
             runHooks: false
         )
         let report = InstallReport(
-            result: "rolled back",
+            result: .rolledBack,
             product: targetHeader.product,
             fromVersion: currentHeader.version,
             toVersion: targetHeader.version,
@@ -231,51 +338,94 @@ public enum Installer {
     public static func status(
         root rootPath: String,
         stateDirectoryName: String = TreeSource.stateDirectoryName
-    ) throws -> [String: String] {
-        var status = [String: String]()
-        let statePath = rootPath + "/" + stateDirectoryName
-        guard FileManager.default.fileExists(atPath: statePath) else {
-            status["installed"] = "none"
-            return status
-        }
+    ) throws -> RootStatus {
+        var status = RootStatus()
         let root = try SafeTree(path: rootPath, observer: NoObserver())
-        let store = try StateStore(root: root, name: stateDirectoryName, rootPath: rootPath)
+        guard let store = try? StateStore(root: root, name: stateDirectoryName, rootPath: rootPath, create: false)
+        else { return status }
         if let current = store.current,
             let header = try? ReleaseHeader(unverified: SignedEnvelope(encoded: current.headerBytes))
         {
-            status["product"] = header.product
-            status["version"] = header.version
-            status["sequence"] = String(header.sequence)
-            status["manifestSHA256"] = header.manifestSHA256
-            status["expires"] = Timestamps.iso(header.expires)
-            status["rollbackAvailable"] = current.previous.flatMap(store.state) != nil ? "yes" : "no"
-        } else {
-            status["installed"] = "none"
+            status.installed = RootStatus.Release(
+                product: header.product,
+                version: header.version,
+                sequence: header.sequence,
+                platform: header.platform,
+                manifestSHA256: header.manifestSHA256,
+                created: Timestamps.iso(header.created),
+                expires: Timestamps.iso(header.expires)
+            )
+            status.rollbackAvailable = current.previous.flatMap(store.state) != nil
         }
         if let journal = try? store.journal() {
-            status["pendingJournal"] =
-                "\(journal.state.rawValue): \(journal.fromVersion ?? "none") -> \(journal.toVersion) (recovered by the next command)"
+            status.pendingJournal = RootStatus.Pending(
+                state: journal.state.rawValue,
+                fromVersion: journal.fromVersion,
+                toVersion: journal.toVersion
+            )
         }
-        if let last = store.read("last-result.json") { status["lastResult"] = String(decoding: last, as: UTF8.self) }
+        let holder = store.lockHolder()
+        status.lock = RootStatus.Lock(held: holder.held, pid: holder.pid)
+        let decoder = JSONDecoder()
+        status.lastResult = store.read("last-result.json").flatMap { try? decoder.decode(InstallReport.self, from: Data($0)) }
+        status.lastAttempt = store.read(RunRecord.attemptFile).flatMap { try? decoder.decode(RunRecord.self, from: Data($0)) }
+        status.lastSuccess = store.read(RunRecord.successFile).flatMap { try? decoder.decode(RunRecord.self, from: Data($0)) }
+        status.channel = status.lastSuccess?.channel ?? status.lastAttempt?.channel
         return status
     }
 
-    /// Paths where the tree differs from the installed release (locally modified, added or removed).
+    /// Records how a command that works on the root ended (`status` shows the last attempt and
+    /// the last success). Written only into an existing state directory; a record that cannot
+    /// be written costs the history, not the run.
+    public static func record(
+        _ record: RunRecord,
+        root rootPath: String,
+        stateDirectoryName: String = TreeSource.stateDirectoryName
+    ) {
+        guard let root = try? SafeTree(path: rootPath, observer: NoObserver()),
+            let store = try? StateStore(root: root, name: stateDirectoryName, rootPath: rootPath, create: false)
+        else { return }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        guard let bytes = try? encoder.encode(record) else { return }
+        try? store.write(RunRecord.attemptFile, [UInt8](bytes))
+        if record.exitCode == 0 { try? store.write(RunRecord.successFile, [UInt8](bytes)) }
+    }
+
+    /// How the tree differs from the installed release (locally modified, added or removed).
+    ///
+    /// Read-only: creates no file in the root (no lock file, no stat cache update, no
+    /// recovery). It shares the lock while it scans when a lock file exists, so an upgrade in
+    /// progress is waited for (up to `lockTimeout`) rather than half seen.
     public static func verify(
         root rootPath: String,
         stateDirectoryName: String = TreeSource.stateDirectoryName,
         lockTimeout: Double = 60
-    ) throws -> [String] {
+    ) throws -> [Manifest.Difference] {
         let root = try SafeTree(path: rootPath, observer: NoObserver())
-        let store = try openState(root: root, rootPath, name: stateDirectoryName)
-        let lock = try store.lock(timeout: lockTimeout)
-        defer { close(lock) }
-        _ = try recover(store: store, root: root)
-        guard let current = store.current else {
-            throw ApplyError.nothingToRollBack("no release is installed in \(rootPath)")
+        let store: StateStore
+        do {
+            store = try StateStore(root: root, name: stateDirectoryName, rootPath: rootPath, create: false)
+        } catch {
+            throw ApplyError.notARoot(path: rootPath, "nothing is installed here (no \(stateDirectoryName) directory)")
         }
-        let local = try scan(root: rootPath, store: store, options: ScanOptions())
-        return local.adoptingDigests(from: current.manifest).differingPaths(from: current.manifest)
+        let lock = try store.sharedLock(timeout: lockTimeout)
+        defer { if let lock { close(lock) } }
+        if let journal = try? store.journal() {
+            throw ApplyError.verification(
+                "an upgrade to \(journal.toVersion) was interrupted (\(journal.state.rawValue)); the next sync, apply or rollback recovers it"
+            )
+        }
+        guard let current = store.current else {
+            throw ApplyError.notARoot(path: rootPath, "nothing is installed here")
+        }
+        var options = ScanOptions()
+        options.excluded = [String(store.path.split(separator: "/").last ?? ".upgrade")]
+        let frozen = options
+        let cache = store.path + "/statcache"
+        let local = try runBlocking { try await TreeSource.scan(rootPath, options: frozen, cache: .readOnly(cache)) }
+            .manifest
+        return local.adoptingDigests(from: current.manifest).differences(from: current.manifest)
     }
 
     // MARK: The transaction
@@ -454,7 +604,7 @@ public enum Installer {
                 "last-result.json",
                 encode(
                     InstallReport(
-                        result: "recovered",
+                        result: .recovered,
                         product: journal.product,
                         fromVersion: journal.toVersion,
                         toVersion: journal.fromVersion,
@@ -479,7 +629,7 @@ public enum Installer {
         var info = stat()
         if lstat(path, &info) == 0 {
             guard info.st_mode & S_IFMT == S_IFDIR else {
-                throw ApplyError.unsafePath(path: path, "the root is not a directory")
+                throw ApplyError.notARoot(path: path, "the root is not a directory")
             }
             return
         }

@@ -35,7 +35,10 @@ final class SafeTree: @unchecked Sendable {
 
     init(path: String, observer: any MutationObserver) throws {
         let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw SystemCallError(call: "open \(path)", code: errno) }
+        guard fd >= 0 else {
+            if errno == ENOTDIR { throw ApplyError.notARoot(path: path, "not a directory") }
+            throw SystemCallError(call: "open \(path)", code: errno)
+        }
         self.fd = fd
         display = path
         self.observer = observer

@@ -20,6 +20,8 @@ import Glibc
 /// staging/             payloads of the transaction in progress
 /// statcache            the scanner's stat cache
 /// last-result.json     outcome of the last command that changed the root
+/// last-attempt.json    how the last sync, apply or rollback ended (time, exit code, error)
+/// last-success.json    the same, for the last one that succeeded
 /// ```
 final class StateStore: @unchecked Sendable {
     let tree: SafeTree
@@ -31,6 +33,51 @@ final class StateStore: @unchecked Sendable {
     }
 
     // MARK: Lock
+
+    /// Shares the lock (read-only commands) when a lock file exists, waiting up to `timeout`
+    /// seconds for a holder of the exclusive lock; nil when there is no lock file. Writes nothing.
+    func sharedLock(timeout: Double) throws -> Int32? {
+        let fd = openat(tree.fd, "lock", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else {
+            if errno == ENOENT { return nil }
+            throw SystemCallError(call: "open \(path)/lock", code: errno)
+        }
+        let deadline = Date().addingTimeInterval(timeout)
+        while flock(fd, LOCK_SH | LOCK_NB) != 0 {
+            guard errno == EWOULDBLOCK || errno == EINTR else {
+                let code = errno
+                close(fd)
+                throw SystemCallError(call: "flock \(path)/lock", code: code)
+            }
+            if Date() >= deadline {
+                let pid = Self.holder(fd)
+                close(fd)
+                throw ApplyError.busy(pid: pid, waited: timeout)
+            }
+            usleep(50_000)
+        }
+        return fd
+    }
+
+    /// The pid a lock holder wrote into the lock file, and whether the lock is held right now
+    /// (tested with a non-blocking shared lock, released at once). Writes nothing.
+    func lockHolder() -> (held: Bool, pid: Int32?) {
+        let fd = openat(tree.fd, "lock", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return (false, nil) }
+        defer { close(fd) }
+        if flock(fd, LOCK_SH | LOCK_NB) == 0 {
+            flock(fd, LOCK_UN)
+            return (false, nil)
+        }
+        return (true, Self.holder(fd))
+    }
+
+    private static func holder(_ fd: Int32) -> Int32? {
+        var buffer = [UInt8](repeating: 0, count: 32)
+        let count = pread(fd, &buffer, 32, 0)
+        guard count > 0 else { return nil }
+        return Int32(String(decoding: buffer[..<count], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+    }
 
     /// Takes the exclusive lock, waiting up to `timeout` seconds; the lock file holds our pid.
     func lock(timeout: Double) throws -> Int32 {
@@ -44,16 +91,8 @@ final class StateStore: @unchecked Sendable {
                 throw SystemCallError(call: "flock \(path)/lock", code: code)
             }
             if Date() >= deadline {
-                var buffer = [UInt8](repeating: 0, count: 32)
-                let count = pread(fd, &buffer, 32, 0)
+                let pid = Self.holder(fd)
                 close(fd)
-                let pid =
-                    count > 0
-                    ? Int32(
-                        String(decoding: buffer[..<count], as: UTF8.self).trimmingCharacters(
-                            in: .whitespacesAndNewlines
-                        )
-                    ) : nil
                 throw ApplyError.busy(pid: pid, waited: timeout)
             }
             usleep(50_000)

@@ -1,40 +1,44 @@
 import Foundation
+import TOMLKit
 
-/// The TOML subset `upgrade sync --config FILE` reads: `key = value` lines with strings
-/// (`"..."` with `\"`, `\\`, `\n`, `\t` escapes, or `'...'`), integers, floats, booleans and
-/// one-line arrays of strings; `#` comments; no tables. Keys are the long flag names.
+/// The TOML file `upgrade sync --config FILE` reads (TOML 1.0, parsed by toml++ through
+/// TOMLKit): top-level `key = value` pairs whose keys are the long flag names; strings,
+/// integers, floats, booleans and arrays of strings (one line or many). Errors name the file
+/// and the line: syntax errors from the parser, type errors and unknown keys from the line the
+/// key is on.
 public struct ConfigFile: Sendable {
-    /// A value of the subset.
+    /// A value the flags take.
     public enum Value: Sendable, Equatable {
         case string(String)
         case number(Double)
         case bool(Bool)
         case strings([String])
+        /// Any other TOML value (a table, a date, an array of numbers): named in type errors.
+        case other(String)
     }
 
     public let values: [String: Value]
     public let path: String
+    private let lines: [String: Int]
 
     /// Parses `text`; errors name the line.
     public init(text: String, path: String) throws(ConfigError) {
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw .invalid(path: path, line: error.source.begin.line, error.description)
+        } catch {
+            throw .invalid(path: path, line: 0, "\(error)")
+        }
         var values = [String: Value]()
-        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = Self.stripComment(String(raw)).trimmingCharacters(in: .whitespaces)
-            if line.isEmpty { continue }
-            func fail(_ why: String) -> ConfigError { .invalid(path: path, line: index + 1, why) }
-            if line.hasPrefix("[") { throw fail("tables are not supported; put every key at the top level") }
-            guard let equals = line.firstIndex(of: "=") else { throw fail("expected key = value") }
-            let key = line[..<equals].trimmingCharacters(in: .whitespaces)
-            let valueText = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
-            guard !key.isEmpty, key.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
-                throw fail("invalid key \(key.debugDescription)")
-            }
-            guard values[key] == nil else { throw fail("key \(key) appears twice") }
-            guard let value = Self.parseValue(valueText) else { throw fail("cannot read the value of \(key)") }
-            values[key] = value
+        for key in table.keys {
+            guard let value = table[key] else { continue }
+            values[key] = Self.value(value)
         }
         self.values = values
         self.path = path
+        self.lines = Self.keyLines(text, keys: Set(values.keys))
     }
 
     /// Reads and parses a file.
@@ -47,7 +51,7 @@ public struct ConfigFile: Sendable {
         switch values[key] {
         case nil: return nil
         case .string(let s): return s
-        default: throw .wrongType(path: path, key: key, expected: "a string")
+        default: throw wrongType(key, "a string")
         }
     }
 
@@ -56,7 +60,7 @@ public struct ConfigFile: Sendable {
         case nil: return nil
         case .string(let s): return [s]
         case .strings(let list): return list
-        default: throw .wrongType(path: path, key: key, expected: "a string or an array of strings")
+        default: throw wrongType(key, "a string or an array of strings")
         }
     }
 
@@ -64,7 +68,7 @@ public struct ConfigFile: Sendable {
         switch values[key] {
         case nil: return nil
         case .number(let n): return n
-        default: throw .wrongType(path: path, key: key, expected: "a number")
+        default: throw wrongType(key, "a number")
         }
     }
 
@@ -72,116 +76,82 @@ public struct ConfigFile: Sendable {
         switch values[key] {
         case nil: return nil
         case .bool(let b): return b
-        default: throw .wrongType(path: path, key: key, expected: "true or false")
+        default: throw wrongType(key, "true or false")
         }
     }
 
     /// Keys not in `known`, for a clear error about typos.
     public func unknownKeys(_ known: Set<String>) -> [String] { values.keys.filter { !known.contains($0) }.sorted() }
 
-    private static func stripComment(_ line: String) -> String {
-        var inString: Character?
-        var escaped = false
-        for (offset, char) in line.enumerated() {
-            if escaped {
-                escaped = false
-                continue
-            }
-            if char == "\\" && inString == "\"" {
-                escaped = true
-                continue
-            }
-            if let quote = inString {
-                if char == quote { inString = nil }
-            } else if char == "\"" || char == "'" {
-                inString = char
-            } else if char == "#" {
-                return String(line.prefix(offset))
-            }
-        }
-        return line
+    /// The error for unknown keys, naming the line of the first.
+    public func unknownKeysError(_ keys: [String]) -> ConfigError {
+        .unknownKeys(path: path, line: keys.compactMap { lines[$0] }.min() ?? 0, keys)
     }
 
-    private static func parseValue(_ text: String) -> Value? {
-        if text == "true" { return .bool(true) }
-        if text == "false" { return .bool(false) }
-        if let string = parseString(text) { return .string(string) }
-        if text.hasPrefix("[") && text.hasSuffix("]") {
-            let inner = text.dropFirst().dropLast().trimmingCharacters(in: .whitespaces)
-            if inner.isEmpty { return .strings([]) }
-            var items = [String]()
-            for part in splitArray(inner) {
-                guard let item = parseString(part.trimmingCharacters(in: .whitespaces)) else { return nil }
-                items.append(item)
-            }
-            return .strings(items)
+    private func wrongType(_ key: String, _ expected: String) -> ConfigError {
+        let found: String
+        switch values[key] {
+        case .string: found = "a string"
+        case .number: found = "a number"
+        case .bool: found = "a boolean"
+        case .strings: found = "an array"
+        case .other(let what): found = what
+        case nil: found = "nothing"
         }
-        if let number = Double(text.replacingOccurrences(of: "_", with: "")) { return .number(number) }
-        return nil
+        return .wrongType(path: path, line: lines[key] ?? 0, key: key, expected: expected, found: found)
     }
 
-    private static func parseString(_ text: String) -> String? {
-        if text.count >= 2, text.hasPrefix("'"), text.hasSuffix("'") { return String(text.dropFirst().dropLast()) }
-        guard text.count >= 2, text.hasPrefix("\""), text.hasSuffix("\"") else { return nil }
-        var out = ""
-        var escaped = false
-        for char in text.dropFirst().dropLast() {
-            if escaped {
-                switch char {
-                case "n": out.append("\n")
-                case "t": out.append("\t")
-                case "\"", "\\": out.append(char)
-                default: return nil
-                }
-                escaped = false
-            } else if char == "\\" {
-                escaped = true
-            } else if char == "\"" {
-                return nil
-            } else {
-                out.append(char)
+    private static func value(_ value: any TOMLValueConvertible) -> Value {
+        switch value.type {
+        case .string: return .string(value.string ?? "")
+        case .int: return .number(Double(value.int ?? 0))
+        case .double: return .number(value.double ?? 0)
+        case .bool: return .bool(value.bool ?? false)
+        case .array:
+            guard let array = value.array else { return .other("an array") }
+            var strings = [String]()
+            for item in array {
+                guard item.type == .string, let string = item.string else { return .other("an array of non-strings") }
+                strings.append(string)
             }
+            return .strings(strings)
+        case .table: return .other("a table")
+        default: return .other("a \(value.type)")
         }
-        return escaped ? nil : out
     }
 
-    private static func splitArray(_ text: String) -> [String] {
-        var parts = [String]()
-        var current = ""
-        var inString: Character?
-        for char in text {
-            if let quote = inString {
-                current.append(char)
-                if char == quote { inString = nil }
-            } else if char == "\"" || char == "'" {
-                inString = char
-                current.append(char)
-            } else if char == "," {
-                parts.append(current)
-                current = ""
-            } else {
-                current.append(char)
+    /// The line each top-level key is defined on (for messages; TOMLKit keeps no positions).
+    private static func keyLines(_ text: String, keys: Set<String>) -> [String: Int] {
+        var lines = [String: Int]()
+        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.drop { $0 == " " || $0 == "\t" }
+            guard let equals = line.firstIndex(of: "=") else { continue }
+            var key = line[..<equals].trimmingCharacters(in: .whitespaces)
+            if key.count >= 2, key.first == "\"" || key.first == "'", key.last == key.first {
+                key = String(key.dropFirst().dropLast())
             }
+            if keys.contains(key), lines[key] == nil { lines[key] = index + 1 }
         }
-        if !current.trimmingCharacters(in: .whitespaces).isEmpty { parts.append(current) }
-        return parts
+        return lines
     }
 }
 
-/// A config file that cannot be used.
+/// A config file that cannot be used. Messages name the file and the line (`FILE:LINE: …`).
 public enum ConfigError: Error, CustomStringConvertible {
     case unreadable(String)
     case invalid(path: String, line: Int, String)
-    case wrongType(path: String, key: String, expected: String)
-    case unknownKeys(path: String, [String])
+    case wrongType(path: String, line: Int, key: String, expected: String, found: String)
+    case unknownKeys(path: String, line: Int, [String])
 
     public var description: String {
+        func at(_ path: String, _ line: Int) -> String { line > 0 ? "\(path):\(line)" : path }
         switch self {
-        case .unreadable(let path): "cannot read config file \(path.debugDescription)"
-        case .invalid(let path, let line, let why): "\(path):\(line): \(why)"
-        case .wrongType(let path, let key, let expected): "\(path): \(key) must be \(expected)"
-        case .unknownKeys(let path, let keys):
-            "\(path): unknown keys \(keys.joined(separator: ", ")) (keys are the long flag names)"
+        case .unreadable(let path): return "cannot read config file \(path.debugDescription)"
+        case .invalid(let path, let line, let why): return "\(at(path, line)): \(why)"
+        case .wrongType(let path, let line, let key, let expected, let found):
+            return "\(at(path, line)): \(key) must be \(expected), not \(found)"
+        case .unknownKeys(let path, let line, let keys):
+            return "\(at(path, line)): unknown keys \(keys.joined(separator: ", ")) (keys are the long flag names)"
         }
     }
 }

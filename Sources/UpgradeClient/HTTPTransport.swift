@@ -62,6 +62,34 @@ struct RateWatch {
     }
 }
 
+/// Errors no retry can fix, told apart from passing trouble so that a run does not spend a
+/// minute of backoff on them, each with the hint a person needs.
+enum PermanentFailure {
+    static func classify(_ error: any Error, what: String) -> SyncError? {
+        if let error = error as? HTTPClientError {
+            let unusable: [HTTPClientError] = [.invalidURL, .emptyHost, .emptyScheme]
+            guard unusable.contains(error) || "\(error)".contains("unsupportedScheme") else { return nil }
+            return .permanent("\(what): not a usable URL (\(error)); URLs start with http:// or https://")
+        }
+        let text = "\(error)"
+        if error is NIOSSLError || text.contains("BoringSSL") || text.contains("handshakeFailed") {
+            if text.contains("WRONG_VERSION_NUMBER") || text.contains("wrong version number") {
+                return .permanent("\(what): the server does not speak TLS here (\(text)); try http://")
+            }
+            if text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("certificate verify failed") {
+                return .permanent(
+                    "\(what): the server's certificate is not trusted (\(text)); pass --ca-cert FILE with the CA that signed it"
+                )
+            }
+            return .permanent("\(what): TLS failed (\(text)); check https:// and --ca-cert")
+        }
+        if error is HTTPParserError && what.contains("http://") {
+            return .permanent("\(what): the answer is not HTTP (\(text)); if the server speaks TLS, use https://")
+        }
+        return nil
+    }
+}
+
 /// HTTP with retries and backoff over AsyncHTTPClient.
 final class HTTPTransport: Sendable {
     let client: HTTPClient
@@ -82,18 +110,37 @@ final class HTTPTransport: Sendable {
         readTimeout: Int64,
         attempts: Int,
         connectTimeout: Int64 = 10,
-        limits: TransferLimits = TransferLimits()
+        limits: TransferLimits = TransferLimits(),
+        proxy: HTTPClient.Configuration.Proxy? = nil
     ) throws {
         var tls = TLSConfiguration.makeClientConfiguration()
         if let caCertificate {
-            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caCertificate))
+            tls.trustRoots = .certificates(try Self.loadCertificates(caCertificate))
         }
         var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
+        configuration.proxy = proxy
         configuration.timeout = .init(connect: .seconds(connectTimeout), read: .seconds(readTimeout))
         configuration.decompression = .disabled
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
         self.attempts = attempts
         self.limits = limits
+    }
+
+    /// The PEM certificates of `--ca-cert`; errors name the path and what is wrong with it.
+    private static func loadCertificates(_ path: String) throws -> [NIOSSLCertificate] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            let why = access(path, F_OK) == 0 ? "cannot be read" : "no such file"
+            throw SyncError.configuration("--ca-cert \(path): \(why)")
+        }
+        do {
+            let certificates = try NIOSSLCertificate.fromPEMBytes([UInt8](data))
+            guard !certificates.isEmpty else { throw SyncError.configuration("--ca-cert \(path): no certificate in it") }
+            return certificates
+        } catch let error as SyncError {
+            throw error
+        } catch {
+            throw SyncError.configuration("--ca-cert \(path): not a PEM certificate (\(error))")
+        }
     }
 
     /// How long a request may wait for its response head: `seconds`, cut to the run's deadline.
@@ -118,11 +165,12 @@ final class HTTPTransport: Sendable {
                 switch error {
                 case .server(let status, _) where status < 500: throw error
                 // A source too slow for --min-rate stays slow: the caller moves on to the next one.
-                case .verification, .noSpace, .timedOut, .tooSlow: throw error
+                case .verification, .noSpace, .timedOut, .tooSlow, .notFound, .permanent: throw error
                 default: break
                 }
                 lastError = error
             } catch {
+                if let permanent = PermanentFailure.classify(error, what: what) { throw permanent }
                 lastError = error
             }
             if attempt < attempts {

@@ -41,6 +41,7 @@ extension SyncClient {
             return (status, bytes)
         }
         if status == 409 && request.delta != nil { return (nil, body.count) }
+        if status == 404 { throw SyncError.notFound("\(options.server): \(message(bytes))") }
         guard status == 200 else { throw SyncError.server(status: status, message: message(bytes)) }
         do {
             return (try JSONDecoder().decode(PlanResponse.self, from: Data(bytes)), body.count)

@@ -21,7 +21,7 @@ extension SyncClient {
         let (session, discovery, local) = try openRoot(options, peers: peers)
         let installed = session.installed
         var report = SyncReport(
-            result: "up to date",
+            result: .upToDate,
             product: options.product,
             fromVersion: installed?.header.version,
             recovered: session.recovered

@@ -47,7 +47,8 @@ public enum SyncClient {
             caCertificate: options.caCertificate,
             readTimeout: options.readTimeout,
             attempts: options.attempts,
-            limits: limits
+            limits: limits,
+            proxy: options.proxy.configuration(for: options.mirror ?? options.server)
         )
         // Peers get one attempt each and a short fuse: a slow peer is dropped, not waited for.
         let peers: HTTPTransport
@@ -96,7 +97,7 @@ public enum SyncClient {
             id: options.deviceID ?? PlanRequest.Device.localID()
         )
         var report = SyncReport(
-            result: "up to date",
+            result: .upToDate,
             product: options.product,
             fromVersion: installed?.header.version,
             recovered: session.recovered
@@ -258,7 +259,7 @@ public enum SyncClient {
         report.resumedDownloads = fetched.resumed
 
         install.payloads = DownloadedObjects(directory: downloads, root: session.root, deltaBases: viaDelta.applied)
-        let outcome: Result<String, any Error>
+        let outcome: Result<RunResult, any Error>
         do {
             let installedReport = try session.install(install)
             try session.setChannelFloor(
@@ -275,7 +276,7 @@ public enum SyncClient {
         report.peers = peers.board.outcomes
         let said: String
         switch outcome {
-        case .success(let result): said = result
+        case .success(let result): said = result.rawValue
         case .failure(let error): said = "failed: \(error)".prefix(200).description
         }
         await sendReport(
@@ -365,7 +366,7 @@ public enum SyncClient {
         check.dryRun = true
         let dry = try session.install(check)
         guard options.dryRun else { return false }
-        report.result = "dry run"
+        report.result = .dryRun
         report.operations = dry.operations
         report.durationSeconds = Date().timeIntervalSince(started)
         return true
@@ -424,7 +425,17 @@ public enum SyncClient {
                                 try await transport.retrying("GET \(url)") {
                                     let (_, resumed) = try await transport.download(url, to: part, limit: limit) {
                                         count in
-                                        counters.state.withLock { $0.bytes += UInt64(count) }
+                                        // Progress moves with the bytes, not once per finished file.
+                                        let progress = counters.state.withLock { c -> SyncProgress in
+                                            c.bytes += UInt64(count)
+                                            return SyncProgress(
+                                                objectsDone: c.done,
+                                                objectsTotal: needed.count,
+                                                bytesDone: c.bytes,
+                                                bytesTotal: total
+                                            )
+                                        }
+                                        options.progress?(progress)
                                     }
                                     if resumed { counters.state.withLock { $0.resumed += 1 } }
                                     guard verifyObject(part, content) else {
@@ -513,7 +524,16 @@ public enum SyncClient {
         "channel-\(options.product)-\(options.channel).sequence"
     }
 
+    /// The reason in an error response: the server's `{"error":{"message":…}}`, or the start of
+    /// the body (control characters replaced, so a hostile body cannot drive the terminal).
     static func message(_ bytes: [UInt8]) -> String {
-        String(decoding: bytes.prefix(500), as: UTF8.self)
+        struct ErrorBody: Decodable {
+            struct Inner: Decodable { var message: String }
+            var error: Inner
+        }
+        let text =
+            (try? JSONDecoder().decode(ErrorBody.self, from: Data(bytes.prefix(4096))))?.error.message
+            ?? String(decoding: bytes.prefix(300), as: UTF8.self)
+        return String(text.prefix(300).map { $0.isASCII && ($0.asciiValue! < 0x20 || $0.asciiValue! == 0x7f) ? " " : $0 })
     }
 }

@@ -1,3 +1,4 @@
+public import UpgradeApply
 public import UpgradeCore
 public import UpgradePeer
 public import UpgradeTrust
@@ -15,6 +16,9 @@ public struct SyncOptions: Sendable {
     public var trusted: TrustedKeys
     /// PEM file of the CA that signed the server's certificate (otherwise the system's roots).
     public var caCertificate: String?
+    /// The proxy for the server and mirror (`http_proxy`, `https_proxy`, `no_proxy`; the CLI
+    /// reads them from the environment). With a mirror, the mirror's URL picks the proxy.
+    public var proxy = ProxySettings()
     public var dryRun = false
     public var allowDowngrade = false
     public var lockTimeout: Double = 60
@@ -82,14 +86,14 @@ public struct SyncProgress: Sendable {
 
 /// What a sync did: one JSON document with `--json`.
 public struct SyncReport: Codable, Sendable {
-    /// `up to date`, `installed`, `dry run`.
-    public var result: String
+    /// `installed`, `up-to-date` or `dry-run`.
+    public var result: RunResult
     public var product: String
     public var fromVersion: String?
     public var toVersion: String?
     public var summary: Plan.Summary?
     /// The plan, for dry runs.
-    public var operations: [String]?
+    public var operations: [OperationJSON]?
     /// Compressed bytes the payloads need (dry run: what would be downloaded).
     public var bytesToDownload: UInt64 = 0
     /// Bytes received for payloads (Range resumes count only what was sent again).
@@ -145,6 +149,16 @@ public enum SyncError: Error, CustomStringConvertible {
     case tooSlow(url: String, bytesPerSecond: Double, window: Double)
     /// The run's `--timeout` passed.
     case timedOut(String)
+    /// The server has no such product, channel or release (HTTP 404 to the plan request): not
+    /// retried.
+    case notFound(String)
+    /// The request cannot succeed however often it is tried (a URL the client cannot use, a
+    /// certificate it does not trust, TLS spoken to a plain-HTTP server): not retried; the
+    /// message carries a hint.
+    case permanent(String)
+    /// A flag's value cannot be used (a `--ca-cert` file that is missing or not PEM, a proxy
+    /// variable that is not a URL).
+    case configuration(String)
 
     public var description: String {
         switch self {
@@ -157,6 +171,9 @@ public enum SyncError: Error, CustomStringConvertible {
         case .tooSlow(let url, let rate, let window):
             "network: \(url) sent \(String(format: "%.0f", rate)) bytes/s over \(String(format: "%.0f", window)) s, below --min-rate; abandoned"
         case .timedOut(let what): "network: --timeout passed while \(what); nothing was changed"
+        case .notFound(let why): "not found: \(why)"
+        case .permanent(let why): "network: \(why)"
+        case .configuration(let why): why
         }
     }
 }

@@ -93,6 +93,56 @@ extension Manifest {
         for path in theirs.keys where mine[path] == nil { paths.insert(path) }
         return paths.sorted(by: PathRules.byteOrder)
     }
+
+    /// How this tree (the local one) differs from `other` (the installed release), path by path
+    /// in byte order: what `upgrade verify` reports.
+    public func differences(from other: Manifest) -> [Difference] {
+        let mine = index()
+        let theirs = other.index()
+        var found = [Difference]()
+        for (path, entry) in mine {
+            guard let expected = theirs[path] else {
+                found.append(Difference(path: path, kind: .extra))
+                continue
+            }
+            if entry.kind != expected.kind {
+                found.append(Difference(path: path, kind: .type))
+            } else if entry.content != expected.content {
+                found.append(Difference(path: path, kind: entry.kind == .symlink ? .target : .content))
+            } else if entry.mode != expected.mode {
+                found.append(Difference(path: path, kind: .mode))
+            }
+        }
+        for path in theirs.keys where mine[path] == nil { found.append(Difference(path: path, kind: .missing)) }
+        return found.sorted { PathRules.byteOrder($0.path, $1.path) }
+    }
+
+    /// One path where a tree differs from a manifest.
+    public struct Difference: Hashable, Sendable, Codable {
+        /// What differs.
+        public enum Kind: String, Hashable, Sendable, Codable {
+            /// A file's bytes.
+            case content
+            /// Permission bits only.
+            case mode
+            /// A symlink's target.
+            case target
+            /// A file where a directory should be, or the like.
+            case type
+            /// In the release, not in the tree.
+            case missing
+            /// In the tree, not in the release.
+            case extra
+        }
+
+        public var path: String
+        public var kind: Kind
+
+        public init(path: String, kind: Kind) {
+            self.path = path
+            self.kind = kind
+        }
+    }
 }
 
 /// A plan operation that cannot be applied to the tree it meets.

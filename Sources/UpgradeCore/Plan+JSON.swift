@@ -17,17 +17,22 @@ struct PlanJSON: Codable {
     var operations: [OperationJSON]
 }
 
-struct OperationJSON: Codable {
-    var op: String
-    var path: String
-    var kind: String?
-    var mode: String?
-    var size: UInt64?
-    var xxh128: String?
-    var sha256: String?
-    var target: String?
+/// One plan operation in JSON: in plans on the wire and in the `operations` of `--json` output.
+public struct OperationJSON: Codable, Sendable, Hashable {
+    /// `mkdir`, `add`, `replace`, `symlink`, `delete` or `chmod`.
+    public var op: String
+    public var path: String
+    /// For `delete`: what is deleted.
+    public var kind: String?
+    /// Octal permission bits.
+    public var mode: String?
+    public var size: UInt64?
+    public var xxh128: String?
+    public var sha256: String?
+    /// For `symlink`: the link's target.
+    public var target: String?
 
-    init(_ operation: PlanOperation) {
+    public init(_ operation: PlanOperation) {
         op = operation.name
         path = operation.path
         switch operation {

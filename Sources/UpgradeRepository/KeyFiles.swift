@@ -68,7 +68,11 @@ public enum KeyFiles {
         var roots = [(String, RootDocument)]()
         for value in values.flatMap({ $0.split(separator: ",").map(String.init) }) {
             if value.hasPrefix("ed25519:") {
-                keys.append(try PublicKey(text: value))
+                do {
+                    keys.append(try PublicKey(text: value))
+                } catch {
+                    throw KeyFileError.unreadable("--trust ed25519:…", "\(error)")
+                }
                 continue
             }
             let bytes = try AtomicFile.read(value)
@@ -81,11 +85,12 @@ public enum KeyFiles {
                 continue
             }
             let text = String(decoding: bytes, as: UTF8.self)
-            for line in text.split(separator: "\n") where !line.trimmingPrefix(" ").isEmpty && !line.hasPrefix("#") {
+            for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated()
+            where !line.trimmingPrefix(" ").isEmpty && !line.hasPrefix("#") {
                 do {
                     keys.append(try PublicKey(text: String(line)))
                 } catch {
-                    throw KeyFileError.unreadable(value, "\(error)")
+                    throw KeyFileError.unreadable("\(value):\(number + 1)", "\(error)")
                 }
             }
         }

@@ -15,6 +15,8 @@ public enum TreeSource {
         case file(String)
         /// No cache: hash everything, write nothing.
         case none
+        /// An existing file, read but never written (read-only commands such as `verify`).
+        case readOnly(String)
     }
 
     /// The default state directory name inside a root.
@@ -57,6 +59,7 @@ public enum TreeSource {
         switch location {
         case .none: cacheFile = nil
         case .file(let file): cacheFile = file
+        case .readOnly(let file): cacheFile = file
         case .stateDirectory:
             let state = root + "/" + stateDirectoryName
             var info = stat()
@@ -65,7 +68,7 @@ public enum TreeSource {
         }
         let cache = cacheFile.flatMap { try? AtomicFile.read($0) }.flatMap(StatCache.init(encoded:)) ?? StatCache()
         let result = try await Scanner(options: options).scan(root: root, cache: cache)
-        if let cacheFile, result.statCacheChanged {
+        if let cacheFile, result.statCacheChanged, location != .readOnly(cacheFile) {
             // A cache that cannot be written costs the next scan time, not correctness.
             try? AtomicFile.write(result.statCache.encoded(), to: cacheFile, mode: 0o600)
         }

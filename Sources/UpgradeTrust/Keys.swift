@@ -22,7 +22,7 @@ public struct PublicKey: Hashable, Sendable, CustomStringConvertible {
         guard trimmed.hasPrefix(Self.prefix),
             let data = Data(base64Encoded: String(trimmed.dropFirst(Self.prefix.count))),
             let key = PublicKey(rawRepresentation: [UInt8](data))
-        else { throw .malformedPublicKey(String(trimmed.prefix(80))) }
+        else { throw trimmed.hasPrefix(PrivateKey.prefix) ? .privateKeyGiven : .malformedPublicKey }
         self = key
     }
 
@@ -101,13 +101,19 @@ public struct TrustedKeys: Sendable {
 
 /// A key that cannot be read.
 public enum KeyError: Error, Hashable, Sendable, CustomStringConvertible {
-    case malformedPublicKey(String)
+    /// Never carries the text it was given: that might be a secret pasted in the wrong place,
+    /// and errors end up in cron mail and logs.
+    case malformedPublicKey
+    /// A private key where a public key belongs.
+    case privateKeyGiven
     case malformedPrivateKey
 
     public var description: String {
         switch self {
-        case .malformedPublicKey(let text):
-            "not a public key: \(text.debugDescription) (expected ed25519:<base64>, as written by `upgrade keygen`)"
+        case .malformedPublicKey:
+            "not a public key (expected ed25519:<base64>, as written by `upgrade keygen` into KEY.pub)"
+        case .privateKeyGiven:
+            "this is a private key, not a public key: pass the .pub file `upgrade keygen` wrote beside it (and keep the private key secret)"
         case .malformedPrivateKey: "not a private key written by `upgrade keygen`"
         }
     }

@@ -34,6 +34,16 @@ struct ApplyCommand: AsyncParsableCommand {
 
     func run() async throws {
         Main.stopOnSignals()
+        if json { JSONOutput.request(command: "apply") }
+        let report = try await RunLog.around(command: "apply", root: root.root, stateDirectory: root.stateDir) {
+            try await install()
+        } result: {
+            ($0.result, $0.toVersion)
+        }
+        Reporting.print(report, json: json, command: "apply")
+    }
+
+    private func install() async throws -> InstallReport {
         let keys = try KeyFiles.loadTrusted(trust)
         let reader = try BundleReader(path: bundle)
         guard let header = try reader.section(.header, limit: 1 << 20), let manifest = try reader.section(.manifest),
@@ -71,8 +81,7 @@ struct ApplyCommand: AsyncParsableCommand {
         request.allowDowngrade = allowDowngrade || !session.installedReleaseIsTrusted(by: trusted.root)
         request.hookTimeout = hookTimeout
         request.healthCheckTimeout = healthCheckTimeout
-        let report = try session.install(request)
-        Reporting.print(report, json: json)
+        return try session.install(request)
     }
 }
 
@@ -83,27 +92,30 @@ struct RootOptions: ParsableArguments {
     @Option(help: "Seconds to wait for another run's lock before exiting 75.") var lockTimeout: Double = 60
 }
 
+extension RunResult {
+    /// The result for people: "up to date", "rolled back".
+    var words: String { rawValue.replacingOccurrences(of: "-", with: " ") }
+}
+
 /// Renders install reports.
 enum Reporting {
-    static func print(_ report: InstallReport, json: Bool) {
+    static func print(_ report: InstallReport, json: Bool, command: String) {
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
-            Swift.print(String(decoding: (try? encoder.encode(report)) ?? Data(), as: UTF8.self))
+            JSONOutput.print(command: command, report)
             return
         }
         if let recovered = report.recovered { Swift.print("recovery: \(recovered)") }
         let from = report.fromVersion ?? "nothing"
         switch report.result {
-        case "nothing to do": return
-        case "dry run":
-            for operation in report.operations ?? [] { Swift.print(operation) }
+        case .nothingToDo, .upToDate: return
+        case .dryRun:
+            for operation in report.operations ?? [] { Swift.print("\(operation.op) \(operation.path)") }
             Swift.print(
                 "dry run: \(report.product ?? "") \(from) -> \(report.toVersion ?? ""): \(report.summary.map(DiffCommand.summaryLine) ?? ""); nothing was changed"
             )
         default:
             Swift.print(
-                "\(report.result): \(report.product ?? "") \(from) -> \(report.toVersion ?? "")\(report.summary.map { "; " + DiffCommand.summaryLine($0) } ?? "")"
+                "\(report.result.words): \(report.product ?? "") \(from) -> \(report.toVersion ?? "")\(report.summary.map { "; " + DiffCommand.summaryLine($0) } ?? "")"
             )
         }
     }

@@ -37,6 +37,8 @@ enum ExitStatus: Int32, Error {
     case manualIntervention = 9
     /// The server or mirror could not be reached, kept failing, or refused the request.
     case network = 10
+    /// The server has no such product, channel or release; not retried.
+    case notFound = 11
     /// Another run holds the root's lock (EX_TEMPFAIL).
     case busy = 75
     /// Stopped by SIGINT (128 + 2) or SIGTERM (128 + 15); the line printed says which release
@@ -44,30 +46,88 @@ enum ExitStatus: Int32, Error {
     case interruptedByInt = 130
     case interruptedByTerm = 143
 
-    static let helpText = """
-        EXIT CODES
-          0   done, or nothing to do
-          1   I/O or system error (the message names the path and the failing call)
-          2   usage error (bad flags or arguments)
-          3   invalid input: a path breaks the path rules, a device/FIFO/socket is in the tree,
-              or a manifest file is malformed; nothing was changed
-          4   verification failed: a signature, digest or content check did not pass
-          5   refused: conflicts with what exists (a key file, a version published with
-              other content, a version not newer than the latest, a key the repository's
-              root does not authorize)
-          6   unsafe plan: a hostile path, or a symlink where the plan needs a directory;
-              nothing was changed
-          7   not enough free space to download or stage the upgrade; nothing was changed
-          8   a hook or the health check failed; the tree was rolled back to the old release
-          9   needs manual intervention: recovery could not restore a consistent tree
-          10  network: the server or mirror could not be reached, kept failing, refused, was
-              slower than --min-rate, or --timeout passed
-          75  busy: another upgrade holds the root's lock (try again later)
-          130 interrupted by SIGINT, 143 by SIGTERM: before a transaction nothing was changed
-              (finished downloads are kept); during one, a running hook's process group is
-              killed and the tree rolled back, or, past the commit, the upgrade finishes; the
-              last line says which release the tree holds
-        """
+    /// The token naming the status in `--json` error documents.
+    var name: String {
+        switch self {
+        case .success: "ok"
+        case .failure: "io"
+        case .usage: "usage"
+        case .invalidInput: "invalid-input"
+        case .verificationFailed: "verification-failed"
+        case .refused: "refused"
+        case .unsafePlan: "unsafe-plan"
+        case .noSpace: "no-space"
+        case .rolledBack: "rolled-back"
+        case .manualIntervention: "manual-intervention"
+        case .network: "network"
+        case .notFound: "not-found"
+        case .busy: "busy"
+        case .interruptedByInt, .interruptedByTerm: "interrupted"
+        }
+    }
+
+    /// Every documented code with its meaning, as `--help` and the README print them (one
+    /// source; lines fit 80 columns).
+    static let meanings: [(code: String, lines: [String])] = [
+        ("0", ["done, or nothing to do"]),
+        ("1", ["I/O or system error (the message names the path and the failing call)"]),
+        ("2", ["usage: a bad or missing flag or argument, an unusable flag value or", "config file"]),
+        ("3", ["invalid input: a path breaks the path rules, a device/FIFO/socket is in", "the tree, a manifest file is malformed, the root is not a directory or", "(verify) has nothing installed; nothing was changed"]),
+        ("4", ["verification failed: a signature, digest or content check did not pass,", "or (verify) the tree differs from the installed release"]),
+        ("5", ["refused: conflicts with what exists (a key file, a version published", "with other content, a version not newer than the latest, a key the", "root does not authorize, an older release without --allow-downgrade)"]),
+        ("6", ["unsafe plan: a hostile path, or a symlink where the plan needs a", "directory; nothing was changed"]),
+        ("7", ["not enough free space to download or stage; nothing was changed"]),
+        ("8", ["a hook or the health check failed; the tree was rolled back"]),
+        ("9", ["needs manual intervention: recovery could not restore a consistent tree"]),
+        ("10", ["network: the server or mirror could not be reached, kept failing, was", "slower than --min-rate, --timeout passed, or (not retried) the URL or", "TLS setup cannot work"]),
+        ("11", ["not found: the server has no such product, channel or release"]),
+        ("75", ["busy: another upgrade holds the root's lock (try again later)"]),
+        ("130", ["interrupted by SIGINT, 143 by SIGTERM: before a transaction nothing", "was changed (finished downloads are kept); during one, a running hook's", "process group is killed and the tree rolled back, or, past the commit,", "the upgrade finishes; the last line says which release the tree holds"]),
+    ]
+
+    /// The codes each command can end with.
+    static let byCommand: [(command: String, codes: [ExitStatus])] = [
+        ("manifest", [.success, .failure, .usage, .invalidInput]),
+        ("diff", [.success, .failure, .usage, .invalidInput]),
+        ("keygen", [.success, .failure, .usage, .refused]),
+        ("publish", [.success, .failure, .usage, .invalidInput, .verificationFailed, .refused]),
+        ("releases", [.success, .failure, .usage]),
+        ("verify-repo", [.success, .failure, .usage, .verificationFailed]),
+        ("bundle", [.success, .failure, .usage, .invalidInput, .verificationFailed]),
+        ("apply", [.success, .failure, .usage, .invalidInput, .verificationFailed, .refused, .unsafePlan, .noSpace, .rolledBack, .manualIntervention, .busy, .interruptedByInt]),
+        ("status", [.success, .failure, .usage, .invalidInput]),
+        ("verify", [.success, .failure, .usage, .invalidInput, .verificationFailed, .busy]),
+        ("rollback", [.success, .failure, .usage, .invalidInput, .refused, .noSpace, .manualIntervention, .busy, .interruptedByInt]),
+        ("serve", [.success, .failure, .usage, .invalidInput]),
+        ("sync", [.success, .failure, .usage, .invalidInput, .verificationFailed, .refused, .unsafePlan, .noSpace, .rolledBack, .manualIntervention, .network, .notFound, .busy, .interruptedByInt]),
+        ("share", [.success, .failure, .usage, .invalidInput]),
+        ("root", [.success, .failure, .usage, .invalidInput, .verificationFailed, .refused]),
+    ]
+
+    /// The EXIT CODES section of `upgrade --help`, also in the README (a test compares them).
+    static var helpText: String {
+        var lines = ["EXIT CODES"]
+        for (code, text) in meanings {
+            lines.append("  " + code.padding(toLength: 4, withPad: " ", startingAt: 0) + text[0])
+            for more in text.dropFirst() { lines.append("      " + more) }
+        }
+        lines.append("")
+        lines.append("EXIT CODES BY COMMAND (x: the command can end with it; 130 stands for 130/143)")
+        let columns: [ExitStatus] = [
+            .success, .failure, .usage, .invalidInput, .verificationFailed, .refused, .unsafePlan, .noSpace,
+            .rolledBack, .manualIntervention, .network, .notFound, .busy, .interruptedByInt,
+        ]
+        func row(_ name: String, _ cells: [String]) -> String {
+            var line = "  " + name.padding(toLength: 12, withPad: " ", startingAt: 0)
+            for cell in cells { line += cell.padding(toLength: 4, withPad: " ", startingAt: 0) }
+            return String(line.reversed().drop(while: { $0 == " " }).reversed())
+        }
+        lines.append(row("", columns.map { String($0.rawValue) }))
+        for (command, codes) in byCommand {
+            lines.append(row(command, columns.map { codes.contains($0) ? "x" : "." }))
+        }
+        return lines.joined(separator: "\n")
+    }
 }
 
 /// An error that knows which exit code it deserves.
@@ -137,6 +197,8 @@ extension ApplyError: ClassifiedError {
         case .manualIntervention: .manualIntervention
         case .nothingToRollBack: .refused
         case .interrupted(let signal, _): signal == SIGINT ? .interruptedByInt : .interruptedByTerm
+        case .downgrade: .refused
+        case .notARoot: .invalidInput
         }
     }
 }
@@ -162,7 +224,9 @@ extension BundleBuildError: ClassifiedError {
 extension SyncError: ClassifiedError {
     var exitStatus: ExitStatus {
         switch self {
-        case .network, .server, .tooSlow, .timedOut: .network
+        case .network, .server, .tooSlow, .timedOut, .permanent: .network
+        case .notFound: .notFound
+        case .configuration: .usage
         case .verification, .corruptPayload: .verificationFailed
         case .noSpace: .noSpace
         }
@@ -170,6 +234,10 @@ extension SyncError: ClassifiedError {
 }
 
 extension PeerSetupError: ClassifiedError {
+    var exitStatus: ExitStatus { .usage }
+}
+
+extension ProxyError: ClassifiedError {
     var exitStatus: ExitStatus { .usage }
 }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import UpgradeCore
 import Foundation
 import UpgradeApply
 
@@ -13,14 +14,36 @@ struct StatusCommand: AsyncParsableCommand {
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
+        if json { JSONOutput.request(command: "status") }
         let status = try Installer.status(root: root.root, stateDirectoryName: root.stateDir)
         if json {
-            let data = try JSONSerialization.data(withJSONObject: status, options: [.sortedKeys, .prettyPrinted])
-            print(String(decoding: data, as: UTF8.self))
+            JSONOutput.print(command: "status", status)
             return
         }
-        for key in status.keys.sorted() where key != "lastResult" { print("\(key): \(status[key]!)") }
-        if let last = status["lastResult"] { print("lastResult: \(last.replacingOccurrences(of: "\n", with: " "))") }
+        if let release = status.installed {
+            print("installed: \(release.product) \(release.version) (sequence \(release.sequence), \(release.platform))")
+            print("manifest: \(release.manifestSHA256)")
+            print("expires: \(release.expires)")
+            print("rollback: \(status.rollbackAvailable ? "available" : "none")")
+        } else {
+            print("installed: nothing")
+        }
+        if let channel = status.channel { print("channel: \(channel)") }
+        if let pending = status.pendingJournal {
+            print(
+                "pending: \(pending.state) \(pending.fromVersion ?? "nothing") -> \(pending.toVersion) (recovered by the next sync, apply or rollback)"
+            )
+        }
+        if status.lock.held { print("locked by: pid \(status.lock.pid.map(String.init) ?? "unknown")") }
+        if let attempt = status.lastAttempt { print("last attempt: \(Self.line(attempt))") }
+        if let success = status.lastSuccess { print("last success: \(Self.line(success))") }
+    }
+
+    static func line(_ record: RunRecord) -> String {
+        let outcome = record.exitCode == 0
+            ? (record.result?.rawValue ?? "ok")
+            : "exit \(record.exitCode): \(record.error?.split(separator: "\n").first ?? "")"
+        return "\(record.at) \(record.command)\(record.version.map { " -> " + $0 } ?? ""): \(outcome)"
     }
 }
 
@@ -32,19 +55,25 @@ struct VerifyCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var root: RootOptions
+    @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
-        let paths = try Installer.verify(
+        if json { JSONOutput.request(command: "verify") }
+        let differences = try Installer.verify(
             root: root.root,
             stateDirectoryName: root.stateDir,
             lockTimeout: root.lockTimeout
         )
-        for path in paths { print("changed: \(path)") }
-        if !paths.isEmpty {
-            throw CommandFailure(
-                description: "\(paths.count) paths differ from the installed release",
-                exitStatus: .verificationFailed
-            )
+        if json {
+            // The differences are the answer, so they are printed as a success document with
+            // `"ok": false` left to the exit code: scripts read `differences` either way.
+            struct Body: Encodable { var differences: [Manifest.Difference] }
+            if differences.isEmpty { JSONOutput.print(command: "verify", Body(differences: [])) }
+        } else {
+            for difference in differences { print("\(difference.kind.rawValue): \(difference.path)") }
+        }
+        if !differences.isEmpty {
+            throw VerifyDifferences(differences: differences)
         }
     }
 }
@@ -61,11 +90,20 @@ struct RollbackCommand: AsyncParsableCommand {
 
     func run() async throws {
         Main.stopOnSignals()
-        let report = try Installer.rollback(
-            root: root.root,
-            stateDirectoryName: root.stateDir,
-            lockTimeout: root.lockTimeout
-        )
-        Reporting.print(report, json: json)
+        if json { JSONOutput.request(command: "rollback") }
+        let report = try await RunLog.around(command: "rollback", root: root.root, stateDirectory: root.stateDir) {
+            try Installer.rollback(root: root.root, stateDirectoryName: root.stateDir, lockTimeout: root.lockTimeout)
+        } result: {
+            ($0.result, $0.toVersion)
+        }
+        Reporting.print(report, json: json, command: "rollback")
     }
+}
+
+/// `verify` found differences: exit 4, and with `--json` the error document carries them.
+struct VerifyDifferences: ClassifiedError, DetailedError {
+    let differences: [Manifest.Difference]
+    var exitStatus: ExitStatus { .verificationFailed }
+    var description: String { "\(Terminal.count(differences.count, "path")) differ from the installed release" }
+    var details: any Encodable & Sendable { ["differences": differences] }
 }

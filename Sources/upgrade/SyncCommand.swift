@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Synchronization
+import UpgradeApply
 import UpgradeClient
 import UpgradeCore
 import UpgradePeer
@@ -71,9 +73,11 @@ struct SyncCommand: AsyncParsableCommand {
         let file = try config.map { path throws -> ConfigFile in
             let file = try ConfigFile(path: path)
             let unknown = file.unknownKeys(Self.configKeys)
-            if !unknown.isEmpty { throw ConfigError.unknownKeys(path: path, unknown) }
+            if !unknown.isEmpty { throw file.unknownKeysError(unknown) }
             return file
         }
+        let json = try json || (file?.bool("json") ?? false)
+        if json { JSONOutput.request(command: "sync") }
         func pick(_ flag: String?, _ key: String) throws -> String? { try flag ?? file?.string(key) }
         let offline = try offline || (file?.bool("offline") ?? false)
         let server = try pick(server, "server")
@@ -85,6 +89,7 @@ struct SyncCommand: AsyncParsableCommand {
                 exitStatus: .usage
             )
         }
+        if let server { try Self.checkURL(server, flag: "--server") }
         let trustValues = trust.isEmpty ? (try file?.strings("trust") ?? []) : trust
         var options = SyncOptions(
             server: server ?? "",
@@ -94,6 +99,8 @@ struct SyncCommand: AsyncParsableCommand {
         )
         options.channel = try pick(channel, "channel") ?? "stable"
         options.mirror = try pick(mirror, "mirror")
+        if let mirror = options.mirror { try Self.checkURL(mirror, flag: "--mirror") }
+        options.proxy = try ProxySettings(environment: ProcessInfo.processInfo.environment)
         options.caCertificate = try pick(caCert, "ca-cert")
         options.stateDirectoryName = try pick(stateDir, "state-dir") ?? ".upgrade"
         options.lockTimeout = try lockTimeout ?? file?.number("lock-timeout") ?? 60
@@ -116,31 +123,38 @@ struct SyncCommand: AsyncParsableCommand {
         options.dryRun = try dryRun || (file?.bool("dry-run") ?? false)
         options.allowDowngrade = try allowDowngrade || (file?.bool("allow-downgrade") ?? false)
         try configurePeers(&options, file: file, offline: offline)
-        let json = try json || (file?.bool("json") ?? false)
         if !json && isatty(STDERR_FILENO) == 1 { options.progress = ProgressBar.draw }
 
         var logger = Logger(label: "upgrade.sync")
         logger.logLevel = .warning
-        let report = try await SyncClient.sync(options, logger: logger)
-        if options.progress != nil { ProgressBar.clear() }
+        let frozen = options
+        let report = try await RunLog.around(
+            command: "sync",
+            root: options.root,
+            stateDirectory: options.stateDirectoryName,
+            channel: options.channel
+        ) {
+            defer { if frozen.progress != nil { ProgressBar.clear() } }
+            return try await SyncClient.sync(frozen, logger: logger)
+        } result: {
+            ($0.result, $0.toVersion)
+        }
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            JSONOutput.print(command: "sync", report)
             return
         }
         let from = report.fromVersion ?? "nothing"
         let to = report.toVersion ?? "?"
         switch report.result {
-        case "up to date": return
-        case "dry run":
+        case .upToDate, .nothingToDo: return
+        case .dryRun:
             let transfers = Dictionary(report.files.map { ($0.path, $0) }, uniquingKeysWith: { first, _ in first })
             for operation in report.operations ?? [] {
-                let path = String(operation.split(separator: " ", maxSplits: 1).last ?? "")
-                if let transfer = transfers[path] {
-                    print("\(operation)  [\(transfer.transfer), \(Terminal.bytes(transfer.bytes))]")
+                let line = "\(operation.op) \(operation.path)"
+                if let transfer = transfers[operation.path] {
+                    print("\(line)  [\(transfer.transfer), \(Terminal.bytes(transfer.bytes))]")
                 } else {
-                    print(operation)
+                    print(line)
                 }
             }
             for fallback in report.fallbacks { print("note: \(fallback)") }
@@ -150,13 +164,26 @@ struct SyncCommand: AsyncParsableCommand {
         default:
             if let recovered = report.recovered { print("recovery: \(recovered)") }
             print(
-                "\(report.result): \(report.product) \(from) -> \(to); \(report.summary.map(DiffCommand.summaryLine) ?? ""); downloaded \(Terminal.bytes(report.bytesDownloaded)) (\(report.objectsDownloaded) whole, \(report.deltasUsed) as deltas), \(String(format: "%.1f", report.durationSeconds)) s"
+                "\(report.result.words): \(report.product) \(from) -> \(to); \(report.summary.map(DiffCommand.summaryLine) ?? ""); downloaded \(Terminal.bytes(report.bytesDownloaded)) (\(report.objectsDownloaded) whole, \(report.deltasUsed) as deltas), \(String(format: "%.1f", report.durationSeconds)) s"
             )
             for fallback in report.fallbacks { print("note: \(fallback)") }
             if report.bytesFromPeers > 0 {
                 print("from peers: \(Terminal.bytes(report.bytesFromPeers)) in \(report.objectsFromPeers) files")
             }
             for peer in report.peers where peer.dropped { print("note: peer \(peer.url) \(peer.status)") }
+        }
+    }
+
+    /// A server or mirror URL the client can use: http:// or https:// with a host. Anything
+    /// else is a usage error at once, not a minute of retries.
+    static func checkURL(_ text: String, flag: String) throws {
+        guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased(),
+            ["http", "https"].contains(scheme), let host = components.host, !host.isEmpty
+        else {
+            let hint =
+                text.contains("://")
+                ? "only http:// and https:// are supported" : "add the scheme: http://\(text) or https://\(text)"
+            throw CommandFailure(description: "\(flag) \(text.debugDescription) is not a usable URL; \(hint)", exitStatus: .usage)
         }
     }
 
@@ -212,18 +239,62 @@ struct SyncCommand: AsyncParsableCommand {
     }
 }
 
-/// A one-line progress bar on standard error.
+/// A one-line progress bar on standard error that moves with the bytes: done/total, rate and
+/// time left, redrawn at most ten times a second.
 enum ProgressBar {
+    private struct State {
+        var started: ContinuousClock.Instant?
+        var lastDraw: ContinuousClock.Instant?
+    }
+
+    private static let state = Mutex(State())
+
     @Sendable static func draw(_ progress: SyncProgress) {
+        let now = ContinuousClock.now
+        let elapsed: Double? = state.withLock { state in
+            let started = state.started ?? now
+            state.started = started
+            let finished = progress.bytesDone >= progress.bytesTotal && progress.objectsDone >= progress.objectsTotal
+            if let last = state.lastDraw, now - last < .milliseconds(100), !finished { return nil }
+            state.lastDraw = now
+            return seconds(now - started)
+        }
+        guard let elapsed else { return }
+        FileHandle.standardError.write(Data(("\r" + line(progress, elapsed: elapsed)).utf8))
+    }
+
+    /// The bar for `progress` after `elapsed` seconds (80 columns at most).
+    static func line(_ progress: SyncProgress, elapsed: Double) -> String {
         let fraction = progress.bytesTotal == 0 ? 1 : min(1, Double(progress.bytesDone) / Double(progress.bytesTotal))
-        let filled = Int(fraction * 30)
-        let bar = String(repeating: "#", count: filled) + String(repeating: " ", count: 30 - filled)
-        let line =
-            "\r[\(bar)] \(progress.objectsDone)/\(progress.objectsTotal) files, \(Terminal.bytes(progress.bytesDone))/\(Terminal.bytes(progress.bytesTotal))"
-        FileHandle.standardError.write(Data(line.utf8))
+        let filled = Int(fraction * 20)
+        let bar = String(repeating: "#", count: filled) + String(repeating: " ", count: 20 - filled)
+        let rate = elapsed > 0.2 ? Double(progress.bytesDone) / elapsed : 0
+        var text =
+            "[\(bar)] \(Terminal.bytes(progress.bytesDone))/\(Terminal.bytes(progress.bytesTotal)) \(progress.objectsDone)/\(progress.objectsTotal) files"
+        if rate > 0 {
+            text += " \(Terminal.bytes(UInt64(rate)))/s"
+            let left = Double(progress.bytesTotal.saturatingSubtract(progress.bytesDone)) / rate
+            text += " ETA \(duration(left))"
+        }
+        return text.padding(toLength: max(text.count, 79), withPad: " ", startingAt: 0)
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        let total = Int(seconds.rounded(.up))
+        return total >= 3600
+            ? String(format: "%d:%02d:%02d", total / 3600, total / 60 % 60, total % 60)
+            : String(format: "%d:%02d", total / 60, total % 60)
+    }
+
+    private static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 
     static func clear() {
         FileHandle.standardError.write(Data(("\r" + String(repeating: " ", count: 79) + "\r").utf8))
     }
+}
+
+extension UInt64 {
+    fileprivate func saturatingSubtract(_ other: UInt64) -> UInt64 { self > other ? self - other : 0 }
 }

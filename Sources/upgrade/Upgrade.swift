@@ -31,6 +31,7 @@ enum Main {
             print(version)
             Glibc.exit(0)
         }
+        JSONOutput.noteArguments(CommandLine.arguments)
         let status: ExitStatus
         do {
             var command = try Upgrade.parseAsRoot()
@@ -43,6 +44,7 @@ enum Main {
         } catch let exit as ExitCode {
             Glibc.exit(exit.rawValue)
         } catch let status as ExitStatus {
+            if JSONOutput.requested { JSONOutput.printError(status, message: "exit \(status.rawValue)") }
             Glibc.exit(status.rawValue)
         } catch {
             status = report(error)
@@ -63,15 +65,24 @@ enum Main {
         }
         if let classified = error as? any ClassifiedError {
             Terminal.error("\(classified)")
+            if JSONOutput.requested {
+                JSONOutput.printError(
+                    classified.exitStatus,
+                    message: "\(classified)",
+                    details: (error as? any DetailedError)?.details
+                )
+            }
             return classified.exitStatus
         }
         if parserCode == .validationFailure || error is ValidationError || "\(type(of: error))".contains("CommandError")
         {
             Terminal.error(Upgrade.fullMessage(for: error))
             Terminal.error("Run 'upgrade --help' for usage.")
+            if JSONOutput.requested { JSONOutput.printError(.usage, message: Upgrade.message(for: error)) }
             return .usage
         }
         Terminal.error("\(error)")
+        if JSONOutput.requested { JSONOutput.printError(.failure, message: "\(error)") }
         return .failure
     }
 
