@@ -120,6 +120,7 @@ let package = Package(
                 "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeRepository", "UpgradeApply", "UpgradeBundle",
                 "UpgradeServer", "UpgradeClient", "UpgradeProtocol", "UpgradePeer",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict

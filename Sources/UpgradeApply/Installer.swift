@@ -413,7 +413,7 @@ public enum Installer {
         defer { if let lock { close(lock) } }
         if let journal = try? store.journal() {
             throw ApplyError.verification(
-                "an upgrade to \(journal.toVersion) was interrupted (\(journal.state.rawValue)); the next sync, apply or rollback recovers it"
+                "an upgrade to \(journal.toVersion) was interrupted (\(journal.state.rawValue)); `upgrade recover` (or the next sync, apply or rollback) recovers it"
             )
         }
         guard let current = store.current else {
@@ -575,6 +575,21 @@ public enum Installer {
         try store.tree.sync()
         try store.tree.removeTree("staging")
         try store.tree.removeTree("state/\(id)")
+    }
+
+    /// `upgrade recover`: takes the lock and finishes or rolls back an interrupted transaction,
+    /// nothing else. Returns what recovery did, nil when there was nothing to recover.
+    public static func recover(
+        root rootPath: String,
+        stateDirectoryName: String = TreeSource.stateDirectoryName,
+        lockTimeout: Double = 60
+    ) throws -> String? {
+        let root = try SafeTree(path: rootPath, observer: NoObserver())
+        guard let store = try? StateStore(root: root, name: stateDirectoryName, rootPath: rootPath, create: false)
+        else { return nil }
+        let lock = try store.lock(timeout: lockTimeout)
+        defer { close(lock) }
+        return try recover(store: store, root: root)
     }
 
     /// Recovery of an interrupted transaction, under the lock.

@@ -83,7 +83,11 @@ enum PermanentFailure {
             }
             return .permanent("\(what): TLS failed (\(text)); check https:// and --ca-cert")
         }
-        if error is HTTPParserError && what.contains("http://") {
+        // Only an answer that does not start like HTTP at all (TLS bytes); a response cut
+        // short (`invalidEOFState`) is passing trouble and retried.
+        if let parser = error as? HTTPParserError, [.invalidConstant, .invalidVersion, .invalidStatus].contains(parser),
+            what.contains("http://")
+        {
             return .permanent("\(what): the answer is not HTTP (\(text)); if the server speaks TLS, use https://")
         }
         return nil

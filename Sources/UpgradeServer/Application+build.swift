@@ -78,8 +78,12 @@ public func buildApplication(
     let http1 = HTTP1Channel.Configuration(idleTimeout: .milliseconds(Int64(configuration.idleTimeout * 1000)))
     let server: HTTPServerBuilder
     if let tls = configuration.tls {
-        let chain = try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
-        let key = try NIOSSLPrivateKey(file: tls.key, format: .pem)
+        let chain = try ServerSetupError.loading("--tls-cert", tls.certificate) {
+            try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
+        }
+        let key = try ServerSetupError.loading("--tls-key", tls.key) {
+            try NIOSSLPrivateKey(file: tls.key, format: .pem)
+        }
         let tlsConfiguration = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain,
             privateKey: .privateKey(key)
@@ -120,6 +124,24 @@ struct MetricsCountingMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch {
             metrics.countRequest(status: 500)
             throw error
+        }
+    }
+}
+
+/// A server that cannot start as configured; the message names the flag and the file or address.
+public struct ServerSetupError: Error, CustomStringConvertible {
+    public let description: String
+
+    /// Runs `load`, turning NIO SSL's bare errors (`failedToLoadCertificate`) into one naming
+    /// `flag` and `path` and saying what is wrong with the file.
+    static func loading<T>(_ flag: String, _ path: String, _ load: () throws -> T) throws -> T {
+        do {
+            return try load()
+        } catch {
+            let why =
+                access(path, F_OK) != 0
+                ? "no such file" : access(path, R_OK) != 0 ? "cannot be read" : "not a PEM file NIO SSL can load (\(error))"
+            throw ServerSetupError(description: "\(flag) \(path): \(why)")
         }
     }
 }

@@ -5,6 +5,7 @@ import UpgradeCore
 import UpgradePeer
 import UpgradeRepository
 import UpgradeScan
+import UpgradeServer
 import UpgradeTrust
 
 #if canImport(Glibc)
@@ -98,6 +99,7 @@ enum ExitStatus: Int32, Error {
         ("status", [.success, .failure, .usage, .invalidInput]),
         ("verify", [.success, .failure, .usage, .invalidInput, .verificationFailed, .busy]),
         ("rollback", [.success, .failure, .usage, .invalidInput, .refused, .noSpace, .manualIntervention, .busy, .interruptedByInt]),
+        ("recover", [.success, .failure, .usage, .invalidInput, .manualIntervention, .busy, .interruptedByInt]),
         ("serve", [.success, .failure, .usage, .invalidInput]),
         ("sync", [.success, .failure, .usage, .invalidInput, .verificationFailed, .refused, .unsafePlan, .noSpace, .rolledBack, .manualIntervention, .network, .notFound, .busy, .interruptedByInt]),
         ("share", [.success, .failure, .usage, .invalidInput]),
@@ -234,6 +236,10 @@ extension SyncError: ClassifiedError {
 }
 
 extension PeerSetupError: ClassifiedError {
+    var exitStatus: ExitStatus { .usage }
+}
+
+extension ServerSetupError: ClassifiedError {
     var exitStatus: ExitStatus { .usage }
 }
 

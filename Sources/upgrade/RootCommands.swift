@@ -31,7 +31,7 @@ struct StatusCommand: AsyncParsableCommand {
         if let channel = status.channel { print("channel: \(channel)") }
         if let pending = status.pendingJournal {
             print(
-                "pending: \(pending.state) \(pending.fromVersion ?? "nothing") -> \(pending.toVersion) (recovered by the next sync, apply or rollback)"
+                "pending: \(pending.state) \(pending.fromVersion ?? "nothing") -> \(pending.toVersion) (`upgrade recover` or the next sync, apply or rollback recovers it)"
             )
         }
         if status.lock.held { print("locked by: pid \(status.lock.pid.map(String.init) ?? "unknown")") }
@@ -106,4 +106,36 @@ struct VerifyDifferences: ClassifiedError, DetailedError {
     var exitStatus: ExitStatus { .verificationFailed }
     var description: String { "\(Terminal.count(differences.count, "path")) differ from the installed release" }
     var details: any Encodable & Sendable { ["differences": differences] }
+}
+
+/// `upgrade recover`.
+struct RecoverCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "recover",
+        abstract: "Finish or roll back an interrupted upgrade of a root, and do nothing else.",
+        discussion: """
+            Every command that changes a root recovers first; this one only recovers (from a \
+            boot script, or before `verify`, which changes nothing and so does not). Prints what \
+            it did, or nothing when there was nothing to recover.
+            """
+    )
+
+    @OptionGroup var root: RootOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        Main.stopOnSignals()
+        if json { JSONOutput.request(command: "recover") }
+        let outcome = try Installer.recover(
+            root: root.root,
+            stateDirectoryName: root.stateDir,
+            lockTimeout: root.lockTimeout
+        )
+        if json {
+            struct Body: Encodable { var recovered: String? }
+            JSONOutput.print(command: "recover", Body(recovered: outcome))
+        } else if let outcome {
+            print("recovery: \(outcome)")
+        }
+    }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Hummingbird
 import Logging
+import NIOCore
 import UpgradeServer
 
 /// `upgrade serve`.
@@ -82,7 +83,14 @@ struct ServeCommand: AsyncParsableCommand {
             // Written straight to the descriptor: scripts and tests wait for this line.
             FileHandle.standardOutput.write(Data("listening on \(scheme)://\(host):\(port)\n".utf8))
         }
-        try await app.runService()
+        do {
+            try await app.runService()
+        } catch let error as IOError where error.errnoCode == EADDRINUSE || error.errnoCode == EACCES {
+            let why = error.errnoCode == EADDRINUSE ? "the address is already in use" : "permission denied"
+            throw CommandFailure(description: "cannot listen on \(listen): \(why)", exitStatus: .failure)
+        } catch let error as IOError {
+            throw CommandFailure(description: "cannot listen on \(listen): \(error)", exitStatus: .failure)
+        }
     }
 }
 

@@ -47,10 +47,10 @@ struct ApplyTests {
         let rollback = try Upgrade.run(["rollback", "--root", root])
         #expect(rollback.status == 0, "\(rollback.stderr)")
         #expect(try await ApplyFixture.scan(root) == (try await ApplyFixture.scan(a.root)))
-        let status = try Upgrade.run(["status", "--root", root, "--json"])
-        let document = try #require(try JSONSerialization.jsonObject(with: status.stdout) as? [String: String])
-        #expect(document["version"] == "1.0")
-        #expect(document["pendingJournal"] == nil)
+        let document = try StatusDocument(root: root)
+        #expect(document.json["format"] as? String == "upgrade-output/1")
+        #expect(document.version == "1.0")
+        #expect(document.pendingJournal == nil)
     }
 
     @Test("dry run and --json change nothing and describe the plan")
@@ -68,8 +68,12 @@ struct ApplyTests {
         )
         #expect(dry.status == 0)
         let report = try #require(try JSONSerialization.jsonObject(with: dry.stdout) as? [String: Any])
-        #expect(report["result"] as? String == "dry run")
-        #expect((report["operations"] as? [String])?.contains("add lib/libmyapp.so.1.1") == true)
+        #expect(report["result"] as? String == "dry-run")
+        let operations = try #require(report["operations"] as? [[String: Any]])
+        #expect(
+            operations.contains { $0["op"] as? String == "add" && $0["path"] as? String == "lib/libmyapp.so.1.1" },
+            "\(operations)"
+        )
         #expect(try await ApplyFixture.scan(root) == before)
         // A second apply of an already-installed release does nothing and prints nothing.
         let again = try fixture.apply(try fixture.bundle(from: nil, to: "1.0"), root: fixture.work.path("other"))
@@ -205,7 +209,7 @@ struct ApplyTests {
             bundlePath = try fixture.bundle(from: nil, to: "9.0", product: "otherapp")
             try FileManager.default.removeItem(atPath: root + "/lib/libmyapp.so")
         default:
-            expected = 4
+            expected = 5
             #expect(try fixture.apply(good, root: root).status == 0)
             bundlePath = try fixture.bundle(from: "1.1", to: "1.0")
         }
@@ -305,7 +309,7 @@ struct ApplyTests {
         #expect(result.status == 7, "\(result.stderr)")
         #expect(result.stderr.contains("not enough space"))
         #expect(try await ApplyFixture.scan(root) == before)
-        #expect(try Upgrade.run(["status", "--root", root]).text.contains("version: 1.0"))
+        #expect(try StatusDocument(root: root).version == "1.0")
 
         // A state directory on another filesystem than the root is refused: renames would copy.
         let other = fixture.work.path("other-root")

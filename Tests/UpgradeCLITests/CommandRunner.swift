@@ -69,3 +69,17 @@ func referenceHashes(_ root: String) throws -> [String: String] {
     }
     return hashes
 }
+
+/// `upgrade status --root ROOT --json`, read the way a script would.
+struct StatusDocument {
+    let json: [String: Any]
+
+    init(root: String) throws {
+        let result = try Upgrade.run(["status", "--root", root, "--json"])
+        json = (try? JSONSerialization.jsonObject(with: result.stdout) as? [String: Any]) ?? [:]
+    }
+
+    /// The installed version, nil when nothing is installed.
+    var version: String? { (json["installed"] as? [String: Any])?["version"] as? String }
+    var pendingJournal: [String: Any]? { json["pendingJournal"] as? [String: Any] }
+}

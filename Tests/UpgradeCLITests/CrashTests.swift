@@ -75,15 +75,14 @@ struct CrashScenario {
     /// The tree is exactly one of the releases, and the installed state says which.
     func checkConsistent(_ root: String, _ context: String) async throws -> String {
         let tree = try await ApplyFixture.scan(root)
-        let status = try Upgrade.run(["status", "--root", root, "--json"])
-        let document = try JSONSerialization.jsonObject(with: status.stdout) as? [String: String] ?? [:]
-        #expect(document["pendingJournal"] == nil, "\(context): journal left behind")
+        let document = try StatusDocument(root: root)
+        #expect(document.pendingJournal == nil, "\(context): journal left behind")
         let isOld = tree == old
         let isNew = tree == new
         if isOld {
             #expect(
-                document["version"] == "1.0",
-                "\(context): tree is 1.0, state says \(document["version"] ?? "none")"
+                document.version == "1.0",
+                "\(context): tree is 1.0, state says \(document.version ?? "none")"
             )
             return "old"
         }
@@ -91,7 +90,7 @@ struct CrashScenario {
             isNew,
             "\(context): tree is neither release; differs from old at \(tree.differingPaths(from: old).prefix(6)), from new at \(tree.differingPaths(from: new).prefix(6))"
         )
-        #expect(document["version"] == "2.0", "\(context): tree is 2.0, state says \(document["version"] ?? "none")")
+        #expect(document.version == "2.0", "\(context): tree is 2.0, state says \(document.version ?? "none")")
         return "new"
     }
 }
@@ -174,7 +173,7 @@ struct CrashTests {
             apply.waitUntilExit()
             if run % 3 == 0 {
                 // Kill the recovering command too.
-                let recovery = try spawn(["verify", "--root", root])
+                let recovery = try spawn(["recover", "--root", root])
                 usleep(UInt32.random(in: 0...UInt32(full * 500_000), using: &rng))
                 if recovery.isRunning {
                     kill(recovery.processIdentifier, SIGKILL)
@@ -182,6 +181,8 @@ struct CrashTests {
                 }
                 recovery.waitUntilExit()
             }
+            let recover = try Upgrade.run(["recover", "--root", root])
+            #expect(recover.status == 0, "run \(run): \(recover.stderr)")
             let verify = try Upgrade.run(["verify", "--root", root])
             #expect(verify.status == 0, "run \(run): \(verify.text)\(verify.stderr)")
             outcomes[try await scenario.checkConsistent(root, "kill run \(run)"), default: 0] += 1

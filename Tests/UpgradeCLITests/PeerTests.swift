@@ -397,7 +397,7 @@ struct PeerTests {
             "sync", "--product", peers.fixture.product, "--root", rootD, "--trust", peers.fixture.pub, "--offline",
             "--peers", share.hostPort, "--version", "1.0",
         ])
-        #expect(refused.status == 4, "a downgrade needs --allow-downgrade: \(refused.stderr)")
+        #expect(refused.status == 5, "a downgrade needs --allow-downgrade: \(refused.stderr)")
         try await peers.sync.expect(rootD, equals: 2, "refused downgrade")
 
         let restored = try Upgrade.run([
