@@ -3,11 +3,14 @@
 SWIFT ?= swift
 # Debian packages the build, the tests and the benchmarks need. CI starts from a machine with
 # only the toolchain, so `deps` installs them (apt-get update, then apt-get install -y).
-DEB_PACKAGES := pkg-config libxxhash-dev libzstd-dev xxhash zstd rsync time strace openssl nginx-light curl iproute2 hey
+DEB_PACKAGES := pkg-config libxxhash-dev libzstd-dev xxhash zstd rsync time strace openssl nginx-light curl iproute2 hey systemd man-db
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BENCH_DIR ?= $(CURDIR)/bench-data
 
-.PHONY: all deps build release test test-crash demo bench ci lint clean
+PREFIX ?= /usr/local
+MANUAL := .build/plugins/GenerateManual/outputs/upgrade/upgrade.1
+
+.PHONY: all deps build release test test-crash demo bench ci lint clean install install-files install-check
 
 all: build
 
@@ -46,7 +49,34 @@ bench: release
 
 # What .ci/run runs on a fresh clone: formatting first (seconds), the README's test command, and
 # the release build, so a change that breaks any of them never lands.
-ci: lint test release
+ci: lint test release install-check
+
+# The optimized binary, its man page (ArgumentParser's generate-manual plugin) and shell
+# completions under $(DESTDIR)$(PREFIX).
+install: release
+	$(SWIFT) package generate-manual --configuration release
+	$(MAKE) install-files BIN="$$($(SWIFT) build -c release --show-bin-path)/upgrade" MAN="$(MANUAL)"
+
+# Installs BIN (and MAN when given) without building: `make install` calls it, and so does a
+# test with the debug binary.
+install-files:
+	@test -x "$(BIN)" || { echo "install-files: BIN=$(BIN) is not an executable"; exit 2; }
+	install -D -m 0755 "$(BIN)" "$(DESTDIR)$(PREFIX)/bin/upgrade"
+	if [ -n "$(MAN)" ]; then install -D -m 0644 "$(MAN)" "$(DESTDIR)$(PREFIX)/share/man/man1/upgrade.1"; fi
+	mkdir -p "$(DESTDIR)$(PREFIX)/share/bash-completion/completions" "$(DESTDIR)$(PREFIX)/share/zsh/site-functions" \
+		"$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d"
+	"$(BIN)" --generate-completion-script bash > "$(DESTDIR)$(PREFIX)/share/bash-completion/completions/upgrade"
+	"$(BIN)" --generate-completion-script zsh > "$(DESTDIR)$(PREFIX)/share/zsh/site-functions/_upgrade"
+	"$(BIN)" --generate-completion-script fish > "$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/upgrade.fish"
+
+# CI: `make install` into a scratch directory; the man page renders and names every command.
+install-check:
+	@dest=$$(mktemp -d); \
+	$(MAKE) install DESTDIR="$$dest" PREFIX=/usr && \
+	"$$dest/usr/bin/upgrade" --version && \
+	man -l "$$dest/usr/share/man/man1/upgrade.1" | grep -q "upgrade sync" && \
+	bash -n "$$dest/usr/share/bash-completion/completions/upgrade" && \
+	echo "install-check: binary, man page and completions in $$dest/usr" && rm -rf "$$dest"
 
 lint: deps
 	$(SWIFT) format lint --strict --recursive Sources Tests

@@ -31,7 +31,7 @@ struct ShareCommand: AsyncParsableCommand {
     var interface: String?
     @Option(help: "Also announce by unicast to this neighbour's announce port, HOST:PORT; repeatable.") var peer:
         [String] = []
-    @Option(help: "Seconds between announcements (default 5).") var interval: Double = 5
+    @Option(help: "Seconds between announcements.") var interval: Double = 5
     @Flag(help: "Do not serve the previous release's replaced files.") var noPrevious = false
     @Option(help: "State directory name inside the root (default .upgrade).") var stateDir = ".upgrade"
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
