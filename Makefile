@@ -74,7 +74,7 @@ install-check:
 	@dest=$$(mktemp -d); \
 	$(MAKE) install DESTDIR="$$dest" PREFIX=/usr && \
 	"$$dest/usr/bin/upgrade" --version && \
-	man -l "$$dest/usr/share/man/man1/upgrade.1" | grep -q "upgrade sync" && \
+	man -l "$$dest/usr/share/man/man1/upgrade.1" | grep -q "Bring a root to the latest release" && \
 	bash -n "$$dest/usr/share/bash-completion/completions/upgrade" && \
 	echo "install-check: binary, man page and completions in $$dest/usr" && rm -rf "$$dest"
 

@@ -105,6 +105,8 @@ final class HTTPTransport: Sendable {
     /// Swift 6.3.1 optimizer crashed (CopyPropagation, "Found outside of lifetime use") when it
     /// inlined this class's deinit into `SyncClient`, where the transports are made and dropped.
     private let received = NIOLockedValueBox<UInt64>(0)
+    /// HOST:PORT of the proxy requests go through, for messages.
+    private let configuredProxy: String?
 
     /// Response body bytes received so far, over every request.
     var bytesReceived: UInt64 { received.withLockedValue { $0 } }
@@ -123,9 +125,14 @@ final class HTTPTransport: Sendable {
         }
         var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
         configuration.proxy = proxy
+        // Connection failures come back to `retrying` at once, which retries what is passing
+        // and stops at what is permanent (a certificate, a TLS mismatch). With the pool's own
+        // retries on, a TLS failure surfaced only when the connect timeout ran out (10 s).
+        configuration.connectionPool.retryConnectionEstablishment = false
         configuration.timeout = .init(connect: .seconds(connectTimeout), read: .seconds(readTimeout))
         configuration.decompression = .disabled
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        configuredProxy = proxy.map { "\($0.host):\($0.port)" }
         self.attempts = attempts
         self.limits = limits
     }
@@ -186,8 +193,15 @@ final class HTTPTransport: Sendable {
         if case .corruptPayload(let why) = lastError as? SyncError {
             throw SyncError.verification("\(why) (after \(attempts) attempts)")
         }
+        var hint = ""
+        if let error = lastError as? HTTPClientError, error == .remoteConnectionClosed, what.contains("http://") {
+            hint = " (if the server speaks TLS, use https://)"
+        }
+        if let proxy = configuredProxy, lastError is HTTPClientError {
+            hint += " (through the proxy \(proxy); no_proxy lists hosts reached directly)"
+        }
         throw SyncError.network(
-            "\(what) failed after \(attempts) attempts: \(lastError.map { "\($0)" } ?? "unknown error")"
+            "\(what) failed after \(attempts) attempts: \(lastError.map { "\($0)" } ?? "unknown error")\(hint)"
         )
     }
 

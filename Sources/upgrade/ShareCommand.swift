@@ -33,7 +33,7 @@ struct ShareCommand: AsyncParsableCommand {
         [String] = []
     @Option(help: "Seconds between announcements.") var interval: Double = 5
     @Flag(help: "Do not serve the previous release's replaced files.") var noPrevious = false
-    @Option(help: "State directory name inside the root (default .upgrade).") var stateDir = ".upgrade"
+    @Option(help: "State directory name inside the root.") var stateDir = ".upgrade"
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
     @Option(help: .hidden) var fault: [String] = []
 

@@ -24,15 +24,25 @@ enum Upgrade {
     }()
 
     @discardableResult
-    static func run(_ arguments: [String], stdin: Data? = nil) throws -> CommandResult {
-        try runProgram(binary, arguments)
+    static func run(_ arguments: [String], stdin: Data? = nil, environment: [String: String]? = nil) throws
+        -> CommandResult
+    {
+        try runProgram(binary, arguments, environment: environment)
     }
 }
 
-func runProgram(_ executable: String, _ arguments: [String]) throws -> CommandResult {
+/// `environment` adds to (or, with an empty value, removes from) the test process's own.
+func runProgram(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws
+    -> CommandResult
+{
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
+    if let environment {
+        var merged = ProcessInfo.processInfo.environment
+        for (name, value) in environment { merged[name] = value.isEmpty ? nil : value }
+        process.environment = merged
+    }
     let out = Pipe()
     let err = Pipe()
     process.standardOutput = out

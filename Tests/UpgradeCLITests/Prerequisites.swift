@@ -13,6 +13,12 @@ enum Prerequisites {
     /// nginx, as a static mirror (`make deps` installs nginx-light).
     static let nginx = FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx")
 
+    /// systemd-analyze, to score the shipped unit's sandbox (`make deps` installs systemd).
+    static let systemdAnalyze = FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze")
+
+    /// script(1), for running a command on a pseudo-terminal (bsdutils, essential on Debian).
+    static let script = FileManager.default.isExecutableFile(atPath: "/usr/bin/script")
+
     /// hey, the HTTP load generator (`make deps` installs it).
     static let hey = FileManager.default.isExecutableFile(atPath: "/usr/bin/hey")
 
