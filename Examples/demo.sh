@@ -40,6 +40,6 @@ sync
 
 echo "== a second sync has nothing to do and prints nothing"
 sync
-"$upgrade" status --root "$work/installed" | grep -E '^(product|version|sequence):'
+"$upgrade" status --root "$work/installed" | grep -E '^(installed|last success):'
 echo "== server metrics"
 curl -s "$url/metrics" 2>/dev/null | grep -E '^upgrade_(plans|sync_reports)_total' || true

@@ -14,35 +14,58 @@ struct ReleasesCommand: AsyncParsableCommand {
     @Option(help: "Only this product.") var product: String?
     @Flag(help: "Print JSON.") var json = false
 
+    /// One product in `--json` (docs/format.md, "Command output").
+    struct ProductJSON: Encodable {
+        struct Release: Encodable {
+            var version: String
+            var sequence: UInt64
+            var created: String
+            var expires: String
+            var entries: Int
+            var totalSize: UInt64
+            var platform: String
+        }
+        struct Channel: Encodable {
+            var version: String
+            var sequence: UInt64
+            var expires: String
+        }
+        var product: String
+        var releases: [Release]
+        var channels: [String: Channel]
+    }
+
     func run() async throws {
+        if json { JSONOutput.request(command: "releases") }
         let catalog = Catalog(repository: repo)
         let products = product.map { [$0] } ?? catalog.products()
-        var document = [[String: Any]]()
+        var document = [ProductJSON]()
         for product in products {
             let releases = try catalog.releases(of: product)
             let channels = catalog.channels(of: product).compactMap { catalog.channel(product, $0) }
             if json {
-                document.append([
-                    "product": product,
-                    "releases": releases.map {
-                        [
-                            "version": $0.header.version, "sequence": $0.header.sequence,
-                            "created": Timestamps.iso($0.header.created),
-                            "expires": Timestamps.iso($0.header.expires), "entries": $0.header.entries,
-                            "totalSize": $0.header.totalSize,
-                            "platform": $0.header.platform,
-                        ] as [String: Any]
-                    },
-                    "channels": Dictionary(
-                        uniqueKeysWithValues: channels.map {
-                            (
-                                $0.channel,
-                                ["version": $0.version, "sequence": $0.sequence, "expires": Timestamps.iso($0.expires)]
-                                    as [String: Any]
+                document.append(
+                    ProductJSON(
+                        product: product,
+                        releases: releases.map {
+                            .init(
+                                version: $0.header.version,
+                                sequence: $0.header.sequence,
+                                created: Timestamps.iso($0.header.created),
+                                expires: Timestamps.iso($0.header.expires),
+                                entries: $0.header.entries,
+                                totalSize: $0.header.totalSize,
+                                platform: $0.header.platform
                             )
-                        }
-                    ),
-                ])
+                        },
+                        channels: Dictionary(
+                            channels.map {
+                                ($0.channel, .init(version: $0.version, sequence: $0.sequence, expires: Timestamps.iso($0.expires)))
+                            },
+                            uniquingKeysWith: { first, _ in first }
+                        )
+                    )
+                )
                 continue
             }
             print(product)
@@ -54,8 +77,8 @@ struct ReleasesCommand: AsyncParsableCommand {
             }
         }
         if json {
-            let data = try JSONSerialization.data(withJSONObject: document, options: [.sortedKeys, .prettyPrinted])
-            print(String(decoding: data, as: UTF8.self))
+            struct Body: Encodable { var products: [ProductJSON] }
+            JSONOutput.print(command: "releases", Body(products: document))
         }
     }
 }
