@@ -367,9 +367,15 @@ public enum Installer {
         let holder = store.lockHolder()
         status.lock = RootStatus.Lock(held: holder.held, pid: holder.pid)
         let decoder = JSONDecoder()
-        status.lastResult = store.read("last-result.json").flatMap { try? decoder.decode(InstallReport.self, from: Data($0)) }
-        status.lastAttempt = store.read(RunRecord.attemptFile).flatMap { try? decoder.decode(RunRecord.self, from: Data($0)) }
-        status.lastSuccess = store.read(RunRecord.successFile).flatMap { try? decoder.decode(RunRecord.self, from: Data($0)) }
+        status.lastResult = store.read("last-result.json").flatMap {
+            try? decoder.decode(InstallReport.self, from: Data($0))
+        }
+        status.lastAttempt = store.read(RunRecord.attemptFile).flatMap {
+            try? decoder.decode(RunRecord.self, from: Data($0))
+        }
+        status.lastSuccess = store.read(RunRecord.successFile).flatMap {
+            try? decoder.decode(RunRecord.self, from: Data($0))
+        }
         status.channel = status.lastSuccess?.channel ?? status.lastAttempt?.channel
         return status
     }

@@ -85,7 +85,8 @@ enum PermanentFailure {
         }
         // Only an answer that does not start like HTTP at all (TLS bytes); a response cut
         // short (`invalidEOFState`) is passing trouble and retried.
-        if let parser = error as? HTTPParserError, [.invalidConstant, .invalidVersion, .invalidStatus].contains(parser),
+        if let parser = error as? HTTPParserError,
+            [.invalidConstant, .invalidVersion, .invalidStatus].contains(parser),
             what.contains("http://")
         {
             return .permanent("\(what): the answer is not HTTP (\(text)); if the server speaks TLS, use https://")
@@ -145,7 +146,9 @@ final class HTTPTransport: Sendable {
         }
         do {
             let certificates = try NIOSSLCertificate.fromPEMBytes([UInt8](data))
-            guard !certificates.isEmpty else { throw SyncError.configuration("--ca-cert \(path): no certificate in it") }
+            guard !certificates.isEmpty else {
+                throw SyncError.configuration("--ca-cert \(path): no certificate in it")
+            }
             return certificates
         } catch let error as SyncError {
             throw error

@@ -534,6 +534,8 @@ public enum SyncClient {
         let text =
             (try? JSONDecoder().decode(ErrorBody.self, from: Data(bytes.prefix(4096))))?.error.message
             ?? String(decoding: bytes.prefix(300), as: UTF8.self)
-        return String(text.prefix(300).map { $0.isASCII && ($0.asciiValue! < 0x20 || $0.asciiValue! == 0x7f) ? " " : $0 })
+        return String(
+            text.prefix(300).map { $0.isASCII && ($0.asciiValue! < 0x20 || $0.asciiValue! == 0x7f) ? " " : $0 }
+        )
     }
 }

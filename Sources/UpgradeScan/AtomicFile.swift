@@ -16,7 +16,7 @@ public enum AtomicFile {
             let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
             if count < 0 {
                 if errno == EINTR { continue }
-                throw SystemCallError(call: "read", code: errno)
+                throw SystemCallError(call: "read \(path)", code: errno)
             }
             if count == 0 { return out }
             out.append(contentsOf: chunk[..<count])
@@ -30,8 +30,8 @@ public enum AtomicFile {
         let fd = try Posix.openAt(AT_FDCWD, temporary, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW)
         do throws(SystemCallError) {
             try writeAll(fd, bytes)
-            guard fchmod(fd, mode) == 0 else { throw SystemCallError(call: "fchmod", code: errno) }
-            guard fsync(fd) == 0 else { throw SystemCallError(call: "fsync", code: errno) }
+            guard fchmod(fd, mode) == 0 else { throw SystemCallError(call: "fchmod \(temporary)", code: errno) }
+            guard fsync(fd) == 0 else { throw SystemCallError(call: "fsync \(temporary)", code: errno) }
             close(fd)
         } catch {
             close(fd)
@@ -41,7 +41,7 @@ public enum AtomicFile {
         guard rename(temporary, path) == 0 else {
             let code = errno
             unlink(temporary)
-            throw SystemCallError(call: "rename", code: code)
+            throw SystemCallError(call: "rename \(temporary) \(path)", code: code)
         }
         try syncDirectory(directory.isEmpty ? "/" : directory)
     }
@@ -63,6 +63,6 @@ public enum AtomicFile {
     public static func syncDirectory(_ path: String) throws(SystemCallError) {
         let fd = try Posix.openAt(AT_FDCWD, path, O_RDONLY | O_DIRECTORY)
         defer { close(fd) }
-        guard fsync(fd) == 0 else { throw SystemCallError(call: "fsync", code: errno) }
+        guard fsync(fd) == 0 else { throw SystemCallError(call: "fsync \(path)", code: errno) }
     }
 }

@@ -15,7 +15,7 @@ enum Posix {
         while true {
             let fd = openat(directory, name, flags | O_CLOEXEC)
             if fd >= 0 { return fd }
-            if errno != EINTR { throw SystemCallError(call: "open", code: errno) }
+            if errno != EINTR { throw SystemCallError(call: "open \(name)", code: errno) }
         }
     }
 

@@ -140,7 +140,8 @@ public struct ServerSetupError: Error, CustomStringConvertible {
         } catch {
             let why =
                 access(path, F_OK) != 0
-                ? "no such file" : access(path, R_OK) != 0 ? "cannot be read" : "not a PEM file NIO SSL can load (\(error))"
+                ? "no such file"
+                : access(path, R_OK) != 0 ? "cannot be read" : "not a PEM file NIO SSL can load (\(error))"
             throw ServerSetupError(description: "\(flag) \(path): \(why)")
         }
     }

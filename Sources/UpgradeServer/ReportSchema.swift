@@ -11,10 +11,12 @@ enum ReportSchema {
     /// The class of a reported result; clients since the typed JSON contract send the
     /// hyphenated tokens (`up-to-date`), older ones the spaced words.
     static func resultClass(_ reported: String) -> String {
-        let result = ["up-to-date", "dry-run", "rolled-back"].first { reported.hasPrefix($0) }.map {
-            $0.replacingOccurrences(of: "-", with: " ") + reported.dropFirst($0.count)
-        } ?? reported
-        return resultClasses.first { result == $0 || result.hasPrefix($0 + ":") || result.hasPrefix($0 + " ") } ?? "other"
+        let result =
+            ["up-to-date", "dry-run", "rolled-back"].first { reported.hasPrefix($0) }.map {
+                $0.replacingOccurrences(of: "-", with: " ") + reported.dropFirst($0.count)
+            } ?? reported
+        return resultClasses.first { result == $0 || result.hasPrefix($0 + ":") || result.hasPrefix($0 + " ") }
+            ?? "other"
     }
 
     /// Why `outcome` is refused, or nil when it is well formed.

@@ -73,17 +73,51 @@ enum ExitStatus: Int32, Error {
         ("0", ["done, or nothing to do"]),
         ("1", ["I/O or system error (the message names the path and the failing call)"]),
         ("2", ["usage: a bad or missing flag or argument, an unusable flag value or", "config file"]),
-        ("3", ["invalid input: a path breaks the path rules, a device/FIFO/socket is in", "the tree, a manifest file is malformed, the root is not a directory or", "(verify) has nothing installed; nothing was changed"]),
-        ("4", ["verification failed: a signature, digest or content check did not pass,", "or (verify) the tree differs from the installed release"]),
-        ("5", ["refused: conflicts with what exists (a key file, a version published", "with other content, a version not newer than the latest, a key the", "root does not authorize, an older release without --allow-downgrade)"]),
+        (
+            "3",
+            [
+                "invalid input: a path breaks the path rules, a device/FIFO/socket is in",
+                "the tree, a manifest file is malformed, the root is not a directory or",
+                "(verify) has nothing installed; nothing was changed",
+            ]
+        ),
+        (
+            "4",
+            [
+                "verification failed: a signature, digest or content check did not pass,",
+                "or (verify) the tree differs from the installed release",
+            ]
+        ),
+        (
+            "5",
+            [
+                "refused: conflicts with what exists (a key file, a version published",
+                "with other content, a version not newer than the latest, a key the",
+                "root does not authorize, an older release without --allow-downgrade)",
+            ]
+        ),
         ("6", ["unsafe plan: a hostile path, or a symlink where the plan needs a", "directory; nothing was changed"]),
         ("7", ["not enough free space to download or stage; nothing was changed"]),
         ("8", ["a hook or the health check failed; the tree was rolled back"]),
         ("9", ["needs manual intervention: recovery could not restore a consistent tree"]),
-        ("10", ["network: the server or mirror could not be reached, kept failing, was", "slower than --min-rate, --timeout passed, or (not retried) the URL or", "TLS setup cannot work"]),
+        (
+            "10",
+            [
+                "network: the server or mirror could not be reached, kept failing, was",
+                "slower than --min-rate, --timeout passed, or (not retried) the URL or", "TLS setup cannot work",
+            ]
+        ),
         ("11", ["not found: the server has no such product, channel or release"]),
         ("75", ["busy: another upgrade holds the root's lock (try again later)"]),
-        ("130", ["interrupted by SIGINT, 143 by SIGTERM: before a transaction nothing", "was changed (finished downloads are kept); during one, a running hook's", "process group is killed and the tree rolled back, or, past the commit,", "the upgrade finishes; the last line says which release the tree holds"]),
+        (
+            "130",
+            [
+                "interrupted by SIGINT, 143 by SIGTERM: before a transaction nothing",
+                "was changed (finished downloads are kept); during one, a running hook's",
+                "process group is killed and the tree rolled back, or, past the commit,",
+                "the upgrade finishes; the last line says which release the tree holds",
+            ]
+        ),
     ]
 
     /// The codes each command can end with.
@@ -95,13 +129,31 @@ enum ExitStatus: Int32, Error {
         ("releases", [.success, .failure, .usage]),
         ("verify-repo", [.success, .failure, .usage, .verificationFailed]),
         ("bundle", [.success, .failure, .usage, .invalidInput, .verificationFailed]),
-        ("apply", [.success, .failure, .usage, .invalidInput, .verificationFailed, .refused, .unsafePlan, .noSpace, .rolledBack, .manualIntervention, .busy, .interruptedByInt]),
+        (
+            "apply",
+            [
+                .success, .failure, .usage, .invalidInput, .verificationFailed, .refused, .unsafePlan, .noSpace,
+                .rolledBack, .manualIntervention, .busy, .interruptedByInt,
+            ]
+        ),
         ("status", [.success, .failure, .usage, .invalidInput]),
         ("verify", [.success, .failure, .usage, .invalidInput, .verificationFailed, .busy]),
-        ("rollback", [.success, .failure, .usage, .invalidInput, .refused, .noSpace, .manualIntervention, .busy, .interruptedByInt]),
+        (
+            "rollback",
+            [
+                .success, .failure, .usage, .invalidInput, .refused, .noSpace, .manualIntervention, .busy,
+                .interruptedByInt,
+            ]
+        ),
         ("recover", [.success, .failure, .usage, .invalidInput, .manualIntervention, .busy, .interruptedByInt]),
         ("serve", [.success, .failure, .usage, .invalidInput]),
-        ("sync", [.success, .failure, .usage, .invalidInput, .verificationFailed, .refused, .unsafePlan, .noSpace, .rolledBack, .manualIntervention, .network, .notFound, .busy, .interruptedByInt]),
+        (
+            "sync",
+            [
+                .success, .failure, .usage, .invalidInput, .verificationFailed, .refused, .unsafePlan, .noSpace,
+                .rolledBack, .manualIntervention, .network, .notFound, .busy, .interruptedByInt,
+            ]
+        ),
         ("share", [.success, .failure, .usage, .invalidInput]),
         ("root", [.success, .failure, .usage, .invalidInput, .verificationFailed, .refused]),
     ]

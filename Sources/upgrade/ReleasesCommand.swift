@@ -60,7 +60,14 @@ struct ReleasesCommand: AsyncParsableCommand {
                         },
                         channels: Dictionary(
                             channels.map {
-                                ($0.channel, .init(version: $0.version, sequence: $0.sequence, expires: Timestamps.iso($0.expires)))
+                                (
+                                    $0.channel,
+                                    .init(
+                                        version: $0.version,
+                                        sequence: $0.sequence,
+                                        expires: Timestamps.iso($0.expires)
+                                    )
+                                )
                             },
                             uniquingKeysWith: { first, _ in first }
                         )

@@ -1,7 +1,7 @@
 import ArgumentParser
-import UpgradeCore
 import Foundation
 import UpgradeApply
+import UpgradeCore
 
 /// `upgrade status`.
 struct StatusCommand: AsyncParsableCommand {
@@ -21,7 +21,9 @@ struct StatusCommand: AsyncParsableCommand {
             return
         }
         if let release = status.installed {
-            print("installed: \(release.product) \(release.version) (sequence \(release.sequence), \(release.platform))")
+            print(
+                "installed: \(release.product) \(release.version) (sequence \(release.sequence), \(release.platform))"
+            )
             print("manifest: \(release.manifestSHA256)")
             print("expires: \(release.expires)")
             print("rollback: \(status.rollbackAvailable ? "available" : "none")")
@@ -40,7 +42,8 @@ struct StatusCommand: AsyncParsableCommand {
     }
 
     static func line(_ record: RunRecord) -> String {
-        let outcome = record.exitCode == 0
+        let outcome =
+            record.exitCode == 0
             ? (record.result?.rawValue ?? "ok")
             : "exit \(record.exitCode): \(record.error?.split(separator: "\n").first ?? "")"
         return "\(record.at) \(record.command)\(record.version.map { " -> " + $0 } ?? ""): \(outcome)"

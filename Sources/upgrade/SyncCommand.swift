@@ -183,7 +183,10 @@ struct SyncCommand: AsyncParsableCommand {
             let hint =
                 text.contains("://")
                 ? "only http:// and https:// are supported" : "add the scheme: http://\(text) or https://\(text)"
-            throw CommandFailure(description: "\(flag) \(text.debugDescription) is not a usable URL; \(hint)", exitStatus: .usage)
+            throw CommandFailure(
+                description: "\(flag) \(text.debugDescription) is not a usable URL; \(hint)",
+                exitStatus: .usage
+            )
         }
     }
 

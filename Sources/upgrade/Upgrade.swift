@@ -14,7 +14,8 @@ struct Upgrade: AsyncParsableCommand {
         subcommands: [
             ManifestCommand.self, DiffCommand.self, KeygenCommand.self, PublishCommand.self, ReleasesCommand.self,
             VerifyRepoCommand.self, BundleCommand.self, ApplyCommand.self, StatusCommand.self, VerifyCommand.self,
-            RollbackCommand.self, RecoverCommand.self, ServeCommand.self, SyncCommand.self, ShareCommand.self, RootCommand.self,
+            RollbackCommand.self, RecoverCommand.self, ServeCommand.self, SyncCommand.self, ShareCommand.self,
+            RootCommand.self,
         ]
     )
 }

@@ -102,7 +102,8 @@ struct CLIContractTests {
         let server = try ServerProcess(repo: sync.repo)
         let root = sync.fixture.work.path("root")
         let product = try Upgrade.run([
-            "sync", "--server", server.url, "--product", "nosuch", "--root", root, "--trust", sync.fixture.pub, "--json",
+            "sync", "--server", server.url, "--product", "nosuch", "--root", root, "--trust", sync.fixture.pub,
+            "--json",
         ])
         #expect(product.status == 11, "\(product.stderr)")
         #expect(product.stderr.contains("nosuch") && !product.stderr.contains("attempts"), "\(product.stderr)")
@@ -122,7 +123,8 @@ struct CLIContractTests {
             "/usr/bin/openssl",
             [
                 "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-                "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", work.path("key.pem"), "-out", work.path("cert.pem"),
+                "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", work.path("key.pem"), "-out",
+                work.path("cert.pem"),
             ]
         )
         #expect(made.status == 0, "\(made.stderr)")
@@ -210,13 +212,17 @@ struct CLIContractTests {
         }
         var lock = [String: Any]()
         for _ in 0..<100 {
-            lock = try Self.document(try Upgrade.run(["status", "--root", root, "--json"]))["lock"] as? [String: Any] ?? [:]
+            lock =
+                try Self.document(try Upgrade.run(["status", "--root", root, "--json"]))["lock"] as? [String: Any]
+                ?? [:]
             if lock["held"] as? Bool == true { break }
             usleep(50_000)
         }
         #expect(lock["held"] as? Bool == true, "\(lock)")
         #expect(lock["pid"] as? Int == Int(holder.processIdentifier), "\(lock)")
-        #expect(try Upgrade.run(["status", "--root", root]).text.contains("locked by: pid \(holder.processIdentifier)"))
+        #expect(
+            try Upgrade.run(["status", "--root", root]).text.contains("locked by: pid \(holder.processIdentifier)")
+        )
     }
 
     @Test("--json documents are typed and versioned: status, sync (dry run and install), failures")
@@ -271,20 +277,21 @@ struct CLIContractTests {
         let root = sync.fixture.work.path("root")
         let config = sync.fixture.work.path("sync.toml")
         try """
-            # a real TOML file
-            server = "\(server.url)"
-            product = 'app'
-            root = "\(root)"
-            trust = [
-                "\(sync.fixture.pub)",  # the publisher
-            ]
-            parallel = 2
-            """.write(toFile: config, atomically: true, encoding: .utf8)
+        # a real TOML file
+        server = "\(server.url)"
+        product = 'app'
+        root = "\(root)"
+        trust = [
+            "\(sync.fixture.pub)",  # the publisher
+        ]
+        parallel = 2
+        """.write(toFile: config, atomically: true, encoding: .utf8)
         let result = try Upgrade.run(["sync", "--config", config])
         #expect(result.status == 0, "\(result.stderr)")
         try await sync.expect(root, equals: 1, "toml config")
 
-        try "server = \"\(server.url)\"\nproduct = \"app\"\nparallel = \"four\"\nroot = \"\(root)\"\ntrust = \"\(sync.fixture.pub)\"\n"
+        try
+            "server = \"\(server.url)\"\nproduct = \"app\"\nparallel = \"four\"\nroot = \"\(root)\"\ntrust = \"\(sync.fixture.pub)\"\n"
             .write(toFile: config, atomically: true, encoding: .utf8)
         let wrong = try Upgrade.run(["sync", "--config", config])
         #expect(wrong.status == 2)

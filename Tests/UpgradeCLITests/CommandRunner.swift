@@ -24,7 +24,11 @@ enum Upgrade {
     }()
 
     @discardableResult
-    static func run(_ arguments: [String], stdin: Data? = nil, environment: [String: String]? = nil) throws
+    static func run(
+        _ arguments: [String],
+        stdin: Data? = nil,
+        environment: [String: String]? = nil
+    ) throws
         -> CommandResult
     {
         try runProgram(binary, arguments, environment: environment)
@@ -32,7 +36,11 @@ enum Upgrade {
 }
 
 /// `environment` adds to (or, with an empty value, removes from) the test process's own.
-func runProgram(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws
+func runProgram(
+    _ executable: String,
+    _ arguments: [String],
+    environment: [String: String]? = nil
+) throws
     -> CommandResult
 {
     let process = Process()
