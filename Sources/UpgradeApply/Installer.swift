@@ -28,6 +28,9 @@ public struct InstallRequest: Sendable {
     public var now: Int64 = Timestamps.now()
     public var observer: any MutationObserver = NoObserver()
     public var scanOptions = ScanOptions()
+    /// The tree as this session scanned it, to be used instead of scanning again (`sync` scans
+    /// once, under the lock it holds for the whole run). nil scans.
+    public var scanned: Manifest?
 
     public init(
         root: String,
@@ -164,14 +167,80 @@ public enum Installer {
         return try session.install(request)
     }
 
-    /// The install itself, under a session's lock, after its recovery.
+
+    /// What checking a request found: the verified header, the installed one, the signed
+    /// target manifest and the tree the plan was verified against.
+    struct Checked {
+        var header: ReleaseHeader
+        var installedHeader: ReleaseHeader?
+        var target: Manifest
+        var local: Manifest
+        /// The release is installed and the tree intact: nothing to do.
+        var alreadyInstalled: Bool
+    }
+
+    /// The install itself, under a session's lock, after its recovery. `checked` is what an
+    /// earlier check of this very request found (a dry run before the downloads), so the
+    /// signature, manifest and plan are verified once per run.
     static func install(
         _ request: InstallRequest,
         root: SafeTree,
         store: StateStore,
-        recovered: String?
-    ) throws -> InstallReport {
-        // Verify everything before the first change.
+        recovered: String?,
+        checked: Checked? = nil
+    ) throws -> (InstallReport, Checked) {
+        let checked = try checked ?? check(request, root: root, store: store)
+        let (header, installedHeader, target, local) = (
+            checked.header, checked.installedHeader, checked.target, checked.local
+        )
+        if checked.alreadyInstalled {
+            let report = InstallReport(
+                result: .nothingToDo,
+                product: header.product,
+                fromVersion: installedHeader?.version,
+                toVersion: header.version,
+                summary: Plan(operations: []).summary,
+                recovered: recovered
+            )
+            return (report, checked)
+        }
+        var report = InstallReport(
+            result: .installed,
+            product: header.product,
+            fromVersion: installedHeader?.version,
+            toVersion: header.version,
+            summary: request.plan.summary,
+            recovered: recovered
+        )
+        if request.dryRun {
+            report.result = .dryRun
+            report.operations = request.plan.operations.map(OperationJSON.init)
+            return (report, checked)
+        }
+        if request.plan.isEmpty && installedHeader?.manifestSHA256 == header.manifestSHA256 {
+            report.result = .nothingToDo
+            return (report, checked)
+        }
+        try transact(
+            root: root,
+            store: store,
+            plan: request.plan,
+            local: local,
+            target: target,
+            headerBytes: request.headerBytes,
+            header: header,
+            fromVersion: installedHeader?.version,
+            payloads: request.payloads,
+            timeouts: (request.hookTimeout, request.healthCheckTimeout)
+        )
+        try store.write("last-result.json", encode(report))
+        return (report, checked)
+    }
+
+    /// Verifies everything about `request` before the first change: the signature, the
+    /// product and sequence against the installed release, the manifest against the header,
+    /// and the plan against the tree (scanned now unless the request carries the scan).
+    static func check(_ request: InstallRequest, root: SafeTree, store: StateStore) throws -> Checked {
         let header: ReleaseHeader
         do {
             header = try ReleaseHeader.verify(
@@ -205,19 +274,18 @@ public enum Installer {
         } catch {
             throw ApplyError.verification("release manifest: \(error)")
         }
-        let local = try scan(root: root.display, store: store, options: request.scanOptions)
+        let local = try request.scanned ?? scan(root: root.display, store: store, options: request.scanOptions)
         // The release is installed already and the tree is intact (a bundle applied twice, a
         // plan for another starting point): nothing to do, whatever the plan says.
         if installedHeader?.manifestSHA256 == header.manifestSHA256,
             local.adoptingDigests(from: target).differingPaths(from: target).isEmpty
         {
-            return InstallReport(
-                result: .nothingToDo,
-                product: header.product,
-                fromVersion: installedHeader?.version,
-                toVersion: header.version,
-                summary: Plan(operations: []).summary,
-                recovered: recovered
+            return Checked(
+                header: header,
+                installedHeader: installedHeader,
+                target: target,
+                local: local,
+                alreadyInstalled: true
             )
         }
         do {
@@ -227,38 +295,13 @@ public enum Installer {
         } catch {
             throw ApplyError.verification("\(error)")
         }
-
-        var report = InstallReport(
-            result: .installed,
-            product: header.product,
-            fromVersion: installedHeader?.version,
-            toVersion: header.version,
-            summary: request.plan.summary,
-            recovered: recovered
-        )
-        if request.dryRun {
-            report.result = .dryRun
-            report.operations = request.plan.operations.map(OperationJSON.init)
-            return report
-        }
-        if request.plan.isEmpty && installedHeader?.manifestSHA256 == header.manifestSHA256 {
-            report.result = .nothingToDo
-            return report
-        }
-        try transact(
-            root: root,
-            store: store,
-            plan: request.plan,
-            local: local,
-            target: target,
-            headerBytes: request.headerBytes,
+        return Checked(
             header: header,
-            fromVersion: installedHeader?.version,
-            payloads: request.payloads,
-            timeouts: (request.hookTimeout, request.healthCheckTimeout)
+            installedHeader: installedHeader,
+            target: target,
+            local: local,
+            alreadyInstalled: false
         )
-        try store.write("last-result.json", encode(report))
-        return report
     }
 
     // MARK: Rollback

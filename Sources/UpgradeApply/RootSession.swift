@@ -57,11 +57,53 @@ public final class RootSession: @unchecked Sendable {
         try Installer.scan(root: root, store: store, options: options)
     }
 
-    /// Installs under this session's lock (see ``Installer/install(_:)``).
+    /// Installs under this session's lock (see ``Installer/install(_:)``). A request that
+    /// differs from the last one checked (a dry run first, then the install) only in
+    /// `dryRun` and its payload source is not verified again: same header, manifest, plan and
+    /// scanned tree, under the same lock.
     public func install(_ request: InstallRequest) throws -> InstallReport {
         var request = request
         request.root = root
-        return try Installer.install(request, root: tree, store: store, recovered: recovered)
+        let reuse = lastChecked.flatMap { previous in previous.matches(request) ? previous.checked : nil }
+        let (report, checked) = try Installer.install(
+            request,
+            root: tree,
+            store: store,
+            recovered: recovered,
+            checked: reuse
+        )
+        lastChecked = request.dryRun && request.scanned != nil ? CheckedRequest(request, checked) : nil
+        return report
+    }
+
+    /// The last dry-run check, for the install that follows it.
+    private var lastChecked: CheckedRequest?
+
+    private struct CheckedRequest {
+        let headerBytes: [UInt8]
+        let manifestBytes: [UInt8]
+        let plan: Plan
+        let scanned: Manifest
+        let allowDowngrade: Bool
+        let now: Int64
+        let checked: Installer.Checked
+
+        init(_ request: InstallRequest, _ checked: Installer.Checked) {
+            headerBytes = request.headerBytes
+            manifestBytes = request.manifestBytes
+            plan = request.plan
+            scanned = request.scanned!
+            allowDowngrade = request.allowDowngrade
+            now = request.now
+            self.checked = checked
+        }
+
+        func matches(_ request: InstallRequest) -> Bool {
+            guard let scanned = request.scanned else { return false }
+            return request.headerBytes == headerBytes && request.manifestBytes == manifestBytes
+                && request.plan == plan && scanned == self.scanned
+                && request.allowDowngrade == allowDowngrade && request.now == now
+        }
     }
 
     /// A small named value kept in the state directory (e.g. the last channel sequence seen).

@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOSSL
+import UpgradeZstd
 
 #if canImport(Glibc)
 import Glibc
@@ -215,12 +216,14 @@ final class HTTPTransport: Sendable {
         headers: [(String, String)] = [],
         body: [UInt8]? = nil,
         limit: Int,
-        limitFromHead: ((HTTPHeaders) throws -> Int?)? = nil
+        limitFromHead: ((HTTPHeaders) throws -> Int?)? = nil,
+        acceptZstd: Bool = false
     ) async throws -> (Int, [UInt8]) {
         var request = HTTPClientRequest(url: url)
         request.method = method
         for (name, value) in headers { request.headers.add(name: name, value: value) }
         if let body { request.body = .bytes(ByteBuffer(bytes: body)) }
+        if acceptZstd { request.headers.add(name: "Accept-Encoding", value: "zstd") }
         // A cold server may compute deltas for the plan; the read timeout still catches a dead peer.
         try limits.checkDeadline(url)
         let response = try await client.execute(request, timeout: Self.headTimeout(600, limits))
@@ -239,6 +242,14 @@ final class HTTPTransport: Sendable {
             bytes += chunk.readableBytesView
             if bytes.count > limit {
                 throw SyncError.verification("response from \(url) is larger than \(limit) bytes")
+            }
+        }
+        // Compressed on the wire: decoded here, never past the same bound.
+        if acceptZstd, response.headers.first(name: "Content-Encoding")?.lowercased() == "zstd" {
+            do {
+                bytes = try Zstd.decompress(bytes, maxSize: limit)
+            } catch {
+                throw SyncError.verification("the zstd body from \(url) does not decode within \(limit) bytes: \(error)")
             }
         }
         return (Int(response.status.code), bytes)

@@ -15,7 +15,7 @@ extension SyncClient {
         localEntries: Int,
         options: SyncOptions,
         transport: HTTPTransport
-    ) async throws -> (PlanResponse?, Int) {
+    ) async throws -> (PlanResponse?, Int, Int) {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         var body = [UInt8](try encoder.encode(request))
@@ -35,16 +35,17 @@ extension SyncClient {
                 limit: 256 << 20,
                 limitFromHead: { head in
                     try planResponseLimit(head, localEntries: localEntries, options: options)
-                }
+                },
+                acceptZstd: true
             )
             if status >= 500 { throw SyncError.server(status: status, message: Self.message(bytes)) }
             return (status, bytes)
         }
-        if status == 409 && request.delta != nil { return (nil, body.count) }
+        if status == 409 && request.delta != nil { return (nil, body.count, bytes.count) }
         if status == 404 { throw SyncError.notFound("\(options.server): \(message(bytes))") }
         guard status == 200 else { throw SyncError.server(status: status, message: message(bytes)) }
         do {
-            return (try JSONDecoder().decode(PlanResponse.self, from: Data(bytes)), body.count)
+            return (try JSONDecoder().decode(PlanResponse.self, from: Data(bytes)), body.count, bytes.count)
         } catch {
             throw SyncError.verification("the server's plan response is malformed (\(JSON.describe(error)))")
         }
@@ -120,33 +121,50 @@ extension SyncClient {
         return (record, [UInt8](headerData), header)
     }
 
+    /// The signed manifest, in the smallest form a source has: a zstd patch from the installed
+    /// release's manifest (`manifest-from/SHA.zst`, a size that follows the change), else the
+    /// compressed manifest (`manifest.zst`), else the plain one (repositories published before
+    /// either existed). Whatever arrives is checked against the signed SHA-256 and is never
+    /// longer than the signed length; a form that fails the check falls through to the next.
     static func fetchManifest(
         _ path: String,
         header: ReleaseHeader,
+        base: (sha256: String, bytes: [UInt8])?,
         options: SyncOptions,
         transport: HTTPTransport
-    ) async throws -> [UInt8] {
+    ) async throws -> (bytes: [UInt8], form: String, received: Int) {
         guard !path.contains(".."), path.hasPrefix("releases/") else {
             throw SyncError.verification("manifest path \(path.debugDescription) is not a release path")
         }
+        let limit = header.manifestByteLimit
+        let siblings = RepositoryPaths.manifestSiblings(path, from: base?.sha256)
+        var forms: [(form: String, path: String, decode: ([UInt8]) throws -> [UInt8])] = []
+        if let base, let patch = siblings.patch {
+            forms.append(("patch", patch, { try ZstdDelta.decode($0, base: base.bytes, maxSize: limit) }))
+        }
+        forms.append(("compressed", siblings.compressed, { try Zstd.decompress($0, maxSize: limit) }))
+        forms.append(("plain", path, { $0 }))
         var sources = [options.server]
         if let mirror = options.mirror { sources.insert(mirror, at: 0) }
         var lastError: (any Error)?
         for base in sources {
-            let url = base.trimmingSuffix("/") + "/" + path
-            do {
-                let bytes = try await transport.retrying("GET \(url)") {
-                    // No more than the signed header allows: an endless or padded manifest is cut off there.
-                    let (status, bytes) = try await transport.fetch(url, limit: header.manifestByteLimit)
-                    guard status == 200 else { throw SyncError.server(status: status, message: "GET \(url)") }
-                    return bytes
+            for form in forms {
+                let url = base.trimmingSuffix("/") + "/" + form.path
+                do {
+                    let received = try await transport.retrying("GET \(url)") {
+                        // No more than the signed header allows: an endless or padded body is cut off.
+                        let (status, bytes) = try await transport.fetch(url, limit: limit + limit / 128 + 1024)
+                        guard status == 200 else { throw SyncError.server(status: status, message: "GET \(url)") }
+                        return bytes
+                    }
+                    let bytes = try form.decode(received)
+                    guard SHA256Hash(bytes: Array(SHA256.hash(data: bytes)))!.hex == header.manifestSHA256 else {
+                        throw SyncError.verification("the manifest (\(form.form)) from \(base) does not match the signed digest")
+                    }
+                    return (bytes, form.form, received.count)
+                } catch {
+                    lastError = error
                 }
-                guard SHA256Hash(bytes: Array(SHA256.hash(data: bytes)))!.hex == header.manifestSHA256 else {
-                    throw SyncError.verification("the manifest from \(base) does not match the signed digest")
-                }
-                return bytes
-            } catch {
-                lastError = error
             }
         }
         throw lastError ?? SyncError.network("no source for the manifest")

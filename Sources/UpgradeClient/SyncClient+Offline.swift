@@ -110,6 +110,7 @@ extension SyncClient {
             manifest: manifestBytes,
             plan: plan
         )
+        install.scanned = local
         let needed = neededObjects(plan)
         report.bytesToDownload = needed.reduce(0) { $0 + $1.size }
         report.files = plan.operations.compactMap { operation in

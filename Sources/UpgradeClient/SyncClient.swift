@@ -105,6 +105,7 @@ public enum SyncClient {
 
         // Ask: the installed release's changes only, when there is one.
         var request = PlanRequest(product: options.product, channel: options.channel, installed: nil, device: device)
+        request.accepts = ["inline-plan"]
         if let installed, installed.header.product == options.product {
             request.installed = .init(
                 version: installed.header.version,
@@ -115,7 +116,7 @@ public enum SyncClient {
         } else {
             request.manifest = Data(local.canonicalEncoding()).base64EncodedString()
         }
-        var (response, requestBytes) = try await askForPlan(
+        var (response, requestBytes, planResponseBytes) = try await askForPlan(
             request,
             localEntries: local.entries.count,
             options: options,
@@ -125,7 +126,7 @@ public enum SyncClient {
             // The server does not know our base release: send the whole tree.
             request.delta = nil
             request.manifest = Data(local.canonicalEncoding()).base64EncodedString()
-            (response, requestBytes) = try await askForPlan(
+            (response, requestBytes, planResponseBytes) = try await askForPlan(
                 request,
                 localEntries: local.entries.count,
                 options: options,
@@ -134,18 +135,23 @@ public enum SyncClient {
         }
         guard let response else { throw SyncError.server(status: 409, message: "the server refused the manifest") }
         report.requestBytes = requestBytes
+        report.planBytes = planResponseBytes
 
         // Verify what is signed: the channel record, then the header it names.
         let (record, headerBytes, header) = try verifySigned(response, options: options, session: session)
         let targetDigest = SHA256Hash(bytes: Array(SHA256.hash(data: headerBytes)))!.hex
         report.toVersion = header.version
-        guard let planBytes = Data(base64Encoded: response.plan) else {
-            throw SyncError.verification("plan is not base64")
-        }
         let plan: Plan
         do {
-            plan = try Plan(json: planBytes)
-        } catch {
+            if let document = response.planJSON {
+                plan = try Plan(document: document)
+            } else {
+                guard let planBytes = Data(base64Encoded: response.plan) else {
+                    throw SyncError.verification("plan is not base64")
+                }
+                plan = try Plan(json: planBytes)
+            }
+        } catch let error as PlanDecodingError {
             throw ApplyError.unsafePlan("the server's \(error)")
         }
         report.summary = plan.summary
@@ -160,12 +166,16 @@ public enum SyncClient {
         }
 
         // The signed manifest, from the mirror when there is one.
-        let manifestBytes = try await fetchManifest(
+        let base = installed.map { ($0.header.manifestSHA256, $0.manifest.canonicalEncoding()) }
+        let (manifestBytes, manifestForm, manifestReceived) = try await fetchManifest(
             response.manifestPath,
             header: header,
+            base: base,
             options: options,
             transport: transport
         )
+        report.manifestForm = manifestForm
+        report.manifestBytes = manifestReceived
         var install = installRequest(
             options,
             session: session,
@@ -173,6 +183,9 @@ public enum SyncClient {
             manifest: manifestBytes,
             plan: plan
         )
+        // One scan per run: the plan check and the install use the tree scanned at the start
+        // (the session's lock is held throughout), and the install reuses the check.
+        install.scanned = local
 
         let needed = neededObjects(plan)
         let downloads = try session.directory("downloads")

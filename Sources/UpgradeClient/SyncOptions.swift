@@ -102,6 +102,13 @@ public struct SyncReport: Codable, Sendable {
     public var resumedDownloads = 0
     /// Size of the plan request body sent.
     public var requestBytes = 0
+    /// Size of the plan response body, decoded (the wire bytes are in `bytesReceived`).
+    public var planBytes = 0
+    /// How the signed manifest came: `patch` (from the installed one), `compressed` or
+    /// `plain`; absent when none was needed.
+    public var manifestForm: String?
+    /// Bytes received for the manifest.
+    public var manifestBytes = 0
     /// Every response body byte received: plan, manifest and payloads.
     public var bytesReceived: UInt64 = 0
     public var durationSeconds = 0.0

@@ -11,10 +11,23 @@ extension Plan {
     }
 }
 
-struct PlanJSON: Codable {
-    var format: String
-    var summary: Plan.Summary
-    var operations: [OperationJSON]
+/// The JSON document of a plan, as a Codable value (the plan response carries it inline).
+public struct PlanJSON: Codable, Sendable {
+    public var format: String
+    public var summary: Plan.Summary
+    public var operations: [OperationJSON]
+
+    public init(_ plan: Plan) {
+        format = Plan.jsonFormat
+        summary = plan.summary
+        operations = plan.operations.map(OperationJSON.init)
+    }
+
+    init(format: String, summary: Plan.Summary, operations: [OperationJSON]) {
+        self.format = format
+        self.summary = summary
+        self.operations = operations
+    }
 }
 
 /// One plan operation in JSON: in plans on the wire and in the `operations` of `--json` output.
@@ -60,6 +73,11 @@ extension Plan {
         } catch {
             throw .malformed("JSON: \(JSON.describe(error))")
         }
+        try self.init(document: document)
+    }
+
+    /// The plan a decoded JSON document describes, every field checked.
+    public init(document: PlanJSON) throws(PlanDecodingError) {
         guard document.format == Self.jsonFormat else {
             throw .malformed("format is \(document.format.debugDescription)")
         }

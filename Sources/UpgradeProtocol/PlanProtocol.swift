@@ -15,6 +15,9 @@ public struct PlanRequest: Codable, Sendable {
     public var manifest: String?
     /// Or the tree as changes against the installed release.
     public var delta: ManifestDelta?
+    /// What this client understands beyond the first protocol: `inline-plan` (the plan as a
+    /// JSON object in `planJSON`, not base64 in `plan`). Servers ignore what they do not know.
+    public var accepts: [String]?
 
     /// The release a client has installed.
     public struct Installed: Codable, Sendable {
@@ -96,8 +99,10 @@ public struct PlanResponse: Codable, Sendable {
     public var version: String
     /// Path of the release manifest relative to the repository root (same on a mirror).
     public var manifestPath: String
-    /// The plan JSON, base64.
+    /// The plan JSON, base64 (empty when `planJSON` carries it).
     public var plan: String
+    /// The plan inline, for clients that accept `inline-plan`.
+    public var planJSON: PlanJSON?
     /// Compressed size of each payload the plan needs, by SHA-256 hex (unsigned; for progress
     /// and dry runs).
     public var objects: [String: UInt64]
@@ -201,5 +206,18 @@ public struct DeltaChoice: Codable, Sendable, Equatable {
         self.targetSHA256 = targetSHA256
         self.size = size
         self.path = path
+    }
+}
+
+/// Paths of the repository's files as a client fetches them from the server or a mirror.
+public enum RepositoryPaths {
+    /// The compressed manifest and (with the SHA-256 of the manifest a client has) the patch
+    /// from it, beside a release's `releases/P/V/manifest` (docs/format.md, "Release
+    /// repository").
+    public static func manifestSiblings(_ manifestPath: String, from base: String?) -> (
+        compressed: String, patch: String?
+    ) {
+        let directory = manifestPath.hasSuffix("/manifest") ? String(manifestPath.dropLast("manifest".count)) : ""
+        return (manifestPath + ".zst", base.map { directory + "manifest-from/" + $0 + ".zst" })
     }
 }

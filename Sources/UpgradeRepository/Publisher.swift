@@ -3,6 +3,7 @@ import Foundation
 import Synchronization
 public import UpgradeCore
 import UpgradeScan
+import UpgradeZstd
 public import UpgradeTrust
 
 #if canImport(Glibc)
@@ -213,6 +214,7 @@ public struct Publisher: Sendable {
         }
         // Deltas from the previous releases, before the channel points clients at this one.
         let previous = published.filter { $0.header.sequence < result.header.sequence }.suffix(request.deltaReleases)
+        try writeManifestForms(manifest, request: request, previous: previous.compactMap(\.manifest))
         result.deltasComputed = try await Self.precomputeDeltas(
             from: previous.compactMap(\.manifest),
             to: manifest,
@@ -227,6 +229,25 @@ public struct Publisher: Sendable {
             root: authorized
         )
         return result
+    }
+
+    /// The compressed manifest and a patch from each previous release's manifest (idempotent:
+    /// a re-run writes what is missing). Unsigned transport forms: a client checks what they
+    /// decode to against the signed SHA-256 in the header.
+    private func writeManifestForms(_ manifest: Manifest, request: PublishRequest, previous: [Manifest]) throws {
+        let bytes = manifest.canonicalEncoding()
+        let compressed = layout.compressedManifest(request.product, request.version)
+        if !FileSystem.exists(compressed) {
+            try AtomicFile.write(try Zstd.compress(bytes, level: 19), to: compressed)
+        }
+        for base in previous {
+            let path = layout.manifestPatch(request.product, request.version, from: base.digest.hex)
+            if FileSystem.exists(path) { continue }
+            try FileSystem.makeDirectories(String(path[..<path.lastIndex(of: "/")!]))
+            let patch = try ZstdDelta.encode(target: bytes, base: base.canonicalEncoding(), level: 19)
+            // Only worth a file when it beats the compressed manifest.
+            if patch.count < (try AtomicFile.read(compressed)).count { try AtomicFile.write(patch, to: path) }
+        }
     }
 
     /// Points the channel at the release, unless it already points at a later one.

@@ -40,6 +40,15 @@ public struct RepositoryLayout: Sendable {
     public func release(_ product: String, _ version: String) -> String { productReleases(product) + "/" + version }
     public func manifest(_ product: String, _ version: String) -> String { release(product, version) + "/manifest" }
     public func header(_ product: String, _ version: String) -> String { release(product, version) + "/header" }
+    /// The manifest, zstd-compressed (what clients fetch when they have no older manifest).
+    public func compressedManifest(_ product: String, _ version: String) -> String {
+        manifest(product, version) + ".zst"
+    }
+    /// A zstd patch (`--patch-from`) that turns the manifest whose SHA-256 is `base` into this
+    /// release's: what a client at that release fetches, a size that follows the change.
+    public func manifestPatch(_ product: String, _ version: String, from base: String) -> String {
+        release(product, version) + "/manifest-from/" + base + ".zst"
+    }
     public func productChannels(_ product: String) -> String { channels + "/" + product }
     public func channel(_ product: String, _ channel: String) -> String { productChannels(product) + "/" + channel }
 

@@ -99,12 +99,26 @@ extension PlanService {
     func releaseFile(_ context: BasicRequestContext) throws -> Response {
         guard let product = context.parameters.get("product"), let version = context.parameters.get("version"),
             let file = context.parameters.get("file"), Names.isValid(product), Version(version) != nil,
-            file == "header" || file == "manifest",
+            file == "header" || file == "manifest" || file == "manifest.zst",
             let bytes = read(layout.release(product, version) + "/" + file)
         else { throw HTTPError(.notFound) }
         return Response(
             status: .ok,
             headers: [.contentType: "application/octet-stream"],
+            body: .init(byteBuffer: ByteBuffer(bytes: bytes))
+        )
+    }
+
+    /// `GET releases/P/V/manifest-from/SHA.zst`: the patch from an older manifest (immutable).
+    func manifestPatch(_ context: BasicRequestContext) throws -> Response {
+        guard let product = context.parameters.get("product"), let version = context.parameters.get("version"),
+            let file = context.parameters.get("file"), Names.isValid(product), Version(version) != nil,
+            file.hasSuffix(".zst"), SHA256Hash(hex: String(file.dropLast(4))) != nil,
+            let bytes = read(layout.manifestPatch(product, version, from: String(file.dropLast(4))))
+        else { throw HTTPError(.notFound) }
+        return Response(
+            status: .ok,
+            headers: [.contentType: "application/octet-stream", .cacheControl: "public, max-age=31536000, immutable"],
             body: .init(byteBuffer: ByteBuffer(bytes: bytes))
         )
     }
@@ -185,6 +199,7 @@ extension PlanService {
     /// `padded-plan`: the plan, then whitespace without end (valid JSON, if it ever ended).
     func padEndlessly(_ response: inout Response, json: [UInt8]) {
         response.headers[.contentLength] = nil
+        response.headers[.contentEncoding] = nil
         response.body = .init { writer in
             try await writer.write(ByteBuffer(bytes: json))
             let spaces = ByteBuffer(repeating: 0x20, count: 64 << 10)

@@ -68,6 +68,7 @@ final class PlanService: Sendable {
         router.get("objects/:fanout/:sha") { request, context in try await self.object(request, context: context) }
         router.get("deltas/:fanout/:name") { request, context in try await self.delta(request, context: context) }
         router.get("releases/:product/:version/:file") { request, context in try self.releaseFile(context) }
+        router.get("releases/:product/:version/manifest-from/:file") { _, context in try self.manifestPatch(context) }
         router.get("channels/:product/:channel") { _, context in try self.channelFile(context) }
         router.get("roots/:file") { _, context in try self.rootFile(context) }
     }
@@ -104,7 +105,7 @@ final class PlanService: Sendable {
                 "to": "\(response.version)", "device": "\(planRequest.device.id)",
             ]
         )
-        var answer = try json(response)
+        var answer = try json(response, zstd: Self.acceptsZstd(request))
         answer.headers[HTTPFields.Element.Name(PlanHeaders.releaseHeader)!] = response.header
         if configuration.faults.contains("padded-plan") {
             let encoder = JSONEncoder()
@@ -196,6 +197,10 @@ final class PlanService: Sendable {
             objects: objects
         )
         response.deltas = try await chooseDeltas(plan: plan, client: client, product: request.product, objects: objects)
+        if request.accepts?.contains("inline-plan") == true {
+            response.planJSON = PlanJSON(plan)
+            response.plan = ""
+        }
         return response
     }
 
@@ -416,14 +421,33 @@ final class PlanService: Sendable {
         }
     }
 
-    private func json(_ value: some Encodable) throws -> Response {
+    /// A JSON response; zstd-compressed (level 3: fast, and JSON compresses ~10x) when the
+    /// client accepts it and the body is worth it.
+    private func json(_ value: some Encodable, zstd: Bool = false) throws -> Response {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
+        let bytes = [UInt8](try encoder.encode(value))
+        if zstd && bytes.count > 1024 {
+            return Response(
+                status: .ok,
+                headers: [.contentType: "application/json", .contentEncoding: "zstd", .vary: "Accept-Encoding"],
+                body: .init(byteBuffer: ByteBuffer(bytes: try Zstd.compress(bytes, level: 3)))
+            )
+        }
         return Response(
             status: .ok,
             headers: [.contentType: "application/json"],
-            body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(value)))
+            body: .init(byteBuffer: ByteBuffer(bytes: bytes))
         )
+    }
+
+    /// `Accept-Encoding` names zstd (with a non-zero q, if any).
+    static func acceptsZstd(_ request: Request) -> Bool {
+        guard let accept = request.headers[.acceptEncoding]?.lowercased() else { return false }
+        return accept.split(separator: ",").contains { item in
+            let parts = item.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }
+            return parts.first == "zstd" && !parts.dropFirst().contains { $0 == "q=0" || $0 == "q=0.0" }
+        }
     }
 
     func read(_ path: String) -> [UInt8]? {
