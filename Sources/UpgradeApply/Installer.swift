@@ -167,7 +167,6 @@ public enum Installer {
         return try session.install(request)
     }
 
-
     /// What checking a request found: the verified header, the installed one, the signed
     /// target manifest and the tree the plan was verified against.
     struct Checked {

@@ -249,7 +249,9 @@ final class HTTPTransport: Sendable {
             do {
                 bytes = try Zstd.decompress(bytes, maxSize: limit)
             } catch {
-                throw SyncError.verification("the zstd body from \(url) does not decode within \(limit) bytes: \(error)")
+                throw SyncError.verification(
+                    "the zstd body from \(url) does not decode within \(limit) bytes: \(error)"
+                )
             }
         }
         return (Int(response.status.code), bytes)

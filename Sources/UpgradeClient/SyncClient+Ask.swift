@@ -159,7 +159,9 @@ extension SyncClient {
                     }
                     let bytes = try form.decode(received)
                     guard SHA256Hash(bytes: Array(SHA256.hash(data: bytes)))!.hex == header.manifestSHA256 else {
-                        throw SyncError.verification("the manifest (\(form.form)) from \(base) does not match the signed digest")
+                        throw SyncError.verification(
+                            "the manifest (\(form.form)) from \(base) does not match the signed digest"
+                        )
                     }
                     return (bytes, form.form, received.count)
                 } catch {

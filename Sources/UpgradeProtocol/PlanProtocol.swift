@@ -214,7 +214,10 @@ public enum RepositoryPaths {
     /// The compressed manifest and (with the SHA-256 of the manifest a client has) the patch
     /// from it, beside a release's `releases/P/V/manifest` (docs/format.md, "Release
     /// repository").
-    public static func manifestSiblings(_ manifestPath: String, from base: String?) -> (
+    public static func manifestSiblings(
+        _ manifestPath: String,
+        from base: String?
+    ) -> (
         compressed: String, patch: String?
     ) {
         let directory = manifestPath.hasSuffix("/manifest") ? String(manifestPath.dropLast("manifest".count)) : ""

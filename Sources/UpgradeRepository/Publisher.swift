@@ -3,8 +3,8 @@ import Foundation
 import Synchronization
 public import UpgradeCore
 import UpgradeScan
-import UpgradeZstd
 public import UpgradeTrust
+import UpgradeZstd
 
 #if canImport(Glibc)
 import Glibc

@@ -306,6 +306,21 @@ if options.endToEnd {
             print(row)
         }
     }
+    // The generated pair: 100,000 small files, 1% edited, 0.5% added, 0.5% deleted.
+    let small = "\(options.dataDirectory)/small-100k"
+    let changed = "\(options.dataDirectory)/small-100k-changed"
+    makeSmallTree(small, count: 100_000)
+    makeChangedSmallTree(small, changed)
+    for row in endToEnd(
+        UpgradePair(package: "small", from: "1.0", to: "1.1"),
+        old: small,
+        new: changed,
+        data: options.dataDirectory,
+        upgrade: upgrade,
+        repeats: options.repeats
+    ) {
+        print(row)
+    }
     print()
     print("server load on loopback (hey -n 1000 -c 1000, one request per client; release build)")
     print("| load | what | rate | latency | server peak RSS | answers |")
