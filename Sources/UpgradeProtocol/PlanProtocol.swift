@@ -224,3 +224,26 @@ public enum RepositoryPaths {
         return (manifestPath + ".zst", base.map { directory + "manifest-from/" + $0 + ".zst" })
     }
 }
+
+/// `POST /v1/objects`: many small objects in one response, so a change of 1,500 small files is
+/// not 1,500 round trips. The request is `{"objects": [SHA-256 hex, ...]}` (at most
+/// ``maximumCount``); the response (`application/x-upgrade-pack`) is one frame per requested
+/// object, in request order: 32 bytes of SHA-256, one status byte (0: found, 1: missing), a
+/// big-endian u64 length and that many bytes of the object file (zstd), which the client checks
+/// like any download. Mirrors have no such endpoint; clients fetch objects one by one there.
+public enum ObjectPack {
+    public static let path = "v1/objects"
+    public static let contentType = "application/x-upgrade-pack"
+    /// Objects per request.
+    public static let maximumCount = 1024
+    /// Objects at most this large (compressed) travel in packs; larger ones alone (resumable).
+    public static let smallObject: UInt64 = 64 << 10
+
+    public struct Request: Codable, Sendable {
+        public var objects: [String]
+        public init(objects: [String]) { self.objects = objects }
+    }
+
+    /// Frame head: SHA-256, status, length.
+    public static let headSize = 32 + 1 + 8
+}

@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import UpgradeCore
+import UpgradeProtocol
 import UpgradeRepository
 import UpgradeTrust
 
@@ -21,6 +22,52 @@ extension PlanService {
                 ($0, !configuration.faults.isDisjoint(with: ["endless-object", "truncate-object"]))
             }
         }
+    }
+
+    /// `POST /v1/objects`: small objects in one streamed response (``ObjectPack``). Each frame
+    /// is read from disk as it is sent, so a pack costs one object's memory.
+    func pack(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let body = try await request.body.collect(upTo: 256 << 10)
+        let list: ObjectPack.Request
+        do {
+            list = try JSONDecoder().decode(ObjectPack.Request.self, from: body)
+        } catch {
+            throw HTTPError(.badRequest, message: "malformed object list: \(JSON.describe(error))")
+        }
+        guard list.objects.count <= ObjectPack.maximumCount else {
+            throw HTTPError(.contentTooLarge, message: "at most \(ObjectPack.maximumCount) objects per pack")
+        }
+        var shas = [SHA256Hash]()
+        for name in list.objects {
+            guard let sha = SHA256Hash(hex: name), sha.hex == name else {
+                throw HTTPError(.badRequest, message: "not a SHA-256: \(String(name.prefix(80)).debugDescription)")
+            }
+            shas.append(sha)
+        }
+        let layout = self.layout
+        let wanted = shas
+        return Response(
+            status: .ok,
+            headers: [.contentType: ObjectPack.contentType, .cacheControl: "no-store"],
+            body: .init { writer in
+                for sha in wanted {
+                    // Small objects only: a large one is reported missing and fetched alone.
+                    let path = layout.object(sha)
+                    let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? UInt64) ?? nil
+                    let bytes =
+                        size.map { $0 <= ObjectPack.smallObject } == true
+                        ? FileManager.default.contents(atPath: path).map { [UInt8]($0) } : nil
+                    var head = sha.bytes
+                    head.append(bytes == nil ? 1 : 0)
+                    let length = UInt64(bytes?.count ?? 0)
+                    for shift in stride(from: 56, through: 0, by: -8) {
+                        head.append(UInt8(truncatingIfNeeded: length >> shift))
+                    }
+                    try await writer.write(ByteBuffer(bytes: head + (bytes ?? [])))
+                }
+                try await writer.finish(nil)
+            }
+        )
     }
 
     /// `GET /deltas/ab/<base>-<target>`: an immutable delta, served like an object.

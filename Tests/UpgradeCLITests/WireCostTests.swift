@@ -118,4 +118,50 @@ struct WireCostTests {
         )
         #expect((try JSONSerialization.jsonObject(with: plain.stdout) as? [String: Any])?["planJSON"] != nil)
     }
+
+    @Test("small payloads travel in packs: 60 new files cost a handful of requests, each object still verified")
+    func packs() async throws {
+        let fixture = try ApplyFixture()
+        let tree = try TemporaryTree()
+        for i in 0..<60 {
+            try tree.file("share/many/f\(i).txt", Array("small file number \(i)\n".utf8) + noise(300, seed: UInt64(i)))
+        }
+        fixture.product = "many"
+        try fixture.publish("1.0", tree.root)
+        let server = try ServerProcess(repo: fixture.repo)
+        func requests() throws -> Int {
+            let metrics = try runProgram("/usr/bin/curl", ["-s", server.url + "/metrics"]).text
+            return metrics.split(separator: "\n").filter { $0.hasPrefix("upgrade_http_requests_total{") }
+                .compactMap { $0.split(separator: " ").last.flatMap { Int($0) } }.reduce(0, +)
+        }
+        let before = try requests()
+        let root = fixture.work.path("root")
+        let result = try Upgrade.run([
+            "sync", "--server", server.url, "--product", "many", "--root", root, "--trust", fixture.pub, "--json",
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(try await ApplyFixture.scan(root) == (try await ApplyFixture.scan(tree.root)))
+        let report = try Self.report(result)
+        #expect(report["objectsDownloaded"] as? Int == 60, "\(report)")
+        // roots probe, plan, manifest, one pack, report; metrics requests are counted too.
+        let used = try requests() - before - 1
+        #expect(used < 10, "\(used) requests for 60 files")
+
+        // A corrupt object in a pack is not installed: it is fetched again alone, and checked again.
+        let object = try #require(
+            FileManager.default.enumerator(atPath: fixture.repo + "/objects")?.allObjects.compactMap { $0 as? String }
+                .first { $0.count > 3 }
+        )
+        let path = fixture.repo + "/objects/" + object
+        let original = try Data(contentsOf: URL(fileURLWithPath: path))
+        var corrupt = original
+        corrupt[corrupt.count / 2] ^= 0xff
+        try corrupt.write(to: URL(fileURLWithPath: path))
+        let again = try Upgrade.run([
+            "sync", "--server", server.url, "--product", "many", "--root", fixture.work.path("second"), "--trust",
+            fixture.pub,
+        ])
+        #expect(again.status == 4, "a corrupt object was accepted: \(again.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: fixture.work.path("second/share/many")))
+    }
 }
