@@ -83,17 +83,6 @@ extension Manifest {
         return Manifest(trustedSorted: sorted, hooks: hooks)
     }
 
-    /// The paths whose entries differ between two manifests (present in one only, or unequal),
-    /// in canonical order: what a refusal names when a plan does not yield the signed tree.
-    public func differingPaths(from other: Manifest) -> [String] {
-        let mine = index()
-        let theirs = other.index()
-        var paths = Set<String>()
-        for (path, entry) in mine where theirs[path] != entry { paths.insert(path) }
-        for path in theirs.keys where mine[path] == nil { paths.insert(path) }
-        return paths.sorted(by: PathRules.byteOrder)
-    }
-
     /// How this tree (the local one) differs from `other` (the installed release), path by path
     /// in byte order: what `upgrade verify` reports.
     public func differences(from other: Manifest) -> [Difference] {

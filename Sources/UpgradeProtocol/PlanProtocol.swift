@@ -72,19 +72,14 @@ public struct ManifestDelta: Codable, Sendable, Equatable {
         removed = base.entries.map(\.path).filter { treeIndex[$0] == nil }
     }
 
-    /// `base` with the changes applied; throws when the result breaks the manifest rules.
-    public func apply(to base: Manifest) throws(ManifestDecodingError) -> Manifest {
-        var index = base.index()
-        for path in removed { index[path] = nil }
+    /// `base` with these changes, read lazily; throws when an entry does not decode.
+    public func changedTree(base: Manifest) throws(ManifestDecodingError) -> ChangedTree {
+        var entries = [String: ManifestEntry](minimumCapacity: changed.count)
         for entry in changed {
             let decoded = try entry.entry()
-            index[decoded.path] = decoded
+            entries[decoded.path] = decoded
         }
-        do {
-            return try Manifest(entries: Array(index.values), hooks: Hooks())
-        } catch {
-            throw .invalidPath(error)
-        }
+        return ChangedTree(base: base, changed: entries, removed: Set(removed))
     }
 }
 

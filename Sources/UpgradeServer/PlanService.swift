@@ -19,7 +19,10 @@ final class PlanService: Sendable {
     let logger: Logger
     let metrics = ServerMetrics()
     let layout: RepositoryLayout
-    private let manifests = ManifestCache(capacity: 16)
+    /// Decoded release manifests with their digest (computing one re-encodes the whole tree).
+    private let manifests = LRUCache<(manifest: Manifest, digest: SHA256Hash)>(capacity: 16)
+    /// Paths in which two releases differ, by "product/from/to": computed once per pair.
+    private let releaseChanges = LRUCache<[String]>(capacity: 64)
     private let reportsFile = Mutex<Int32?>(nil)
     private let contentIndexes = Mutex([String: (stamp: String, index: [ContentKey: SHA256Hash])]())
     /// Bounds the on-demand delta work: a burst of clients cannot run more than this many
@@ -132,9 +135,10 @@ final class PlanService: Sendable {
         guard let headerBytes = read(layout.header(request.product, record.version)) else {
             throw HTTPError(.internalServerError, message: "the channel points to a missing release")
         }
-        let target = try manifest(request.product, record.version)
+        let target = try manifest(request.product, record.version).manifest
 
         let client: Manifest
+        var plan: Plan
         if let encoded = request.manifest {
             try requireEntryBound(manifestPrefix: encoded)
             guard let bytes = Data(base64Encoded: encoded) else {
@@ -142,6 +146,7 @@ final class PlanService: Sendable {
             }
             do {
                 client = try Manifest(canonical: [UInt8](bytes))
+                plan = Plan(from: client, to: target)
             } catch {
                 throw HTTPError(.badRequest, message: "client manifest: \(error)")
             }
@@ -157,21 +162,25 @@ final class PlanService: Sendable {
             }
             // A release this server no longer has (pruned, or from another repository): the
             // client sends its whole manifest instead, as it does for a base mismatch.
-            guard let base = try? manifest(request.product, installed.version) else {
+            guard let (base, baseDigest) = try? manifest(request.product, installed.version) else {
                 throw HTTPError(
                     .conflict,
                     message:
                         "release \(installed.version) of \(request.product) is not on this server; send the whole manifest"
                 )
             }
-            guard base.digest.hex == delta.base else {
+            guard baseDigest.hex == delta.base else {
                 throw HTTPError(
                     .conflict,
                     message: "delta base \(delta.base) is not release \(installed.version); send the whole manifest"
                 )
             }
+            // O(changes): only the paths the client changed and those between its release and
+            // the target are looked at (the plan equals the whole-tree diff).
             do {
-                client = try delta.apply(to: base)
+                let tree = try delta.changedTree(base: base)
+                let between = changes(request.product, from: installed.version, base, to: record.version, target)
+                (plan, client) = try Plan.incremental(client: tree, target: target, releaseChanges: between)
             } catch {
                 throw HTTPError(.badRequest, message: "client delta: \(error)")
             }
@@ -179,7 +188,6 @@ final class PlanService: Sendable {
             throw HTTPError(.badRequest, message: "send either manifest or delta")
         }
 
-        var plan = Plan(from: client, to: target)
         lie(about: &plan, target: target)
         var objects = [String: UInt64]()
         for operation in plan.operations {
@@ -278,7 +286,22 @@ final class PlanService: Sendable {
         return index
     }
 
-    private func manifest(_ product: String, _ version: String) throws -> Manifest {
+    /// The paths in which two releases of a product differ, cached per pair.
+    private func changes(
+        _ product: String,
+        from version: String,
+        _ base: Manifest,
+        to targetVersion: String,
+        _ target: Manifest
+    ) -> [String] {
+        let key = "\(product)/\(version)/\(targetVersion)"
+        if let cached = releaseChanges.get(key) { return cached }
+        let paths = base.differingPaths(from: target)
+        releaseChanges.put(key, paths)
+        return paths
+    }
+
+    private func manifest(_ product: String, _ version: String) throws -> (manifest: Manifest, digest: SHA256Hash) {
         guard Names.isValid(product), Version(version) != nil else {
             throw HTTPError(.badRequest, message: "invalid release name")
         }
@@ -288,8 +311,9 @@ final class PlanService: Sendable {
         }
         do {
             let manifest = try Manifest(canonical: bytes)
-            manifests.put("\(product)/\(version)", manifest)
-            return manifest
+            let release = (manifest, manifest.digest)  // once per load, not per request
+            manifests.put("\(product)/\(version)", release)
+            return release
         } catch {
             throw HTTPError(.internalServerError, message: "release manifest unreadable: \(error)")
         }
@@ -462,10 +486,11 @@ final class PlanService: Sendable {
     }
 }
 
-/// A small LRU of decoded release manifests: plans for a fleet hit the same two or three releases.
-final class ManifestCache: Sendable {
+/// A small LRU (decoded release manifests, release differences): plans for a fleet hit the same
+/// two or three releases.
+final class LRUCache<Value: Sendable>: Sendable {
     private struct State {
-        var entries: [String: Manifest] = [:]
+        var entries: [String: Value] = [:]
         var order: [String] = []
     }
 
@@ -474,7 +499,7 @@ final class ManifestCache: Sendable {
 
     init(capacity: Int) { self.capacity = capacity }
 
-    func get(_ key: String) -> Manifest? {
+    func get(_ key: String) -> Value? {
         state.withLock { state in
             guard let value = state.entries[key] else { return nil }
             state.order.removeAll { $0 == key }
@@ -483,7 +508,7 @@ final class ManifestCache: Sendable {
         }
     }
 
-    func put(_ key: String, _ value: Manifest) {
+    func put(_ key: String, _ value: Value) {
         state.withLock { state in
             state.entries[key] = value
             state.order.removeAll { $0 == key }

@@ -225,7 +225,8 @@ struct NetworkTests {
         )
         request.delta = ManifestDelta(from: installed, to: scanned)
         #expect(request.delta?.changed.count == 10)
-        #expect(try request.delta?.apply(to: installed).entries.count == scanned.entries.count)
+        let tree = try #require(try request.delta?.changedTree(base: installed))
+        #expect(scanned.entries.allSatisfy { tree.entry(at: $0.path) == $0 })
         let body = try JSONEncoder().encode(request)
         var whole = request
         whole.delta = nil

@@ -240,3 +240,54 @@ struct DeltaBaseTests {
         #expect(bases["lib/tiny-5678.so"] == nil, "sizes differ by 10x")
     }
 }
+
+@Suite("Incremental plans")
+struct IncrementalPlanTests {
+    @Test(
+        "the plan from base + local changes to a target, looking only at changed paths, equals the whole-tree plan",
+        arguments: 0..<4
+    )
+    func equalsWholeTreePlan(batch: Int) throws {
+        var rng = SplitMix64(state: UInt64(batch) &* 104_729 &+ 1)
+        for round in 0..<250 {
+            let base = TreeGenerator.tree(&rng)
+            let target = round % 5 == 0 ? TreeGenerator.tree(&rng) : TreeGenerator.mutate(base, &rng)
+            let client = round % 3 == 0 ? base : TreeGenerator.mutate(base, &rng)
+            let baseIndex = base.index()
+            let clientIndex = client.index()
+            var changed = [String: ManifestEntry]()
+            for entry in client.entries where baseIndex[entry.path] != entry { changed[entry.path] = entry }
+            let removed = Set(base.entries.map(\.path).filter { clientIndex[$0] == nil })
+            let tree = ChangedTree(base: base, changed: changed, removed: removed)
+            let (incremental, looked) = try Plan.incremental(
+                client: tree,
+                target: target,
+                releaseChanges: base.differingPaths(from: target)
+            )
+            let whole = Plan(from: client, to: target)
+            #expect(incremental == whole, "batch \(batch) round \(round)")
+            #expect(try client.applying(incremental) == target)
+            // What it looked at is part of the client tree, nothing invented.
+            #expect(looked.entries.allSatisfy { clientIndex[$0.path] == $0 })
+        }
+    }
+
+    @Test("a new file finds an unchanged similarly named sibling as its delta base")
+    func siblingBase() throws {
+        let content = FileContent(size: 1000, xxh128: XXH128Digest(high: 1, low: 2), sha256: nil)
+        let newContent = FileContent(size: 1100, xxh128: XXH128Digest(high: 3, low: 4), sha256: nil)
+        let base = try Manifest(entries: [
+            .directory("lib"), .file("lib/libfoo-1.2.so", content), .file("lib/other.txt", content),
+        ])
+        let target = try Manifest(entries: base.entries + [.file("lib/libfoo-1.3.so", newContent)])
+        let tree = ChangedTree(base: base, changed: [:], removed: [])
+        let (plan, looked) = try Plan.incremental(
+            client: tree,
+            target: target,
+            releaseChanges: base.differingPaths(from: target)
+        )
+        #expect(plan == Plan(from: base, to: target))
+        #expect(plan.deltaBases(client: looked)["lib/libfoo-1.3.so"] == "lib/libfoo-1.2.so")
+        #expect(looked.entry(at: "lib/other.txt") == nil)
+    }
+}
