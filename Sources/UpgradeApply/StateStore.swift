@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import UpgradeCore
 import UpgradeScan
 
@@ -26,6 +27,10 @@ import Glibc
 final class StateStore: @unchecked Sendable {
     let tree: SafeTree
     let path: String
+    /// Manifests already decoded, by state id, with the bytes they came from: one run asks for
+    /// the installed state several times, and decoding (with its path checks) is the expensive
+    /// part; the file is still read each time, so a changed state is never served stale.
+    private let decoded = Mutex<[String: (bytes: [UInt8], manifest: Manifest)]>([:])
 
     init(root: SafeTree, name: String, rootPath: String, create: Bool = true) throws {
         tree = try root.subdirectory(name, create: create)
@@ -154,9 +159,19 @@ final class StateStore: @unchecked Sendable {
     }
 
     func state(_ id: String) -> InstalledState? {
-        guard let header = read("state/\(id)/header"), let bytes = read("state/\(id)/manifest"),
-            let manifest = try? Manifest(canonical: bytes)
-        else { return nil }
+        guard let header = read("state/\(id)/header"), let bytes = read("state/\(id)/manifest") else { return nil }
+        let manifest: Manifest
+        if let memo = decoded.withLock({ $0[id] }), memo.bytes == bytes {
+            manifest = memo.manifest
+        } else {
+            guard let fresh = try? Manifest(canonical: bytes) else { return nil }
+            manifest = fresh
+            // Two at most (the installed state and the one before it): bounded memory.
+            decoded.withLock { memo in
+                if memo.count >= 2 { memo.removeAll() }
+                memo[id] = (bytes, fresh)
+            }
+        }
         let previous = read("state/\(id)/previous").map { String(decoding: $0, as: UTF8.self) }.flatMap {
             $0.isEmpty ? nil : $0
         }

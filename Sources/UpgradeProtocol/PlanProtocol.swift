@@ -63,13 +63,39 @@ public struct ManifestDelta: Codable, Sendable, Equatable {
     public var removed: [String]
 
     /// The changes that turn `base` into `tree`.
+    /// One merge walk of the two sorted lists; an entry of `tree` whose size and XXH3-128 match
+    /// `base` takes base's SHA-256 (what ``Manifest/adoptingDigests(from:)`` does) before the
+    /// two are compared, so an unchanged file is not sent.
     public init(from base: Manifest, to tree: Manifest) {
-        let baseIndex = base.index()
-        let adopted = tree.adoptingDigests(from: base)
-        let treeIndex = adopted.index()
+        var changed = [EntryJSON]()
+        var removed = [String]()
+        let left = tree.entries
+        let right = base.entries
+        var i = 0
+        var j = 0
+        while i < left.count || j < right.count {
+            if j == right.count || (i < left.count && PathRules.byteOrder(left[i].path, right[j].path)) {
+                changed.append(EntryJSON(left[i]))
+                i += 1
+            } else if i == left.count || PathRules.byteOrder(right[j].path, left[i].path) {
+                removed.append(right[j].path)
+                j += 1
+            } else {
+                var entry = left[i]
+                if case .file(var content) = entry.content, content.sha256 == nil, let theirs = right[j].file,
+                    theirs.size == content.size, theirs.xxh128 == content.xxh128
+                {
+                    content.sha256 = theirs.sha256
+                    entry.content = .file(content)
+                }
+                if entry != right[j] { changed.append(EntryJSON(entry)) }
+                i += 1
+                j += 1
+            }
+        }
         self.base = base.digest.hex
-        changed = adopted.entries.filter { baseIndex[$0.path] != $0 }.map(EntryJSON.init)
-        removed = base.entries.map(\.path).filter { treeIndex[$0] == nil }
+        self.changed = changed
+        self.removed = removed
     }
 
     /// `base` with these changes, read lazily; throws when an entry does not decode.

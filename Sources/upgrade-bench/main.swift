@@ -14,6 +14,8 @@ struct Options {
     var repeats = 3
     var endToEnd = true
     var scans = true
+    /// Files in the tree of the no-op-at-scale row.
+    var noOpFiles = 1_000_000
 
     init(_ arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -24,12 +26,13 @@ struct Options {
             case "--large-files": largeFiles = Int(iterator.next() ?? "") ?? largeFiles
             case "--large-mib": largeFileMiB = Int(iterator.next() ?? "") ?? largeFileMiB
             case "--repeats": repeats = Int(iterator.next() ?? "") ?? repeats
+            case "--noop-files": noOpFiles = Int(iterator.next() ?? "") ?? noOpFiles
             case "--no-e2e": endToEnd = false
             case "--only-e2e": scans = false
             default:
                 FileHandle.standardError.write(
                     Data(
-                        "usage: upgrade-bench [--data DIR] [--small-files N] [--large-files N] [--large-mib N] [--repeats N] [--no-e2e | --only-e2e]\n"
+                        "usage: upgrade-bench [--data DIR] [--small-files N] [--large-files N] [--large-mib N] [--repeats N] [--noop-files N] [--no-e2e | --only-e2e]\n"
                             .utf8
                     )
                 )
@@ -319,6 +322,10 @@ if options.endToEnd {
         upgrade: upgrade,
         repeats: options.repeats
     ) {
+        print(row)
+    }
+    // The cron-run cost at fleet scale.
+    for row in noOpAtScale(count: options.noOpFiles, data: options.dataDirectory, upgrade: upgrade, repeats: options.repeats) {
         print(row)
     }
     print()

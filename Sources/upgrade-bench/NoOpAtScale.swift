@@ -1,0 +1,83 @@
+// The cron-run cost at fleet scale: a tree of N tiny files already at the newest release,
+// synced again (`upgrade sync` with nothing to do) against `rsync -az` through a daemon on the
+// same, already identical, tree. Wall time and peak RSS per file.
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `count` files of a few bytes each, 100 to a directory (cached under `root`).
+func makeTinyTree(_ root: String, count: Int) {
+    guard !FileManager.default.fileExists(atPath: root + "/.complete") else { return }
+    shell("rm -rf \(quote(root))")
+    for i in 0..<count {
+        let directory = "\(root)/d\(i / 1000)/s\((i / 100) % 10)"
+        if i % 100 == 0 {
+            try! FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        }
+        let fd = open("\(directory)/f\(i).dat", O_CREAT | O_WRONLY | O_TRUNC, 0o644)
+        let text = Array("file \(i)\n".utf8)
+        _ = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+    }
+    _ = FileManager.default.createFile(atPath: root + "/.complete", contents: nil)
+}
+
+/// Rows for the no-op sync of a `count`-file tree.
+func noOpAtScale(count: Int, data: String, upgrade: String, repeats: Int) -> [String] {
+    let label = "\(count / 1000)k tiny files, nothing changed"
+    let tree = "\(data)/tiny-\(count)"
+    let work = "\(data)/noop-\(count)"
+    let repo = work + "/repo"
+    let key = work + "/publisher.key"
+    let root = work + "/root"
+    let binary = String(upgrade.dropFirst().dropLast())
+    makeTinyTree(tree, count: count)
+    if !FileManager.default.fileExists(atPath: work + "/.complete") {
+        shell(
+            "rm -rf \(quote(work)) && mkdir -p \(quote(work)) && \(upgrade) keygen --output \(quote(key)) > /dev/null"
+                + " && \(upgrade) publish --repo \(quote(repo)) --product tiny --version 1.0 --key \(quote(key)) \(quote(tree)) > /dev/null"
+        )
+        _ = FileManager.default.createFile(atPath: work + "/.complete", contents: nil)
+    }
+    let (server, url) = startServer(binary, repo: repo)
+    let sync =
+        "\(upgrade) sync --server \(url) --product tiny --root \(quote(root)) --trust \(quote(key)).pub > /dev/null"
+    if !FileManager.default.fileExists(atPath: root + "/.upgrade") {
+        shell(sync)
+    }
+    // The first no-op after the install writes the stat cache; the measured ones are cron runs.
+    shell(sync)
+    sleep(1)
+    let noop = measure(sync, repeats: repeats)
+    server.terminate()
+    server.waitUntilExit()
+
+    let port = 20_000 + Int((getpid() + 7) % 20_000)
+    let config = work + "/rsyncd.conf"
+    try! "use chroot = no\npid file = \(work)/rsyncd.pid\n[tree]\npath = \(tree)\nread only = yes\n".write(
+        toFile: config,
+        atomically: true,
+        encoding: .utf8
+    )
+    let daemon = Process()
+    daemon.executableURL = URL(fileURLWithPath: "/usr/bin/rsync")
+    daemon.arguments = [
+        "--daemon", "--no-detach", "--config", config, "--address", "127.0.0.1", "--port", String(port),
+    ]
+    try! daemon.run()
+    usleep(300_000)
+    let destination = work + "/rsync-dest"
+    let rsync = "rsync -az --delete rsync://127.0.0.1:\(port)/tree/ \(quote(destination))/"
+    if !FileManager.default.fileExists(atPath: destination + "/.complete") { shell(rsync) }
+    let rsyncNoop = measure(rsync, repeats: repeats)
+    daemon.terminate()
+    daemon.waitUntilExit()
+
+    func perFile(_ kib: Int) -> String { String(format: "%.0f B/file", Double(kib) * 1024 / Double(count)) }
+    return [
+        "| \(label) | upgrade sync with nothing to do | \(String(format: "%.3f", noop.seconds)) | — | \(noop.maxRSSKiB) KiB (\(perFile(noop.maxRSSKiB))) | wall \(String(format: "%.2f×", noop.seconds / rsyncNoop.seconds)) of rsync |",
+        "| \(label) | rsync -az via daemon, nothing to do (client side) | \(String(format: "%.3f", rsyncNoop.seconds)) | — | \(rsyncNoop.maxRSSKiB) KiB (\(perFile(rsyncNoop.maxRSSKiB))) | — |",
+    ]
+}
