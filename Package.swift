@@ -111,7 +111,7 @@ let package = Package(
             swiftSettings: strict
         ),
         // Tree scanner, stat cache, manifest files on disk.
-        .target(name: "UpgradeScan", dependencies: ["UpgradeCore", "UpgradeHash"], swiftSettings: strict),
+        .target(name: "UpgradeScan", dependencies: ["UpgradeCore", "UpgradeHash", "CUpgradeSys"], swiftSettings: strict),
 
         // The command-line tool: wires library calls, renders results.
         .executableTarget(

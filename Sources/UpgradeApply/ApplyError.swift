@@ -24,6 +24,8 @@ public enum ApplyError: Error, CustomStringConvertible {
     case interrupted(signal: Int32, String)
     /// The release is older than the installed one and `--allow-downgrade` was not given.
     case downgrade(String)
+    /// The release is published for another platform than this machine's.
+    case wrongPlatform(String)
     /// The root cannot be used as one: not a directory, or (for `verify`) nothing installed.
     case notARoot(path: String, String)
 
@@ -45,6 +47,7 @@ public enum ApplyError: Error, CustomStringConvertible {
         case .nothingToRollBack(let why): "nothing to roll back: \(why)"
         case .interrupted(let signal, let what): "interrupted by \(Interruption.name(signal)): \(what)"
         case .downgrade(let why): "refused: \(why); nothing was changed"
+        case .wrongPlatform(let why): "refused: \(why); nothing was changed"
         case .notARoot(let path, let why): "\(path): \(why)"
         }
     }

@@ -31,6 +31,8 @@ public struct InstallRequest: Sendable {
     /// The tree as this session scanned it, to be used instead of scanning again (`sync` scans
     /// once, under the lock it holds for the whole run). nil scans.
     public var scanned: Manifest?
+    /// The machine's own `keep` patterns: paths a sync leaves as they are (see ``PathPolicy``).
+    public var keep: [Glob] = []
 
     public init(
         root: String,
@@ -75,6 +77,8 @@ public struct InstallReport: Sendable, Codable {
     public var recovered: String?
     /// The plan, for dry runs.
     public var operations: [OperationJSON]?
+    /// Local changes the install reverted, deleted or kept, and config conflicts (absent: none).
+    public var localChanges: [LocalChange]?
 }
 
 /// What `upgrade status` shows: the installed release, a pending journal, the lock holder, and
@@ -176,6 +180,10 @@ public enum Installer {
         var local: Manifest
         /// The release is installed and the tree intact: nothing to do.
         var alreadyInstalled: Bool
+        /// The request's plan with the release's path policy and the machine's `keep` applied.
+        var plan: Plan
+        /// What ``plan`` reverts, deletes and keeps.
+        var changes: [LocalChange]
     }
 
     /// The install itself, under a session's lock, after its recovery. `checked` is what an
@@ -199,7 +207,8 @@ public enum Installer {
                 fromVersion: installedHeader?.version,
                 toVersion: header.version,
                 summary: Plan(operations: []).summary,
-                recovered: recovered
+                recovered: recovered,
+                localChanges: checked.changes.isEmpty ? nil : checked.changes
             )
             return (report, checked)
         }
@@ -208,22 +217,23 @@ public enum Installer {
             product: header.product,
             fromVersion: installedHeader?.version,
             toVersion: header.version,
-            summary: request.plan.summary,
-            recovered: recovered
+            summary: checked.plan.summary,
+            recovered: recovered,
+            localChanges: checked.changes.isEmpty ? nil : checked.changes
         )
         if request.dryRun {
             report.result = .dryRun
-            report.operations = request.plan.operations.map(OperationJSON.init)
+            report.operations = checked.plan.operations.map(OperationJSON.init)
             return (report, checked)
         }
-        if request.plan.isEmpty && installedHeader?.manifestSHA256 == header.manifestSHA256 {
+        if checked.plan.isEmpty && installedHeader?.manifestSHA256 == header.manifestSHA256 {
             report.result = .nothingToDo
             return (report, checked)
         }
         try transact(
             root: root,
             store: store,
-            plan: request.plan,
+            plan: checked.plan,
             local: local,
             target: target,
             headerBytes: request.headerBytes,
@@ -250,6 +260,7 @@ public enum Installer {
         } catch {
             throw ApplyError.verification("\(error)")
         }
+        if let mismatch = header.platformMismatch() { throw ApplyError.wrongPlatform(mismatch) }
         let installed = store.current
         let installedHeader = installed.flatMap {
             try? ReleaseHeader(unverified: SignedEnvelope(encoded: $0.headerBytes))
@@ -274,21 +285,30 @@ public enum Installer {
             throw ApplyError.verification("release manifest: \(error)")
         }
         let local = try request.scanned ?? scan(root: root.display, store: store, options: request.scanOptions)
-        // The release is installed already and the tree is intact (a bundle applied twice, a
-        // plan for another starting point): nothing to do, whatever the plan says.
+        let outcome = request.plan.respecting(
+            keep: request.keep,
+            local: local,
+            base: installed?.manifest,
+            target: target
+        )
+        // The release is installed already and the tree intact, or different only where the
+        // policy keeps it (a bundle applied twice, a plan for another starting point): nothing to
+        // do, whatever the plan says.
         if installedHeader?.manifestSHA256 == header.manifestSHA256,
-            local.adoptingDigests(from: target).differingPaths(from: target).isEmpty
+            outcome.plan.isEmpty || local.adoptingDigests(from: target).differingPaths(from: target).isEmpty
         {
             return Checked(
                 header: header,
                 installedHeader: installedHeader,
                 target: target,
                 local: local,
-                alreadyInstalled: true
+                alreadyInstalled: true,
+                plan: Plan(operations: []),
+                changes: outcome.changes.filter { $0.action == .kept }
             )
         }
         do {
-            try request.plan.verify(against: local, yields: target, reserved: [request.stateDirectoryName])
+            try outcome.plan.verify(against: local, yields: outcome.target, reserved: [request.stateDirectoryName])
         } catch .unsafe(let why) {
             throw ApplyError.unsafePlan("unsafe plan: \(why)")
         } catch {
@@ -299,7 +319,9 @@ public enum Installer {
             installedHeader: installedHeader,
             target: target,
             local: local,
-            alreadyInstalled: false
+            alreadyInstalled: false,
+            plan: outcome.plan,
+            changes: outcome.changes
         )
     }
 
@@ -328,24 +350,56 @@ public enum Installer {
         guard let (previous, backups) = store.backups(of: current) else {
             throw ApplyError.nothingToRollBack("the backups of the last upgrade are gone")
         }
-        let files = backups.mapValues(\.1)
+        var files = backups.mapValues(\.1)
         let local = try scan(root: rootPath, store: store, options: ScanOptions())
         let targetHeader = try ReleaseHeader(unverified: SignedEnvelope(encoded: previous.headerBytes))
         let currentHeader = try ReleaseHeader(unverified: SignedEnvelope(encoded: current.headerBytes))
-        let plan = Plan(from: local, to: previous.manifest)
+        var tree = try store.treeBefore(current, previous: previous.manifest, backups: &files)
+        var plan = Plan(from: local, to: tree)
+        // A local edit changed again since the upgrade has no copy left: the release's file.
+        let lost = Set(
+            plan.operations.compactMap { operation -> String? in
+                switch operation {
+                case .add(let path, _, let content), .replace(let path, _, let content):
+                    content.sha256 == nil ? path : nil
+                default: nil
+                }
+            }
+        )
+        if !lost.isEmpty {
+            let signed = previous.manifest.index()
+            tree = try Manifest(
+                entries: tree.entries.compactMap { lost.contains($0.path) ? signed[$0.path] : $0 },
+                hooks: tree.hooks,
+                policy: tree.policy
+            )
+            plan = Plan(from: local, to: tree)
+        }
+        // Unmanaged paths (of either release) stay as they are now: logs written since the upgrade.
+        let unmanaged = PathPolicy(unmanaged: previous.manifest.policy.unmanaged + current.manifest.policy.unmanaged)
+        if !unmanaged.isEmpty {
+            let outcome = plan.respecting(
+                keep: [],
+                local: local,
+                base: nil,
+                target: try Manifest(entries: tree.entries, hooks: tree.hooks, policy: unmanaged)
+            )
+            (plan, tree) = (outcome.plan, outcome.target)
+        }
         // Files present in the previous release and unchanged since stay; the rest come from backups.
         try transact(
             root: root,
             store: store,
             plan: plan,
             local: local,
-            target: previous.manifest,
+            target: tree,
             headerBytes: previous.headerBytes,
             header: targetHeader,
             fromVersion: currentHeader.version,
             payloads: FilePayloads(tree: store.tree, files: files),
             timeouts: (300, 60),
-            runHooks: false
+            runHooks: false,
+            recording: previous.manifest
         )
         let report = InstallReport(
             result: .rolledBack,
@@ -473,7 +527,36 @@ public enum Installer {
         let cache = store.path + "/statcache"
         let local = try runBlocking { try await TreeSource.scan(rootPath, options: frozen, cache: .readOnly(cache)) }
             .manifest
-        return local.adoptingDigests(from: current.manifest).differences(from: current.manifest)
+        let release = current.manifest
+        let policy = release.policy
+        // Unmanaged paths and the `.upgrade-new` files beside config files are not the release's.
+        var found = local.adoptingDigests(from: release).differences(from: release).filter { difference in
+            if policy.isUnmanaged(difference.path) { return false }
+            if difference.kind == .extra, difference.path.hasSuffix(PathPolicy.newSuffix) {
+                return !policy.isConfig(String(difference.path.dropLast(PathPolicy.newSuffix.count)))
+            }
+            return true
+        }
+        let reported = Set(found.map(\.path))
+        for path in release.metadata.keys.sorted(by: PathRules.byteOrder) where !reported.contains(path) {
+            let meta = release.metadata[path]!
+            let observe = { (path: String, xattrs: Bool) in
+                try? root.withParent(path) { MetadataIO.observe($0, $1, xattrs: xattrs) }
+            }
+            guard let observed = observe(path, !meta.xattrs.isEmpty) ?? nil else { continue }
+            if let leader = meta.hardLink {
+                if let first = observe(leader, false) ?? nil, first.inode != observed.inode || first.device != observed.device {
+                    found.append(Manifest.Difference(path: path, kind: .link))
+                }
+                continue
+            }
+            if !MetadataIO.satisfies(observed, EntryMetadata(owner: meta.owner)) {
+                found.append(Manifest.Difference(path: path, kind: .owner))
+            } else if !MetadataIO.satisfies(observed, EntryMetadata(xattrs: meta.xattrs)) {
+                found.append(Manifest.Difference(path: path, kind: .xattr))
+            }
+        }
+        return found.sorted { PathRules.byteOrder($0.path, $1.path) }
     }
 
     // MARK: The transaction
@@ -489,7 +572,8 @@ public enum Installer {
         fromVersion: String?,
         payloads: any PayloadSource,
         timeouts: (hook: Double, health: Double),
-        runHooks: Bool = true
+        runHooks: Bool = true,
+        recording: Manifest? = nil
     ) throws {
         // Preflight: free space for the staged files.
         let needed = plan.summary.bytesToWrite + UInt64(plan.operations.count) * 4096
@@ -531,12 +615,28 @@ public enum Installer {
                 default: break
                 }
             }
+            // Owners, attributes, hard links and holes: no payload, steps of the same journal.
+            let signed = recording ?? target
+            journal.steps += try MetadataPass.prepare(
+                signed.metadata,
+                target: signed,
+                plan: plan,
+                root: root,
+                staging: staging
+            )
             guard upgrade_syncfs(staging.fd) == 0 else {
                 throw SystemCallError(call: "syncfs \(staging.display)", code: errno)
             }
             try store.write("state/\(id)/header", headerBytes)
-            try store.write("state/\(id)/manifest", target.canonicalEncoding())
+            try store.write("state/\(id)/manifest", (recording ?? target).canonicalEncoding())
             try store.write("state/\(id)/previous", Array((store.currentID ?? "").utf8))
+            // The tree as it was, when it was not exactly the installed release (local edits,
+            // files the operator added): what a rollback restores.
+            if let installed = store.current?.manifest,
+                local.adoptingDigests(from: installed).entries != installed.entries
+            {
+                try store.write("state/\(id)/before", local.canonicalEncoding())
+            }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
             try store.write("state/\(id)/journal", [UInt8](try encoder.encode(journal)))

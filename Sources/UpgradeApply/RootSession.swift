@@ -79,6 +79,10 @@ public final class RootSession: @unchecked Sendable {
     /// The last dry-run check, for the install that follows it.
     private var lastChecked: CheckedRequest?
 
+    /// The plan the last dry run verified, with the release's path policy and the request's
+    /// `keep` patterns applied: what an install of the same request carries out.
+    public var checkedPlan: Plan? { lastChecked?.checked.plan }
+
     private struct CheckedRequest {
         let headerBytes: [UInt8]
         let manifestBytes: [UInt8]
@@ -86,6 +90,7 @@ public final class RootSession: @unchecked Sendable {
         let scanned: Manifest
         let allowDowngrade: Bool
         let now: Int64
+        let keep: [Glob]
         let checked: Installer.Checked
 
         init(_ request: InstallRequest, _ checked: Installer.Checked) {
@@ -95,6 +100,7 @@ public final class RootSession: @unchecked Sendable {
             scanned = request.scanned!
             allowDowngrade = request.allowDowngrade
             now = request.now
+            keep = request.keep
             self.checked = checked
         }
 
@@ -102,7 +108,7 @@ public final class RootSession: @unchecked Sendable {
             guard let scanned = request.scanned else { return false }
             return request.headerBytes == headerBytes && request.manifestBytes == manifestBytes
                 && request.plan == plan && scanned == self.scanned
-                && request.allowDowngrade == allowDowngrade && request.now == now
+                && request.allowDowngrade == allowDowngrade && request.now == now && request.keep == keep
         }
     }
 

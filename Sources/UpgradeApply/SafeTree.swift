@@ -1,4 +1,5 @@
 internal import CUpgradeSys
+import UpgradeCore
 import UpgradeScan
 
 #if canImport(Glibc)
@@ -226,6 +227,40 @@ final class SafeTree: @unchecked Sendable {
                 guard result == 0 else {
                     throw SystemCallError(call: "rename \(source.display)/\(from) to \(display)/\(to)", code: errno)
                 }
+            }
+        }
+    }
+
+    /// Sets owner and extended attributes (``MetadataIO/apply``), then `mode` again (a new owner
+    /// clears set-id bits).
+    func setMetadata(_ path: String, _ meta: EntryMetadata, mode: UInt32?) throws {
+        try observer.willMutate("metadata \(path)")
+        try withParent(path) { parentFD, name in
+            try MetadataIO.apply(meta, to: parentFD, name, display: "\(display)/\(path)")
+            if let mode, fchmodat(parentFD, name, mode_t(mode), 0) != 0 {
+                throw SystemCallError(call: "chmod \(display)/\(path)", code: errno)
+            }
+            // The mode change may have dropped attributes a new owner cleared: set them last.
+            if mode != nil, !meta.xattrs.isEmpty {
+                try MetadataIO.apply(EntryMetadata(xattrs: meta.xattrs), to: parentFD, name, display: "\(display)/\(path)")
+            }
+        }
+    }
+
+    /// Undoes ``setMetadata(_:_:mode:)``: the old owner and attribute values, and the attributes
+    /// `after` added removed.
+    func restoreMetadata(_ path: String, _ before: EntryMetadata, replacing after: EntryMetadata, mode: UInt32?) throws {
+        try observer.willMutate("restore metadata \(path)")
+        try withParent(path) { parentFD, name in
+            let proc = "/proc/self/fd/\(parentFD)/\(name)"
+            for xattr in after.xattrs where !before.xattrs.contains(where: { $0.name == xattr.name }) {
+                if upgrade_lremovexattr(proc, xattr.name) != 0 && errno != ENODATA {
+                    throw SystemCallError(call: "removexattr \(xattr.name) on \(display)/\(path)", code: errno)
+                }
+            }
+            try MetadataIO.apply(before, to: parentFD, name, display: "\(display)/\(path)")
+            if let mode, fchmodat(parentFD, name, mode_t(mode), 0) != 0 {
+                throw SystemCallError(call: "chmod \(display)/\(path)", code: errno)
             }
         }
     }

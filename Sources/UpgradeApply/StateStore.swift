@@ -205,6 +205,57 @@ final class StateStore: @unchecked Sendable {
         return (previous, files)
     }
 
+    /// The tree a rollback of `state` restores: as it was before the transaction that installed
+    /// `state` (local edits and added files included, recorded as `before` when it was not exactly
+    /// the previous release), else the previous release. Backed-up files that the previous
+    /// release does not name (local edits) are hashed and added to `backups`; an entry whose
+    /// content is neither backed up nor in place any more falls back to the previous release's.
+    func treeBefore(
+        _ state: InstalledState,
+        previous: Manifest,
+        backups: inout [SHA256Hash: String]
+    ) throws -> Manifest {
+        guard let bytes = read("state/\(state.id)/before"), let before = try? Manifest(canonical: bytes),
+            let journalBytes = read("state/\(state.id)/journal"),
+            let journal = try? JSONDecoder().decode(Journal.self, from: Data(journalBytes))
+        else { return previous }
+        let signed = previous.index()
+        var backedUp = [String: String]()
+        for step in journal.steps {
+            switch step {
+            case .place(let path, _, let backup?): backedUp[path] = "state/\(state.id)/undo/\(backup)"
+            case .remove(let path, _, let backup): backedUp[path] = "state/\(state.id)/undo/\(backup)"
+            default: break
+            }
+        }
+        var entries = [ManifestEntry]()
+        entries.reserveCapacity(before.entries.count)
+        for var entry in before.entries {
+            if case .file(var content) = entry.content, content.sha256 == nil {
+                if let signedFile = signed[entry.path]?.file, signedFile.size == content.size,
+                    signedFile.xxh128 == content.xxh128
+                {
+                    content.sha256 = signedFile.sha256
+                } else if let backup = backedUp[entry.path] {
+                    let fd = try tree.withParent(backup) { parent, last in
+                        openat(parent, last, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+                    }
+                    if fd >= 0 {
+                        defer { close(fd) }
+                        let (sha, size) = try sha256(of: fd, what: "\(path)/\(backup)")
+                        if size == content.size {
+                            content.sha256 = sha
+                            backups[sha] = backup
+                        }
+                    }
+                }
+                entry.content = .file(content)
+            }
+            entries.append(entry)
+        }
+        return try Manifest(entries: entries, hooks: previous.hooks, policy: previous.policy)
+    }
+
     /// A fresh state id, larger than any existing one.
     func newStateID() -> String {
         let existing = (try? tree.subdirectory("state", create: true).list()) ?? []

@@ -31,6 +31,8 @@ struct TransactionDriver {
                 try backup.rename(from: path, in: root, to: backupName, replace: false)
             case .chmod(let path, _, let mode):
                 try root.chmod(path, mode: mode)
+            case .metadata(let path, _, let meta, let mode):
+                try root.setMetadata(path, meta, mode: mode)
             }
         }
         try syncTouchedDirectories(journal)
@@ -40,6 +42,9 @@ struct TransactionDriver {
     func rollback(_ journal: Journal) throws {
         for step in journal.undoOrder {
             switch step {
+            case .metadata(let path, let before, let after, let mode):
+                guard let before, root.exists(path) else { continue }
+                try root.restoreMetadata(path, before, replacing: after, mode: mode)
             case .chmod(let path, let from, _):
                 if let info = root.lstat(path), info.st_mode & S_IFMT != S_IFLNK, info.st_mode & 0o7777 != from {
                     try root.chmod(path, mode: from)

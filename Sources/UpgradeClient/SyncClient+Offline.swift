@@ -59,6 +59,7 @@ extension SyncClient {
             return report
         }
         report.toVersion = target.header.version
+        if let mismatch = target.header.platformMismatch() { throw SyncError.refused(mismatch) }
         for (digest, release) in releases where digest != target.digest {
             for source in release.sources {
                 peers.board.note(
@@ -96,7 +97,7 @@ extension SyncClient {
         } catch {
             throw SyncError.verification("the manifest of \(target.header.version) from the peers: \(error)")
         }
-        let plan = Plan(from: local, to: manifest)
+        var plan = Plan(from: local, to: manifest)
         report.summary = plan.summary
         if plan.isEmpty && installed?.header.manifestSHA256 == target.header.manifestSHA256 {
             report.durationSeconds = Date().timeIntervalSince(started)
@@ -111,6 +112,11 @@ extension SyncClient {
             plan: plan
         )
         install.scanned = local
+        install.keep = options.keep
+        let (dry, checkedPlan) = try checkPlan(install, session: session)
+        plan = checkedPlan ?? plan
+        report.summary = plan.summary
+        report.localChanges = dry.localChanges
         let needed = neededObjects(plan)
         report.bytesToDownload = needed.reduce(0) { $0 + $1.size }
         report.files = plan.operations.compactMap { operation in
@@ -125,7 +131,10 @@ extension SyncClient {
             default: nil
             }
         }
-        if try checkPlan(install, options: options, session: session, report: &report, started: started) {
+        if options.dryRun {
+            report.result = .dryRun
+            report.operations = dry.operations
+            report.durationSeconds = Date().timeIntervalSince(started)
             return report
         }
         try requireSpace(
@@ -157,7 +166,8 @@ extension SyncClient {
         install.payloads = DownloadedObjects(directory: downloads, root: session.root, deltaBases: [:])
         defer { removeDownloads(needed, from: downloads) }
         let result = try session.install(install)
-        report.result = result.result
+        report.result = result.result == .nothingToDo ? .upToDate : result.result
+        report.localChanges = result.localChanges
         report.durationSeconds = Date().timeIntervalSince(started)
         return report
     }

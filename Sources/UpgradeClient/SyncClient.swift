@@ -139,9 +139,10 @@ public enum SyncClient {
 
         // Verify what is signed: the channel record, then the header it names.
         let (record, headerBytes, header) = try verifySigned(response, options: options, session: session)
+        if let mismatch = header.platformMismatch() { throw SyncError.refused(mismatch) }
         let targetDigest = SHA256Hash(bytes: Array(SHA256.hash(data: headerBytes)))!.hex
         report.toVersion = header.version
-        let plan: Plan
+        var plan: Plan
         do {
             if let document = response.planJSON {
                 plan = try Plan(document: document)
@@ -186,6 +187,13 @@ public enum SyncClient {
         // One scan per run: the plan check and the install use the tree scanned at the start
         // (the session's lock is held throughout), and the install reuses the check.
         install.scanned = local
+        install.keep = options.keep
+        // The plan checked against the tree before a byte is fetched, with the release's path
+        // policy and the machine's keep patterns applied: what is fetched and installed.
+        let (dry, checkedPlan) = try checkPlan(install, session: session)
+        plan = checkedPlan ?? plan
+        report.summary = plan.summary
+        report.localChanges = dry.localChanges
 
         let needed = neededObjects(plan)
         let downloads = try session.directory("downloads")
@@ -201,7 +209,10 @@ public enum SyncClient {
             }
             return total + (deltas[sha]?.size ?? response.objects[sha.hex] ?? content.size)
         }
-        if try checkPlan(install, options: options, session: session, report: &report, started: started) {
+        if options.dryRun {
+            report.result = .dryRun
+            report.operations = dry.operations
+            report.durationSeconds = Date().timeIntervalSince(started)
             return report
         }
         try requireSpace(session: session, plan: plan, downloading: report.bytesToDownload)
@@ -281,7 +292,9 @@ public enum SyncClient {
                 signers: channelSigners(channelBytesOf(response), trusted: options.trusted)
             )
             removeDownloads(needed, from: downloads)
-            outcome = .success(installedReport.result)
+            report.localChanges = installedReport.localChanges
+            // Different from the release only where the policy keeps the tree as it is.
+            outcome = .success(installedReport.result == .nothingToDo ? .upToDate : installedReport.result)
         } catch {
             outcome = .failure(error)
         }
@@ -366,23 +379,13 @@ public enum SyncClient {
         return install
     }
 
-    /// Verifies the plan against the tree before a byte is fetched; for a dry run, fills the
-    /// report in and returns true (nothing more to do).
-    static func checkPlan(
-        _ install: InstallRequest,
-        options: SyncOptions,
-        session: RootSession,
-        report: inout SyncReport,
-        started: Date
-    ) throws -> Bool {
+    /// Verifies the plan against the tree before a byte is fetched: the dry run's report, and the
+    /// plan with the path policy applied (nil when nothing was checked, the release being installed).
+    static func checkPlan(_ install: InstallRequest, session: RootSession) throws -> (InstallReport, Plan?) {
         var check = install
         check.dryRun = true
         let dry = try session.install(check)
-        guard options.dryRun else { return false }
-        report.result = .dryRun
-        report.operations = dry.operations
-        report.durationSeconds = Date().timeIntervalSince(started)
-        return true
+        return (dry, session.checkedPlan)
     }
 
     /// The distinct payloads a plan needs.

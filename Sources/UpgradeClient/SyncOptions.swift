@@ -20,6 +20,8 @@ public struct SyncOptions: Sendable {
     /// reads them from the environment). With a mirror, the mirror's URL picks the proxy.
     public var proxy = ProxySettings()
     public var dryRun = false
+    /// Paths a sync leaves as they are (the machine's own addition to the release's path policy).
+    public var keep: [Glob] = []
     public var allowDowngrade = false
     public var lockTimeout: Double = 60
     public var hookTimeout: Double = 300
@@ -125,6 +127,8 @@ public struct SyncReport: Codable, Sendable {
     public var objectsFromPeers = 0
     /// Every peer heard of, what it offered and what became of it.
     public var peers: [PeerOutcome] = []
+    /// Local changes the sync reverted, deleted or kept, and config conflicts (absent: none).
+    public var localChanges: [LocalChange]?
 }
 
 /// One peer in a sync report.
@@ -166,6 +170,8 @@ public enum SyncError: Error, CustomStringConvertible {
     /// A flag's value cannot be used (a `--ca-cert` file that is missing or not PEM, a proxy
     /// variable that is not a URL).
     case configuration(String)
+    /// The release may not be installed here (another platform); nothing was fetched or changed.
+    case refused(String)
 
     public var description: String {
         switch self {
@@ -181,6 +187,7 @@ public enum SyncError: Error, CustomStringConvertible {
         case .notFound(let why): "not found: \(why)"
         case .permanent(let why): "network: \(why)"
         case .configuration(let why): why
+        case .refused(let why): "refused: \(why); nothing was changed"
         }
     }
 }

@@ -16,11 +16,17 @@ public struct Journal: Hashable, Sendable, Codable {
         case remove(path: String, kind: EntryKind, backup: String)
         /// Change the permission bits from `from` to `to`.
         case chmod(path: String, from: UInt32, to: UInt32)
+        /// Give the entry the owner and attributes of `to` (then the permission bits `mode`, which
+        /// a change of owner may clear); undone by setting `from` again (nil: the entry was
+        /// created by this transaction, and its removal undoes everything).
+        case metadata(path: String, from: EntryMetadata?, to: EntryMetadata, mode: UInt32?)
 
         /// The path the step changes.
         public var path: String {
             switch self {
-            case .mkdir(let path, _), .place(let path, _, _), .remove(let path, _, _), .chmod(let path, _, _): path
+            case .mkdir(let path, _), .place(let path, _, _), .remove(let path, _, _), .chmod(let path, _, _),
+                .metadata(let path, _, _, _):
+                path
             }
         }
     }

@@ -80,7 +80,7 @@ extension Manifest {
         let sorted = tree.values.sorted { PathRules.byteOrder($0.path, $1.path) }
         // Hooks travel with the release, not the plan; keep the ones whose script is still a file.
         let hooks = Hooks(self.hooks.scripts.filter { tree[$0.value]?.kind == .file })
-        return Manifest(trustedSorted: sorted, hooks: hooks)
+        return Manifest(trustedSorted: sorted, hooks: hooks, policy: policy)
     }
 
     /// How this tree (the local one) differs from `other` (the installed release), path by path
@@ -122,6 +122,12 @@ extension Manifest {
             case missing
             /// In the tree, not in the release.
             case extra
+            /// Owner or group.
+            case owner
+            /// An extended attribute the release sets.
+            case xattr
+            /// A hard link of the release that is a separate file here.
+            case link
         }
 
         public var path: String

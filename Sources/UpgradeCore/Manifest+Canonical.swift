@@ -8,15 +8,24 @@ import Crypto
 extension Manifest {
     /// The 8-byte magic that starts a canonical manifest (format version 1).
     public static let canonicalMagic: [UInt8] = Array("UPGMAN".utf8) + [0x00, 0x01]
+    /// The magic of format version 2: version 1 followed by a path policy. Written only when the
+    /// policy is not empty, so a tree without one keeps its version-1 bytes and digest.
+    public static let canonicalMagicV2: [UInt8] = Array("UPGMAN".utf8) + [0x00, 0x02]
 
     /// Flags byte of a file entry: bit 0 says a SHA-256 follows.
     static let flagHasSHA256: UInt8 = 0x01
+    /// Flags of a metadata record (format version 2).
+    static let metaOwner: UInt8 = 0x01
+    static let metaXattrs: UInt8 = 0x02
+    static let metaHardLink: UInt8 = 0x04
+    static let metaSparse: UInt8 = 0x08
 
     /// The canonical bytes.
     public func canonicalEncoding() -> [UInt8] {
         var writer = ByteWriter()
         writer.reserve(16 + entries.count * 48)
-        writer.raw(Self.canonicalMagic)
+        let version2 = !policy.isEmpty || !metadata.isEmpty
+        writer.raw(version2 ? Self.canonicalMagicV2 : Self.canonicalMagic)
         writer.u64(UInt64(entries.count))
         for entry in entries {
             writer.string16(entry.path)
@@ -45,6 +54,38 @@ extension Manifest {
             writer.u8(kind.rawValue)
             writer.string16(path)
         }
+        if version2 {
+            for globs in [policy.config, policy.unmanaged] {
+                writer.u16(UInt16(globs.count))
+                for glob in globs { writer.string16(glob.pattern) }
+            }
+            writer.u64(UInt64(metadata.count))
+            for path in metadata.keys.sorted(by: PathRules.byteOrder) {
+                let meta = metadata[path]!
+                writer.string16(path)
+                var flags: UInt8 = 0
+                if meta.owner != nil { flags |= Self.metaOwner }
+                if !meta.xattrs.isEmpty { flags |= Self.metaXattrs }
+                if meta.hardLink != nil { flags |= Self.metaHardLink }
+                if meta.sparse { flags |= Self.metaSparse }
+                writer.u8(flags)
+                if let owner = meta.owner {
+                    writer.string16(owner.user ?? "")
+                    writer.u32(owner.uid)
+                    writer.string16(owner.group ?? "")
+                    writer.u32(owner.gid)
+                }
+                if !meta.xattrs.isEmpty {
+                    writer.u16(UInt16(meta.xattrs.count))
+                    for xattr in meta.xattrs {
+                        writer.string16(xattr.name)
+                        writer.u32(UInt32(xattr.value.count))
+                        writer.raw(xattr.value)
+                    }
+                }
+                if let leader = meta.hardLink { writer.string16(leader) }
+            }
+        }
         return writer.bytes
     }
 
@@ -58,7 +99,9 @@ extension Manifest {
     public init(canonical bytes: [UInt8]) throws(ManifestDecodingError) {
         var reader = ByteReader(bytes)
         do {
-            guard try reader.take(Self.canonicalMagic.count).elementsEqual(Self.canonicalMagic) else {
+            let magic = try reader.take(Self.canonicalMagic.count)
+            let version2 = magic.elementsEqual(Self.canonicalMagicV2)
+            guard version2 || magic.elementsEqual(Self.canonicalMagic) else {
                 throw ManifestDecodingError.notAManifest
             }
             let count = try reader.u64()
@@ -82,6 +125,64 @@ extension Manifest {
                 lastKind = raw
                 scripts[kind] = try reader.string16()
             }
+            var policy = PathPolicy.none
+            var metadata = [String: EntryMetadata]()
+            if version2 {
+                var lists = [[Glob]]()
+                for _ in 0..<2 {
+                    let count = try reader.u16()
+                    var globs = [Glob]()
+                    for _ in 0..<count { globs.append(try Glob(try reader.string16())) }
+                    lists.append(globs)
+                }
+                policy = PathPolicy(config: lists[0], unmanaged: lists[1])
+                // One tree, one encoding: sorted and unique.
+                guard policy.config == lists[0], policy.unmanaged == lists[1] else {
+                    throw ManifestDecodingError.malformed("path policy unsorted or repeated")
+                }
+                let count = try reader.u64()
+                guard count <= UInt64(reader.remaining / 3) else {
+                    throw ManifestDecodingError.malformed("metadata count \(count) exceeds the data")
+                }
+                var previous: String?
+                for _ in 0..<count {
+                    let path = try reader.string16()
+                    if let previous, !PathRules.byteOrder(previous, path) {
+                        throw ManifestDecodingError.malformed("metadata out of order at \(path.debugDescription)")
+                    }
+                    previous = path
+                    let flags = try reader.u8()
+                    guard flags != 0, flags & ~(Self.metaOwner | Self.metaXattrs | Self.metaHardLink | Self.metaSparse) == 0
+                    else {
+                        throw ManifestDecodingError.malformed("metadata of \(path.debugDescription) has flags \(flags)")
+                    }
+                    var meta = EntryMetadata()
+                    if flags & Self.metaOwner != 0 {
+                        let user = try reader.string16()
+                        let uid = try reader.u32()
+                        let group = try reader.string16()
+                        meta.owner = Owner(user: user, uid: uid, group: group, gid: try reader.u32())
+                    }
+                    if flags & Self.metaXattrs != 0 {
+                        let xattrCount = try reader.u16()
+                        guard xattrCount > 0 else { throw ManifestDecodingError.malformed("empty attribute list") }
+                        for _ in 0..<xattrCount {
+                            let name = try reader.string16()
+                            let length = Int(try reader.u32())
+                            guard length <= EntryMetadata.maxValueBytes else {
+                                throw ManifestDecodingError.malformed("attribute \(name) of \(path) is too long")
+                            }
+                            meta.xattrs.append(ExtendedAttribute(name: name, value: Array(try reader.take(length))))
+                        }
+                    }
+                    if flags & Self.metaHardLink != 0 { meta.hardLink = try reader.string16() }
+                    meta.sparse = flags & Self.metaSparse != 0
+                    metadata[path] = meta
+                }
+                guard !policy.isEmpty || !metadata.isEmpty else {
+                    throw ManifestDecodingError.malformed("format version 2 without a policy or metadata")
+                }
+            }
             guard reader.isAtEnd else {
                 throw ManifestDecodingError.malformed("\(reader.remaining) bytes after the end of the manifest")
             }
@@ -91,9 +192,14 @@ extension Manifest {
             }
             let hooks = Hooks(scripts)
             try Self.validate(sorted: entries, hooks: hooks)
-            self.init(trustedSorted: entries, hooks: hooks)
+            if let (path, why) = Self.metadataViolation(metadata, entries: entries) {
+                throw ManifestDecodingError.malformed("metadata of \(path.debugDescription): \(why)")
+            }
+            self.init(trustedSorted: entries, hooks: hooks, policy: policy, metadata: metadata)
         } catch let error as ManifestDecodingError {
             throw error
+        } catch let error as PathPolicyError {
+            throw .malformed("\(error)")
         } catch let error as ByteReader.DecodingError {
             throw .malformed("\(error)")
         } catch let error as PathError {

@@ -19,6 +19,9 @@ extension Manifest {
             symlinks: summary.symlinks,
             bytes: summary.bytes,
             hooks: Dictionary(uniqueKeysWithValues: hooks.scripts.map { ($0.key.description, $0.value) }),
+            config: policy.config.isEmpty ? nil : policy.config.map(\.pattern),
+            unmanaged: policy.unmanaged.isEmpty ? nil : policy.unmanaged.map(\.pattern),
+            metadata: metadata.isEmpty ? nil : metadata,
             entries: entries.map(EntryJSON.init)
         )
         return JSON.encode(document)
@@ -47,8 +50,14 @@ extension Manifest {
         for entry in document.entries {
             entries.append(try entry.entry())
         }
+        let policy: PathPolicy
         do {
-            try self.init(entries: entries, hooks: Hooks(scripts))
+            policy = try PathPolicy(config: document.config ?? [], unmanaged: document.unmanaged ?? [])
+        } catch {
+            throw .malformed("\(error)")
+        }
+        do {
+            try self.init(entries: entries, hooks: Hooks(scripts), policy: policy, metadata: document.metadata ?? [:])
         } catch {
             throw .invalidPath(error)
         }
@@ -59,7 +68,7 @@ extension Manifest {
 
     /// Decodes either form, telling them apart by their first bytes.
     public init(decoding data: [UInt8]) throws(ManifestDecodingError) {
-        if data.starts(with: Self.canonicalMagic) {
+        if data.starts(with: Self.canonicalMagic) || data.starts(with: Self.canonicalMagicV2) {
             try self.init(canonical: data)
         } else if data.first(where: { ![0x20, 0x09, 0x0a, 0x0d].contains($0) }) == UInt8(ascii: "{") {
             try self.init(json: Data(data))
@@ -77,6 +86,12 @@ struct ManifestJSON: Codable {
     var symlinks: Int?
     var bytes: UInt64?
     var hooks: [String: String]?
+    /// Config file patterns (absent when none).
+    var config: [String]?
+    /// Unmanaged path patterns (absent when none).
+    var unmanaged: [String]?
+    /// Owner, extended attributes (values as byte arrays), hard links, sparseness, by path.
+    var metadata: [String: EntryMetadata]?
     var entries: [EntryJSON]
 }
 

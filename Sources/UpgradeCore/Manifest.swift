@@ -148,23 +148,67 @@ public struct Manifest: Hashable, Sendable {
     public let entries: [ManifestEntry]
     /// Declared hooks.
     public let hooks: Hooks
+    /// Declared config and unmanaged paths (see ``PathPolicy``).
+    public let policy: PathPolicy
+    /// Owner, extended attributes, hard links and sparseness, by path (only entries that have any).
+    public let metadata: [String: EntryMetadata]
 
     /// Validates and sorts `entries`; throws ``PathError`` naming the first offending path.
-    public init(entries: [ManifestEntry], hooks: Hooks = Hooks()) throws(PathError) {
+    public init(
+        entries: [ManifestEntry],
+        hooks: Hooks = Hooks(),
+        policy: PathPolicy = .none,
+        metadata: [String: EntryMetadata] = [:]
+    ) throws(PathError) {
         // Scanners emit entries nearly in order; checking first avoids moving 100,000 entries.
         let inOrder = zip(entries, entries.dropFirst()).allSatisfy { !PathRules.byteOrder($1.path, $0.path) }
         let sorted = inOrder ? entries : entries.sorted { PathRules.byteOrder($0.path, $1.path) }
         try Self.validate(sorted: sorted, hooks: hooks)
+        let metadata = metadata.filter { !$0.value.isEmpty }
+        if let (path, why) = Self.metadataViolation(metadata, entries: sorted) {
+            throw PathError(path: path, rule: .badMetadata(why))
+        }
         self.entries = sorted
         self.hooks = hooks
+        self.policy = policy
+        self.metadata = metadata
     }
 
     /// The empty tree.
     public static let empty = Manifest(trustedSorted: [], hooks: Hooks())
 
-    init(trustedSorted entries: [ManifestEntry], hooks: Hooks) {
+    init(
+        trustedSorted entries: [ManifestEntry],
+        hooks: Hooks,
+        policy: PathPolicy = .none,
+        metadata: [String: EntryMetadata] = [:]
+    ) {
         self.entries = entries
         self.hooks = hooks
+        self.policy = policy
+        self.metadata = metadata
+    }
+
+    /// The first metadata that breaks a rule: a path not in the tree, a bad attribute, a hard
+    /// link to no earlier file of the same content.
+    static func metadataViolation(
+        _ metadata: [String: EntryMetadata],
+        entries: [ManifestEntry]
+    ) -> (String, String)? {
+        guard !metadata.isEmpty else { return nil }
+        let links = metadata.values.contains { $0.hardLink != nil }
+        var index = [String: ManifestEntry](minimumCapacity: links ? entries.count : metadata.count)
+        for entry in entries where links || metadata[entry.path] != nil { index[entry.path] = entry }
+        for (path, meta) in metadata {
+            if meta.hardLink.flatMap({ metadata[$0]?.hardLink }) != nil {
+                return (path, "hard link to a path that is itself a link")
+            }
+        }
+        for path in metadata.keys.sorted(by: PathRules.byteOrder) {
+            guard let entry = index[path] else { return (path, "metadata for a path that is not in the tree") }
+            if let why = metadata[path]!.violation(path: path, entry: entry, index: index) { return (path, why) }
+        }
+        return nil
     }
 
     /// Path → entry, for lookups.

@@ -143,6 +143,7 @@ public struct PathError: Error, Hashable, Sendable, CustomStringConvertible {
         case parentMissing(String)
         case parentNotDirectory(String)
         case hookNotAFile(String)
+        case badMetadata(String)
     }
 
     /// The offending path, as given.
@@ -177,6 +178,7 @@ public struct PathError: Error, Hashable, Sendable, CustomStringConvertible {
         case .parentNotDirectory(let parent):
             return "path \(shown) lies beneath \(parent.debugDescription), which is not a directory"
         case .hookNotAFile(let hook): return "\(hook) hook \(shown) is not a file of the tree"
+        case .badMetadata(let why): return "\(shown): \(why)"
         }
     }
 }

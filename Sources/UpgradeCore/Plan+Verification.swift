@@ -61,7 +61,7 @@ extension Manifest {
             adopted.content = .file(content)
             return adopted
         }
-        return Manifest(trustedSorted: entries, hooks: hooks)
+        return Manifest(trustedSorted: entries, hooks: hooks, policy: policy, metadata: metadata)
     }
 }
 

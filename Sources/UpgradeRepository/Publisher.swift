@@ -19,6 +19,14 @@ public struct PublishRequest: Sendable {
     public var tree: String
     public var platform: String = PublishRequest.hostPlatform
     public var hooks: [Hooks.Kind: String] = [:]
+    /// Config files and unmanaged paths, signed with the manifest; unmanaged paths of the tree
+    /// are not published.
+    public var policy = PathPolicy.none
+    /// Record owners (where they differ from the tree root's) in the manifest; the default when
+    /// publishing as root, where the tree's owners mean something.
+    public var recordOwners = geteuid() == 0
+    /// Record extended attributes (`security.capability`, SELinux labels, `user.*`).
+    public var recordXattrs = true
     /// zstd level for objects: 19 suits publish-once, download-many.
     public var compressionLevel: Int32 = 19
     /// How long the release header stays installable.
@@ -40,16 +48,42 @@ public struct PublishRequest: Sendable {
         self.tree = tree
     }
 
-    /// `linux-x86_64` on this machine.
-    public static var hostPlatform: String {
-        #if arch(x86_64)
-        "linux-x86_64"
-        #elseif arch(arm64)
-        "linux-aarch64"
-        #else
-        "linux-unknown"
-        #endif
+    /// Owners (where not the tree root's), extended attributes, hard-link groups (the first path
+    /// in byte order leads) and sparse files of a scanned tree.
+    static func metadata(of entries: [ManifestEntry], tree: String, request: PublishRequest) throws -> [String: EntryMetadata] {
+        let rootFD = open(tree, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard rootFD >= 0 else { throw PublishError.changedDuringPublish(path: tree) }
+        defer { close(rootFD) }
+        var rootInfo = stat()
+        guard fstat(rootFD, &rootInfo) == 0 else { return [:] }
+        var metadata = [String: EntryMetadata]()
+        var leaders = [String: String]()
+        for entry in entries {
+            guard let observed = MetadataIO.observe(rootFD, entry.path, xattrs: request.recordXattrs) else {
+                throw PublishError.changedDuringPublish(path: entry.path)
+            }
+            var meta = EntryMetadata(xattrs: observed.xattrs)
+            if request.recordOwners, observed.uid != rootInfo.st_uid || observed.gid != rootInfo.st_gid {
+                meta.owner = MetadataIO.owner(uid: observed.uid, gid: observed.gid)
+            }
+            if entry.kind == .file {
+                meta.sparse = observed.sparse && entry.size >= 65_536
+                if observed.links > 1 {
+                    let key = "\(observed.device):\(observed.inode)"
+                    if let leader = leaders[key] {
+                        meta = EntryMetadata(hardLink: leader)
+                    } else {
+                        leaders[key] = entry.path
+                    }
+                }
+            }
+            if !meta.isEmpty { metadata[entry.path] = meta }
+        }
+        return metadata
     }
+
+    /// `linux-x86_64` on this machine.
+    public static var hostPlatform: String { ReleaseHeader.hostPlatform }
 }
 
 /// What a publish did.
@@ -120,8 +154,11 @@ public struct Publisher: Sendable {
         var options = ScanOptions()
         options.concurrency = request.concurrency
         let scan = try await Scanner(options: options).scan(root: request.tree)
+        let scanned =
+            request.policy.unmanaged.isEmpty
+            ? scan.manifest.entries : scan.manifest.entries.filter { !request.policy.isUnmanaged($0.path) }
         let store = ObjectStore(layout: layout, level: request.compressionLevel)
-        let files = scan.manifest.entries.enumerated().compactMap { index, entry in
+        let files = scanned.enumerated().compactMap { index, entry in
             entry.file.map { (index, entry.path, $0.size) }
         }
         // Files that look identical (same size and XXH3-128) are stored after the first of their
@@ -130,7 +167,7 @@ public struct Publisher: Sendable {
         var firsts = [Int]()
         var repeats = [Int]()
         for (position, file) in files.enumerated() {
-            let content = scan.manifest.entries[file.0].file!
+            let content = scanned[file.0].file!
             if seen.insert(FileContentKey(size: content.size, xxh128: content.xxh128)).inserted {
                 firsts.append(position)
             } else {
@@ -150,15 +187,21 @@ public struct Publisher: Sendable {
         let storedFiles = stored.map { $0! }
         try store.syncDirectories(storedFiles.map(\.sha256))
 
-        var entries = scan.manifest.entries
+        var entries = scanned
         for ((index, _, _), result) in zip(files, storedFiles) {
             guard case .file(var content) = entries[index].content else { continue }
             content.sha256 = result.sha256
             entries[index].content = .file(content)
         }
+        let metadata = try PublishRequest.metadata(of: entries, tree: request.tree, request: request)
         let manifest: Manifest
         do {
-            manifest = try Manifest(entries: entries, hooks: Hooks(request.hooks))
+            manifest = try Manifest(
+                entries: entries,
+                hooks: Hooks(request.hooks),
+                policy: request.policy,
+                metadata: metadata
+            )
         } catch {
             throw PublishError.invalidHook(error)
         }

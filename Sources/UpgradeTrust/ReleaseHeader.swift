@@ -223,3 +223,32 @@ extension SignedDocument {
         return document
     }
 }
+
+extension ReleaseHeader {
+    /// This machine's platform name, what `publish` records by default: `linux-x86_64`,
+    /// `linux-aarch64`.
+    public static var hostPlatform: String {
+        #if arch(x86_64)
+        "linux-x86_64"
+        #elseif arch(arm64)
+        "linux-aarch64"
+        #else
+        "linux-unknown"
+        #endif
+    }
+
+    /// The platform of a release that installs on any machine (scripts, data).
+    public static let anyPlatform = "any"
+
+    /// True when the release may be installed on `host`: the same platform, or ``anyPlatform``.
+    public func installs(on host: String = ReleaseHeader.hostPlatform) -> Bool {
+        platform == host || platform == Self.anyPlatform
+    }
+
+    /// Why the release may not be installed on `host`, or nil when it may.
+    public func platformMismatch(host: String = ReleaseHeader.hostPlatform) -> String? {
+        installs(on: host)
+            ? nil
+            : "\(product) \(version) is published for \(platform), this machine is \(host)"
+    }
+}

@@ -26,6 +26,7 @@ struct ApplyCommand: AsyncParsableCommand {
     @Flag(help: "Install even if the release is older than the installed one.") var allowDowngrade = false
     @Option(help: "Seconds a hook may run.") var hookTimeout: Double = 300
     @Option(help: "Seconds the health check may run.") var healthCheckTimeout: Double = 60
+    @Option(help: "Path pattern the install leaves as it is (never written or deleted); repeat.") var keep: [String] = []
     @Argument(help: "The bundle file.") var bundle: String
 
     func validate() throws {
@@ -81,6 +82,7 @@ struct ApplyCommand: AsyncParsableCommand {
         request.allowDowngrade = allowDowngrade || !session.installedReleaseIsTrusted(by: trusted.root)
         request.hookTimeout = hookTimeout
         request.healthCheckTimeout = healthCheckTimeout
+        request.keep = try Output.keepPatterns(keep)
         return try session.install(request)
     }
 }
@@ -110,6 +112,7 @@ enum Reporting {
         case .nothingToDo, .upToDate: return
         case .dryRun:
             for operation in report.operations ?? [] { Swift.print("\(operation.op) \(operation.path)") }
+            for line in Output.localChangeLines(report.localChanges) { Swift.print(line) }
             Swift.print(
                 "dry run: \(report.product ?? "") \(from) -> \(report.toVersion ?? ""): \(report.summary.map(DiffCommand.summaryLine) ?? ""); nothing was changed"
             )
@@ -117,6 +120,7 @@ enum Reporting {
             Swift.print(
                 "\(report.result.words): \(report.product ?? "") \(from) -> \(report.toVersion ?? "")\(report.summary.map { "; " + DiffCommand.summaryLine($0) } ?? "")"
             )
+            for line in Output.localChangeLines(report.localChanges) { Swift.print(line) }
         }
     }
 }

@@ -93,7 +93,8 @@ enum ExitStatus: Int32, Error {
             [
                 "refused: conflicts with what exists (a key file, a version published",
                 "with other content, a version not newer than the latest, a key the",
-                "root does not authorize, an older release without --allow-downgrade)",
+                "root does not authorize, an older release without --allow-downgrade,",
+                "a release published for another platform)",
             ]
         ),
         ("6", ["unsafe plan: a hostile path, or a symlink where the plan needs a", "directory; nothing was changed"]),
@@ -251,7 +252,7 @@ extension ApplyError: ClassifiedError {
         case .manualIntervention: .manualIntervention
         case .nothingToRollBack: .refused
         case .interrupted(let signal, _): signal == SIGINT ? .interruptedByInt : .interruptedByTerm
-        case .downgrade: .refused
+        case .downgrade, .wrongPlatform: .refused
         case .notARoot: .invalidInput
         }
     }
@@ -281,6 +282,7 @@ extension SyncError: ClassifiedError {
         case .network, .server, .tooSlow, .timedOut, .permanent: .network
         case .notFound: .notFound
         case .configuration: .usage
+        case .refused: .refused
         case .verification, .corruptPayload: .verificationFailed
         case .noSpace: .noSpace
         }

@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import UpgradeApply
+import UpgradeCore
 import UpgradeTrust
 
 /// The `--json` contract (docs/format.md, "Command output"): every command prints one JSON
@@ -144,6 +145,32 @@ enum RunLog {
                 stateDirectoryName: stateDirectory
             )
             throw error
+        }
+    }
+}
+
+/// Human output shared by the commands that change a root.
+enum Output {
+    /// `--keep` patterns (or the config file's `keep`), checked: a bad one is a usage error.
+    static func keepPatterns(_ patterns: [String]) throws -> [Glob] {
+        try patterns.map { pattern in
+            do {
+                return try Glob(pattern)
+            } catch {
+                throw CommandFailure(description: "--keep: \(error)", exitStatus: .usage)
+            }
+        }
+    }
+
+    /// One line per local change a run reverted, deleted, kept or found in conflict.
+    static func localChangeLines(_ changes: [LocalChange]?) -> [String] {
+        (changes ?? []).map { change in
+            switch change.action {
+            case .reverted: "reverted \(change.path) (\(change.reason))"
+            case .deleted: "deleted \(change.path) (\(change.reason))"
+            case .kept: "kept \(change.path) (\(change.reason))"
+            case .conflict: "conflict \(change.path): \(change.reason)"
+            }
         }
     }
 }

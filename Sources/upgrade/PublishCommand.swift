@@ -27,13 +27,23 @@ struct PublishCommand: AsyncParsableCommand {
     @Option(help: "Private key file for the channel record, when the channel role has its own key (repeatable).")
     var channelKey: [String] = []
     @Option(help: "Channel to point at the release.") var channel = "stable"
-    @Option(help: "Platform recorded in the header.") var platform = PublishRequest
+    @Option(help: "Platform recorded in the signed header (`any`: installs on every machine); clients on another platform refuse the release.") var platform = PublishRequest
         .hostPlatform
     @Option(name: .customLong("pre-install"), help: "Script of the tree run before the commit.") var preInstall: String?
     @Option(name: .customLong("post-install"), help: "Script of the tree run after the commit.") var postInstall:
         String?
     @Option(name: .customLong("health-check"), help: "Script of the tree that must succeed after an upgrade.")
     var healthCheck: String?
+    @Option(
+        help:
+            "Config file pattern (repeat): a local edit is kept, and when the release changes the file too its version is written beside it as NAME.upgrade-new."
+    )
+    var config: [String] = []
+    @Option(help: "Unmanaged path pattern (repeat): never published, written, deleted or reported by a sync.")
+    var unmanaged: [String] = []
+    @Flag(help: "Do not record owners (recorded by default when publishing as root, where they differ from DIR's).")
+    var noOwners = false
+    @Flag(help: "Do not record extended attributes (security.capability, SELinux labels, user.*).") var noXattrs = false
     @Option(help: "zstd level for objects and deltas (1-19).") var level: Int32 = 19
     @Option(help: "Precompute binary deltas from this many previous releases (others are computed on demand).")
     var deltas = 1
@@ -58,6 +68,13 @@ struct PublishCommand: AsyncParsableCommand {
         request.deltaReleases = max(0, deltas)
         request.releaseLifetime = Int64(expiresDays) * 86_400
         request.channelLifetime = Int64(channelExpiresDays) * 86_400
+        do {
+            request.policy = try PathPolicy(config: config, unmanaged: unmanaged)
+        } catch {
+            throw CommandFailure(description: "\(error)", exitStatus: .usage)
+        }
+        if noOwners { request.recordOwners = false }
+        if noXattrs { request.recordXattrs = false }
         request.hooks = [.preInstall: preInstall, .postInstall: postInstall, .healthCheck: healthCheck].compactMapValues
         { $0 }
         let result = try await Publisher(repository: repo, keys: keys, channelKeys: channelKeys).publish(request)

@@ -49,6 +49,11 @@ struct SyncCommand: AsyncParsableCommand {
     @Flag(help: "Install even if the release is older than the installed one.") var allowDowngrade = false
     @Option(
         help:
+            "Path pattern a sync leaves as it is (never written or deleted; `*`, `?`, `**`, a directory covers what is beneath); repeat."
+    )
+    var keep: [String] = []
+    @Option(
+        help:
             "LAN peers: off (default; never listens), auto (multicast announcements), or HOST:PORT,... of `upgrade share` servers."
     )
     var peers: String?
@@ -65,7 +70,7 @@ struct SyncCommand: AsyncParsableCommand {
         "server", "product", "root", "trust", "channel", "mirror", "ca-cert", "state-dir", "lock-timeout", "parallel",
         "timeout", "min-rate", "rate-window", "delta-timeout", "device-id",
         "dry-run", "json", "allow-downgrade", "peers", "announce", "interface", "peer-wait", "peer-timeout", "offline",
-        "version",
+        "version", "keep",
     ]
 
     func run() async throws {
@@ -122,6 +127,7 @@ struct SyncCommand: AsyncParsableCommand {
         options.deviceID = try pick(deviceId, "device-id")
         options.dryRun = try dryRun || (file?.bool("dry-run") ?? false)
         options.allowDowngrade = try allowDowngrade || (file?.bool("allow-downgrade") ?? false)
+        options.keep = try Output.keepPatterns(keep.isEmpty ? (try file?.strings("keep") ?? []) : keep)
         try configurePeers(&options, file: file, offline: offline)
         if !json && isatty(STDERR_FILENO) == 1 { options.progress = ProgressBar.draw }
 
@@ -158,6 +164,7 @@ struct SyncCommand: AsyncParsableCommand {
                 }
             }
             for fallback in report.fallbacks { print("note: \(fallback)") }
+            for line in Output.localChangeLines(report.localChanges) { print(line) }
             print(
                 "dry run: \(report.product) \(from) -> \(to): \(report.summary.map(DiffCommand.summaryLine) ?? ""); would download \(Terminal.bytes(report.bytesToDownload)); nothing was changed"
             )
@@ -167,6 +174,7 @@ struct SyncCommand: AsyncParsableCommand {
                 "\(report.result.words): \(report.product) \(from) -> \(to); \(report.summary.map(DiffCommand.summaryLine) ?? ""); downloaded \(Terminal.bytes(report.bytesDownloaded)) (\(report.objectsDownloaded) whole, \(report.deltasUsed) as deltas), \(String(format: "%.1f", report.durationSeconds)) s"
             )
             for fallback in report.fallbacks { print("note: \(fallback)") }
+            for line in Output.localChangeLines(report.localChanges) { print(line) }
             if report.bytesFromPeers > 0 {
                 print("from peers: \(Terminal.bytes(report.bytesFromPeers)) in \(report.objectsFromPeers) files")
             }

@@ -1,9 +1,11 @@
 // Linux calls the Swift Glibc module does not expose (they need _GNU_SOURCE), wrapped as plain
-// functions so the header itself stays portable C. Only UpgradeApply imports this module.
+// functions so the header itself stays portable C. UpgradeScan and UpgradeApply import this module.
 #ifndef UPGRADE_SYS_H
 #define UPGRADE_SYS_H
 
 #include <spawn.h>
+#include <stddef.h>
+#include <sys/types.h>
 
 /// renameat2(..., RENAME_NOREPLACE): fails with EEXIST instead of replacing the target.
 int upgrade_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
@@ -17,5 +19,13 @@ int upgrade_syncfs(int fd);
 short upgrade_spawn_setsid_flag(void);
 /// posix_spawn_file_actions_addchdir_np.
 int upgrade_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path);
+
+/// Extended attributes of a path, not following a final symlink (l*xattr).
+ssize_t upgrade_llistxattr(const char *path, char *list, size_t size);
+ssize_t upgrade_lgetxattr(const char *path, const char *name, void *value, size_t size);
+int upgrade_lsetxattr(const char *path, const char *name, const void *value, size_t size);
+int upgrade_lremovexattr(const char *path, const char *name);
+/// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE): frees the blocks of a range.
+int upgrade_punch_hole(int fd, off_t offset, off_t length);
 
 #endif

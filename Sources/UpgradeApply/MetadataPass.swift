@@ -1,0 +1,123 @@
+internal import CUpgradeSys
+import UpgradeCore
+import UpgradeScan
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a transaction does about the release's ``EntryMetadata`` beyond the plan's content:
+/// staged entries get their owner, attributes and holes in the staging directory; entries the
+/// plan leaves alone get journal steps (``Journal/Step/metadata(path:from:to:mode:)``) when what
+/// is on disk differs; hard-link members that are not links to their group's first file get a
+/// staged link placed over them. Nothing is downloaded for any of it.
+enum MetadataPass {
+    static func prepare(
+        _ metadata: [String: EntryMetadata],
+        target: Manifest,
+        plan: Plan,
+        root: SafeTree,
+        staging: SafeTree
+    ) throws -> [Journal.Step] {
+        guard !metadata.isEmpty else { return [] }
+        var staged = [String: (name: String, mode: UInt32?)]()
+        var created = Set<String>()
+        for (position, operation) in plan.operations.enumerated() {
+            switch operation {
+            case .add(let path, let mode, _), .replace(let path, let mode, _): staged[path] = ("s\(position)", mode)
+            case .symlink(let path, _): staged[path] = ("s\(position)", nil)
+            case .mkdir(let path, _): created.insert(path)
+            case .delete(let path, _): staged[path] = nil
+            case .chmod: break
+            }
+        }
+        var modes = [String: UInt32]()
+        for entry in target.entries where metadata[entry.path] != nil && entry.kind != .symlink {
+            modes[entry.path] = entry.mode
+        }
+        var steps = [Journal.Step]()
+        var links = [Journal.Step]()
+        for path in metadata.keys.sorted(by: PathRules.byteOrder) {
+            let meta = metadata[path]!
+            let wanted = EntryMetadata(owner: meta.owner, xattrs: meta.xattrs)
+            if let leader = meta.hardLink {
+                // The group shares the first file's inode, owner and attributes included.
+                let observe = { (path: String) in
+                    try root.withParent(path) { MetadataIO.observe($0, $1, xattrs: false) }
+                }
+                let (mine, theirs) = (try observe(path), try observe(leader))
+                let linked =
+                    staged[path] == nil && staged[leader] == nil && mine != nil && theirs != nil
+                    && mine!.device == theirs!.device && mine!.inode == theirs!.inode
+                guard !linked else { continue }
+                let name = "h\(links.count)"
+                try staging.observer.willMutate("stage hard link \(name)")
+                if let leaderStaged = staged[leader] {
+                    guard linkat(staging.fd, leaderStaged.name, staging.fd, name, 0) == 0 else {
+                        throw SystemCallError(call: "link \(staging.display)/\(name)", code: errno)
+                    }
+                } else {
+                    try root.link(leader, into: staging, as: name)
+                }
+                let exists = mine != nil || staged[path] != nil
+                links.append(.place(path: path, staged: name, backup: exists ? "hb\(links.count)" : nil))
+                continue
+            }
+            if let (name, mode) = staged[path] {
+                if meta.sparse { try punchHoles(staging, name) }
+                if !wanted.isEmpty { try staging.setMetadata(name, wanted, mode: mode) }
+            } else if created.contains(path) {
+                if !wanted.isEmpty { steps.append(.metadata(path: path, from: nil, to: wanted, mode: modes[path])) }
+            } else if !wanted.isEmpty,
+                let observed = try root.withParent(path, { MetadataIO.observe($0, $1, xattrs: !wanted.xattrs.isEmpty) }),
+                !MetadataIO.satisfies(observed, wanted)
+            {
+                let names = Set(wanted.xattrs.map(\.name))
+                let before = EntryMetadata(
+                    owner: Owner(user: nil, uid: observed.uid, group: nil, gid: observed.gid),
+                    xattrs: observed.xattrs.filter { names.contains($0.name) }
+                )
+                let mode = observed.isSymlink ? nil : observed.mode
+                steps.append(.metadata(path: path, from: before, to: wanted, mode: mode))
+            }
+        }
+        return steps + links
+    }
+
+    /// Frees the all-zero 4 KiB blocks of a staged file (its size stays).
+    static func punchHoles(_ staging: SafeTree, _ name: String) throws {
+        let fd = openat(staging.fd, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemCallError(call: "open \(staging.display)/\(name)", code: errno) }
+        defer { close(fd) }
+        let block = 4096
+        var buffer = [UInt8](repeating: 0, count: 256 * block)
+        var offset: off_t = 0
+        var holeStart: off_t? = nil
+        func flush(_ end: off_t) throws {
+            if let start = holeStart, end > start, upgrade_punch_hole(fd, start, end - start) != 0 {
+                throw SystemCallError(call: "punch hole in \(staging.display)/\(name)", code: errno)
+            }
+            holeStart = nil
+        }
+        while true {
+            let n = pread(fd, &buffer, buffer.count, offset)
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw SystemCallError(call: "read \(staging.display)/\(name)", code: errno) }
+            if n == 0 { break }
+            var position = 0
+            while position < n {
+                let end = min(position + block, n)
+                let zero = buffer[position..<end].allSatisfy { $0 == 0 } && end - position == block
+                let at = offset + off_t(position)
+                if zero {
+                    if holeStart == nil { holeStart = at }
+                } else {
+                    try flush(at)
+                }
+                position = end
+            }
+            offset += off_t(n)
+        }
+        try flush(offset)
+    }
+}

@@ -1,0 +1,147 @@
+import Foundation
+import Testing
+import UpgradeCore
+import UpgradeTestSupport
+import UpgradeTrust
+
+/// What a sync must respect on the machine: its platform, (later) config files, unmanaged paths
+/// and file metadata.
+@Suite("Local state", .serialized)
+struct LocalStateTests {
+    /// A platform that is not this machine's.
+    static var otherPlatform: String {
+        ReleaseHeader.hostPlatform == "linux-aarch64" ? "linux-x86_64" : "linux-aarch64"
+    }
+
+    @Test("a release for another platform is refused (exit 5) by sync, dry run and apply, naming both platforms")
+    func foreignPlatform() async throws {
+        let sync = try SyncFixture(releases: 1)
+        try sync.fixture.publish("2.0", sync.trees[1].root, extra: ["--platform", Self.otherPlatform])
+        let server = try ServerProcess(repo: sync.repo)
+        let root = sync.fixture.work.path("root")
+        let bundle = try sync.fixture.bundle(from: nil, to: "1.0")
+        #expect(try sync.fixture.apply(bundle, root: root).status == 0)
+
+        for extra in [[], ["--dry-run"], ["--json"]] {
+            let refused = try sync.sync(server, root: root, extra)
+            #expect(refused.status == 5, "\(extra): \(refused.stderr)")
+            let said = refused.stderr + String(decoding: refused.stdout, as: UTF8.self)
+            #expect(said.contains(Self.otherPlatform) && said.contains(ReleaseHeader.hostPlatform), "\(said)")
+            try await sync.expect(root, equals: 1, "after \(extra)")
+        }
+
+        let foreign = try sync.fixture.bundle(from: "1.0", to: "2.0")
+        let applied = try sync.fixture.apply(foreign, root: root)
+        #expect(applied.status == 5, "\(applied.stderr)")
+        #expect(applied.stderr.contains(Self.otherPlatform), "\(applied.stderr)")
+        try await sync.expect(root, equals: 1, "after apply")
+
+        // A release published for any platform installs everywhere.
+        try sync.fixture.publish("3.0", sync.trees[2].root, extra: ["--platform", ReleaseHeader.anyPlatform])
+        let any = try sync.sync(server, root: root)
+        #expect(any.status == 0, "\(any.stderr)")
+        try await sync.expect(root, equals: 3, "platform any")
+    }
+
+    static func text(_ path: String) -> String? {
+        (try? Data(contentsOf: URL(fileURLWithPath: path))).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    static func changes(_ result: CommandResult) throws -> [String: String] {
+        let document = try #require(
+            try JSONSerialization.jsonObject(with: result.stdout) as? [String: Any],
+            "\(result.stderr)"
+        )
+        var found = [String: String]()
+        for change in document["localChanges"] as? [[String: Any]] ?? [] {
+            found[change["path"] as? String ?? "?"] = change["action"] as? String
+        }
+        return found
+    }
+
+    @Test(
+        "config files merge 3-way (.upgrade-new on conflict), unmanaged and keep paths stay, reverts and deletes are listed and rolled back"
+    )
+    func configAndUnmanaged() async throws {
+        let fixture = try ApplyFixture()
+        let policy = ["--config", "etc/*.toml", "--unmanaged", "var/log"]
+        let one = try TemporaryTree()
+        try one.file("bin/app", "#!/bin/sh\necho 1\n", mode: 0o755)
+        try one.file("etc/myapp.toml", "a = 1\n")
+        try one.file("etc/other.toml", "x = 1\n")
+        try one.file("share/myapp/data.txt", "data 1\n")
+        try one.file("var/log/publisher.log", "not published\n")
+        try fixture.publish("1.0", one.root, extra: policy)
+        let two = try TemporaryTree()
+        try two.file("bin/app", "#!/bin/sh\necho 2\n", mode: 0o755)
+        try two.file("etc/myapp.toml", "a = 2\n")
+        try two.file("etc/other.toml", "x = 1\n")
+        try two.file("share/myapp/data.txt", "data 2\n")
+        try fixture.publish("2.0", two.root, extra: policy)
+        let server = try ServerProcess(repo: fixture.repo)
+        let root = fixture.work.path("root")
+        func sync(_ extra: [String]) throws -> CommandResult {
+            try Upgrade.run(
+                ["sync", "--server", server.url, "--product", "app", "--root", root, "--trust", fixture.pub] + extra
+            )
+        }
+        let first = try fixture.bundle(from: nil, to: "1.0")
+        #expect(try fixture.apply(first, root: root).status == 0)
+        #expect(!FileManager.default.fileExists(atPath: root + "/var/log/publisher.log"), "unmanaged path published")
+
+        // The operator's changes.
+        try "a = local\n".write(toFile: root + "/etc/myapp.toml", atomically: true, encoding: .utf8)
+        try "x = local\n".write(toFile: root + "/etc/other.toml", atomically: true, encoding: .utf8)
+        try "#!/bin/sh\necho patched\n".write(toFile: root + "/bin/app", atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: root + "/var/log", withIntermediateDirectories: true)
+        try "log line\n".write(toFile: root + "/var/log/app.log", atomically: true, encoding: .utf8)
+        try "stray\n".write(toFile: root + "/share/myapp/stray.txt", atomically: true, encoding: .utf8)
+        try "mine\n".write(toFile: root + "/share/myapp/mine.txt", atomically: true, encoding: .utf8)
+
+        let dry = try sync(["--dry-run", "--keep", "share/myapp/mine.txt"])
+        #expect(dry.status == 0, "\(dry.stderr)")
+        let said = String(decoding: dry.stdout, as: UTF8.self)
+        #expect(said.contains("conflict etc/myapp.toml"), "\(said)")
+        #expect(said.contains("deleted share/myapp/stray.txt"), "\(said)")
+        #expect(said.contains("reverted bin/app"), "\(said)")
+        #expect(!said.contains("var/log"), "\(said)")
+        #expect(Self.text(root + "/share/myapp/stray.txt") == "stray\n", "dry run changed the tree")
+
+        let synced = try sync(["--json", "--keep", "share/myapp/mine.txt"])
+        #expect(synced.status == 0, "\(synced.stderr)")
+        let changes = try Self.changes(synced)
+        #expect(changes["etc/myapp.toml"] == "conflict", "\(changes)")
+        #expect(changes["etc/other.toml"] == "kept", "\(changes)")
+        #expect(changes["share/myapp/stray.txt"] == "deleted", "\(changes)")
+        #expect(changes["bin/app"] == "reverted", "\(changes)")
+        #expect(changes.keys.allSatisfy { !$0.hasPrefix("var/log") }, "\(changes)")
+        #expect(Self.text(root + "/etc/myapp.toml") == "a = local\n")
+        #expect(Self.text(root + "/etc/myapp.toml.upgrade-new") == "a = 2\n")
+        #expect(Self.text(root + "/etc/other.toml") == "x = local\n")
+        #expect(Self.text(root + "/var/log/app.log") == "log line\n")
+        #expect(Self.text(root + "/share/myapp/mine.txt") == "mine\n")
+        #expect(Self.text(root + "/share/myapp/stray.txt") == nil)
+        #expect(Self.text(root + "/share/myapp/data.txt") == "data 2\n")
+        #expect(Self.text(root + "/bin/app") == "#!/bin/sh\necho 2\n")
+
+        // Again: nothing to do, nothing printed, the kept files stay.
+        let again = try sync(["--keep", "share/myapp/mine.txt"])
+        #expect(again.status == 0 && again.stdout.isEmpty, "\(again.stderr) \(String(decoding: again.stdout, as: UTF8.self))")
+        #expect(Self.text(root + "/etc/myapp.toml.upgrade-new") == "a = 2\n")
+        #expect(Self.text(root + "/var/log/app.log") == "log line\n")
+
+        // Rollback brings back the tree as it was, local edits and the stray file included;
+        // unmanaged paths stay as they are now.
+        try "written since\n".write(toFile: root + "/var/log/new.log", atomically: true, encoding: .utf8)
+        let back = try Upgrade.run(["rollback", "--root", root])
+        #expect(back.status == 0, "\(back.stderr)")
+        #expect(Self.text(root + "/share/myapp/stray.txt") == "stray\n")
+        #expect(Self.text(root + "/bin/app") == "#!/bin/sh\necho patched\n")
+        #expect(Self.text(root + "/etc/myapp.toml") == "a = local\n")
+        #expect(Self.text(root + "/etc/myapp.toml.upgrade-new") == nil)
+        #expect(Self.text(root + "/var/log/app.log") == "log line\n")
+        #expect(Self.text(root + "/var/log/new.log") == "written since\n")
+        let status = try Upgrade.run(["verify", "--root", root])
+        #expect(status.status == 4, "local edits are differences from 1.0: \(status.stderr)")
+    }
+}
