@@ -618,7 +618,7 @@ public enum Installer {
             // Owners, attributes, hard links and holes: no payload, steps of the same journal.
             let signed = recording ?? target
             journal.steps += try MetadataPass.prepare(
-                signed.metadata,
+                MetadataPass.desired(signed, installed: store.current?.manifest, root: root),
                 target: signed,
                 plan: plan,
                 root: root,

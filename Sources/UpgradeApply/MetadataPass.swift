@@ -12,6 +12,23 @@ import Glibc
 /// is on disk differs; hard-link members that are not links to their group's first file get a
 /// staged link placed over them. Nothing is downloaded for any of it.
 enum MetadataPass {
+    /// The release's metadata, plus the root's own owner for entries the installed release gave
+    /// an owner and this one does not (an owner the release no longer declares is taken back).
+    static func desired(_ release: Manifest, installed: Manifest?, root: SafeTree) -> [String: EntryMetadata] {
+        var desired = release.metadata
+        guard let installed, installed.metadata.values.contains(where: { $0.owner != nil }) else { return desired }
+        var info = stat()
+        guard fstat(root.fd, &info) == 0 else { return desired }
+        let paths = Set(release.entries.lazy.map(\.path))
+        for (path, meta) in installed.metadata
+        where meta.owner != nil && desired[path]?.owner == nil && desired[path]?.hardLink == nil && paths.contains(path) {
+            var reset = desired[path] ?? EntryMetadata()
+            reset.owner = Owner(user: nil, uid: info.st_uid, group: nil, gid: info.st_gid)
+            desired[path] = reset
+        }
+        return desired
+    }
+
     static func prepare(
         _ metadata: [String: EntryMetadata],
         target: Manifest,
@@ -43,9 +60,9 @@ enum MetadataPass {
             if let leader = meta.hardLink {
                 // The group shares the first file's inode, owner and attributes included.
                 let observe = { (path: String) in
-                    try root.withParent(path) { MetadataIO.observe($0, $1, xattrs: false) }
+                    (try? root.withParent(path) { MetadataIO.observe($0, $1, xattrs: false) }) ?? nil
                 }
-                let (mine, theirs) = (try observe(path), try observe(leader))
+                let (mine, theirs) = (observe(path), observe(leader))
                 let linked =
                     staged[path] == nil && staged[leader] == nil && mine != nil && theirs != nil
                     && mine!.device == theirs!.device && mine!.inode == theirs!.inode
@@ -69,7 +86,8 @@ enum MetadataPass {
             } else if created.contains(path) {
                 if !wanted.isEmpty { steps.append(.metadata(path: path, from: nil, to: wanted, mode: modes[path])) }
             } else if !wanted.isEmpty,
-                let observed = try root.withParent(path, { MetadataIO.observe($0, $1, xattrs: !wanted.xattrs.isEmpty) }),
+                let observed = (try? root.withParent(path, { MetadataIO.observe($0, $1, xattrs: !wanted.xattrs.isEmpty) }))
+                    ?? nil,
                 !MetadataIO.satisfies(observed, wanted)
             {
                 let names = Set(wanted.xattrs.map(\.name))

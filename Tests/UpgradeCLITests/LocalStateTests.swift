@@ -4,6 +4,10 @@ import UpgradeCore
 import UpgradeTestSupport
 import UpgradeTrust
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What a sync must respect on the machine: its platform, (later) config files, unmanaged paths
 /// and file metadata.
 @Suite("Local state", .serialized)
@@ -143,5 +147,85 @@ struct LocalStateTests {
         #expect(Self.text(root + "/var/log/new.log") == "written since\n")
         let status = try Upgrade.run(["verify", "--root", root])
         #expect(status.status == 4, "local edits are differences from 1.0: \(status.stderr)")
+    }
+
+    static func info(_ path: String) -> stat? {
+        var info = stat()
+        return lstat(path, &info) == 0 ? info : nil
+    }
+
+    static func shell(_ command: String) throws -> CommandResult {
+        try runProgram("/bin/sh", ["-c", command])
+    }
+
+    @Test(
+        "owners, security.capability, hard links and sparse files come out as published; an ownership-only release downloads nothing; verify names the kind"
+    )
+    func metadata() async throws {
+        try #require(geteuid() == 0, "owners and capabilities need root")
+        let fixture = try ApplyFixture()
+        let one = try TemporaryTree()
+        try one.file("bin/server", "#!/bin/sh\necho serving\n", mode: 0o755)
+        try one.file("lib/a.so", noise(40_000, seed: 3))
+        try one.file("share/doc.txt", "documentation\n")
+        #expect(link(one.path("lib/a.so"), one.path("lib/b.so")) == 0)
+        #expect(chown(one.path("bin/server"), 1000, 1000) == 0)
+        let setcap = try Self.shell("setcap cap_net_bind_service=ep '\(one.path("bin/server"))'")
+        try #require(setcap.status == 0, "setcap: \(setcap.stderr)")
+        let sparse = one.path("data/sparse.img")
+        try FileManager.default.createDirectory(atPath: one.path("data"), withIntermediateDirectories: true)
+        #expect(FileManager.default.createFile(atPath: sparse, contents: nil))
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: sparse))
+        try handle.truncate(atOffset: 64 << 20)
+        try handle.seek(toOffset: 32 << 20)
+        try handle.write(contentsOf: Data("x".utf8))
+        try handle.close()
+        try fixture.publish("1.0", one.root)
+        let server = try ServerProcess(repo: fixture.repo)
+        let root = fixture.work.path("root")
+        func sync(_ extra: [String] = []) throws -> CommandResult {
+            try Upgrade.run(
+                ["sync", "--server", server.url, "--product", "app", "--root", root, "--trust", fixture.pub] + extra
+            )
+        }
+        let installed = try sync()
+        #expect(installed.status == 0, "\(installed.stderr)")
+
+        let binary = try #require(Self.info(root + "/bin/server"))
+        #expect(binary.st_uid == 1000 && binary.st_gid == 1000, "owner \(binary.st_uid):\(binary.st_gid)")
+        #expect(binary.st_mode & 0o7777 == 0o755)
+        let caps = try Self.shell("getcap '\(root)/bin/server'")
+        #expect(String(decoding: caps.stdout, as: UTF8.self).contains("cap_net_bind_service"), "\(caps.stderr)")
+        let a = try #require(Self.info(root + "/lib/a.so"))
+        let b = try #require(Self.info(root + "/lib/b.so"))
+        #expect(a.st_ino == b.st_ino && a.st_nlink == 2, "the hard-linked pair became two files")
+        let image = try #require(Self.info(root + "/data/sparse.img"))
+        #expect(image.st_size == 64 << 20)
+        #expect(Int(image.st_blocks) * 512 < 1 << 20, "sparse file takes \(image.st_blocks * 512) bytes")
+        #expect(try Upgrade.run(["verify", "--root", root]).status == 0)
+
+        // 1.1 changes only the owner of one file: nothing to download.
+        #expect(chown(one.path("share/doc.txt"), 1000, 1000) == 0)
+        try fixture.publish("1.1", one.root)
+        let owners = try sync(["--json"])
+        #expect(owners.status == 0, "\(owners.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: owners.stdout) as? [String: Any])
+        #expect(report["bytesDownloaded"] as? Int == 0, "\(report)")
+        #expect(report["toVersion"] as? String == "1.1")
+        #expect(Self.info(root + "/share/doc.txt")?.st_uid == 1000)
+
+        // Local drift is reported by kind.
+        #expect(chown(root + "/bin/server", 0, 0) == 0)
+        #expect(try Self.shell("cp '\(root)/lib/b.so' '\(root)/b.tmp' && mv '\(root)/b.tmp' '\(root)/lib/b.so'").status == 0)
+        let verify = try Upgrade.run(["verify", "--root", root, "--json"])
+        #expect(verify.status == 4)
+        let said = String(decoding: verify.stdout, as: UTF8.self)
+        #expect(said.contains("\"owner\"") && said.contains("bin/server"), "\(said)")
+        #expect(said.contains("\"link\"") && said.contains("lib/b.so"), "\(said)")
+
+        // Rollback to 1.0 takes the new owner back.
+        let back = try Upgrade.run(["rollback", "--root", root])
+        #expect(back.status == 0, "\(back.stderr)")
+        #expect(Self.info(root + "/share/doc.txt")?.st_uid == 0)
     }
 }
