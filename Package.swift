@@ -141,7 +141,7 @@ let package = Package(
             name: "UpgradeCLITests",
             dependencies: [
                 "UpgradeCore", "UpgradeTrust", "UpgradeRepository", "UpgradeApply", "UpgradeScan", "UpgradeBundle",
-                "UpgradeProtocol", "UpgradeZstd", "UpgradeTestSupport",
+                "UpgradeProtocol", "UpgradeZstd", "UpgradeTestSupport", "CUpgradeSys",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -31,7 +31,14 @@ public struct BundlePayloads: PayloadSource {
         if let sha = content.sha256, let delta = bundle.deltas[sha] {
             let bytes = try bundle.read(delta.entry, from: 0, count: Int(delta.entry.length))
             let baseBytes = try DeltaBase.read(root: root, path: delta.base)
-            let result = try ZstdDelta.decode(bytes, base: baseBytes, maxSize: Int(content.size))
+            let result: [UInt8]
+            do {
+                result = try ZstdDelta.decode(bytes, base: baseBytes, maxSize: Int(content.size))
+            } catch {
+                throw ApplyError.verification(
+                    "the bundle holds \(sha.hex.prefix(12)) as a delta from \(delta.base), which here is not the file the bundle starts from (modified locally?); a full bundle (`upgrade bundle` without --from) installs over local changes"
+                )
+            }
             try result.withUnsafeBytes { try sink($0) }
             return
         }

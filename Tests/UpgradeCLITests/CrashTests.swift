@@ -1,3 +1,4 @@
+import CUpgradeSys
 import Foundation
 import Synchronization
 import Testing
@@ -34,6 +35,8 @@ struct CrashScenario {
     let bundle: String
     let old: Manifest
     let new: Manifest
+    /// 2.0 carries owners, a hard link and an attribute (when the tests run as root).
+    let withMetadata: Bool
 
     init() async throws {
         fixture = try ApplyFixture()
@@ -41,6 +44,15 @@ struct CrashScenario {
         let b = try TemporaryTree()
         try EdgeTrees.old(a)
         try EdgeTrees.new(b)
+        // Metadata steps in the same transaction: an owner change on a file the plan leaves
+        // alone, an owned new file, a hard link to an unchanged file, an attribute.
+        withMetadata = geteuid() == 0
+        if withMetadata {
+            #expect(chown(b.path("empty"), 1000, 1000) == 0)
+            #expect(chown(b.path("bin/other"), 1000, 1000) == 0)
+            #expect(link(b.path("lib64/a.so"), b.path("lib64/z-link.so")) == 0)
+            #expect(upgrade_lsetxattr(b.path("tiny"), "user.note", "crash", 5) == 0)
+        }
         try fixture.publish("1.0", a.root)
         try fixture.publish("2.0", b.root)
         template = fixture.work.path("template")
@@ -84,6 +96,9 @@ struct CrashScenario {
                 document.version == "1.0",
                 "\(context): tree is 1.0, state says \(document.version ?? "none")"
             )
+            if withMetadata {
+                #expect(Self.owner(root + "/empty") == 0, "\(context): 1.0 with 2.0's owner")
+            }
             return "old"
         }
         #expect(
@@ -91,7 +106,21 @@ struct CrashScenario {
             "\(context): tree is neither release; differs from old at \(tree.differingPaths(from: old).prefix(6)), from new at \(tree.differingPaths(from: new).prefix(6))"
         )
         #expect(document.version == "2.0", "\(context): tree is 2.0, state says \(document.version ?? "none")")
+        if withMetadata {
+            #expect(Self.owner(root + "/empty") == 1000 && Self.owner(root + "/bin/other") == 1000, "\(context): owners")
+            var a = stat()
+            var z = stat()
+            #expect(lstat(root + "/lib64/a.so", &a) == 0 && lstat(root + "/lib64/z-link.so", &z) == 0)
+            #expect(a.st_ino == z.st_ino, "\(context): hard link")
+            var value = [UInt8](repeating: 0, count: 16)
+            #expect(upgrade_lgetxattr(root + "/tiny", "user.note", &value, value.count) == 5, "\(context): attribute")
+        }
         return "new"
+    }
+
+    static func owner(_ path: String) -> UInt32? {
+        var info = stat()
+        return lstat(path, &info) == 0 ? info.st_uid : nil
     }
 }
 

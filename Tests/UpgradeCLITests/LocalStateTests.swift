@@ -147,6 +147,23 @@ struct LocalStateTests {
         #expect(Self.text(root + "/var/log/new.log") == "written since\n")
         let status = try Upgrade.run(["verify", "--root", root])
         #expect(status.status == 4, "local edits are differences from 1.0: \(status.stderr)")
+
+        // A delta bundle cannot rebuild a file from a locally edited base, and says so.
+        let deltas = try fixture.bundle(from: "1.0", to: "2.0")
+        let refused = try fixture.apply(deltas, root: root)
+        #expect(refused.status == 4 && refused.stderr.contains("full bundle"), "\(refused.stderr)")
+        #expect(Self.text(root + "/share/myapp/stray.txt") == "stray\n")
+
+        // The same decisions through a full bundle.
+        let bundle = try fixture.bundle(from: nil, to: "2.0")
+        let applied = try fixture.apply(bundle, root: root, extra: ["--json", "--keep", "share/myapp/mine.txt"])
+        #expect(applied.status == 0, "\(applied.stderr)")
+        let viaBundle = try Self.changes(applied)
+        #expect(viaBundle["etc/myapp.toml"] == "conflict" && viaBundle["share/myapp/stray.txt"] == "deleted", "\(viaBundle)")
+        #expect(Self.text(root + "/etc/myapp.toml") == "a = local\n")
+        #expect(Self.text(root + "/etc/myapp.toml.upgrade-new") == "a = 2\n")
+        #expect(Self.text(root + "/share/myapp/mine.txt") == "mine\n")
+        #expect(Self.text(root + "/var/log/new.log") == "written since\n")
     }
 
     static func info(_ path: String) -> stat? {
