@@ -632,9 +632,7 @@ public enum Installer {
             try store.write("state/\(id)/previous", Array((store.currentID ?? "").utf8))
             // The tree as it was, when it was not exactly the installed release (local edits,
             // files the operator added): what a rollback restores.
-            if let installed = store.current?.manifest,
-                local.adoptingDigests(from: installed).entries != installed.entries
-            {
+            if let installed = store.current?.manifest, !local.sameTree(as: installed) {
                 try store.write("state/\(id)/before", local.canonicalEncoding())
             }
             let encoder = JSONEncoder()

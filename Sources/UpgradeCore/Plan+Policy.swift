@@ -48,8 +48,11 @@ extension Plan {
         let policy = target.policy
         let hasRules = !policy.isEmpty || !keep.isEmpty
         guard hasRules || !isEmpty else { return PolicyOutcome(plan: self, target: target, changes: []) }
-        let localIndex = local.index()
-        let baseIndex = base?.index() ?? [:]
+        // Without rules only the plan's paths are looked up: no whole-tree dictionaries.
+        let localIndex = hasRules ? local.index() : [:]
+        let baseIndex = hasRules ? base?.index() ?? [:] : [:]
+        let localEntry = { (path: String) in hasRules ? localIndex[path] : local.entry(at: path) }
+        let baseEntry = { (path: String) in hasRules ? baseIndex[path] : base?.entry(at: path) }
         var changes = [LocalChange]()
         var result = target
         var plan = self
@@ -105,14 +108,13 @@ extension Plan {
         }
 
         // What the plan reverts or deletes that the operator changed or added.
-        let resultIndex = plan.operations.contains { if case .delete = $0 { true } else { false } } ? result.index() : [:]
         for operation in plan.operations {
             let path = operation.path
-            guard let mine = localIndex[path] else { continue }
-            let ancestor = baseIndex[path]
+            guard let mine = localEntry(path) else { continue }
+            let ancestor = baseEntry(path)
             switch operation {
             case .delete:
-                if let staying = resultIndex[path], staying.kind == mine.kind { continue }
+                if let staying = result.entry(at: path), staying.kind == mine.kind { continue }
                 if let ancestor {
                     if !Self.sameFile(ancestor, mine) {
                         changes.append(
@@ -221,5 +223,14 @@ extension Plan {
         case (.directory, .directory): return true
         default: return false
         }
+    }
+}
+
+extension Manifest {
+    /// Same paths, kinds, modes and contents (by size and XXH3-128), in one walk: a local scan
+    /// that is exactly this release.
+    public func sameTree(as other: Manifest) -> Bool {
+        entries.count == other.entries.count
+            && zip(entries, other.entries).allSatisfy { $0.path == $1.path && Plan.sameFile($0, $1) }
     }
 }
