@@ -619,6 +619,7 @@ public enum Installer {
             let signed = recording ?? target
             journal.steps += try MetadataPass.prepare(
                 MetadataPass.desired(signed, installed: store.current?.manifest, root: root),
+                installed: store.current?.manifest,
                 target: signed,
                 plan: plan,
                 root: root,

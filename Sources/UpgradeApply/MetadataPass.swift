@@ -31,12 +31,14 @@ enum MetadataPass {
 
     static func prepare(
         _ metadata: [String: EntryMetadata],
+        installed: Manifest?,
         target: Manifest,
         plan: Plan,
         root: SafeTree,
         staging: SafeTree
     ) throws -> [Journal.Step] {
-        guard !metadata.isEmpty else { return [] }
+        let dropped = droppedXattrs(installed: installed, release: metadata)
+        guard !metadata.isEmpty || !dropped.isEmpty else { return [] }
         var staged = [String: (name: String, mode: UInt32?)]()
         var created = Set<String>()
         for (position, operation) in plan.operations.enumerated() {
@@ -99,7 +101,29 @@ enum MetadataPass {
                 steps.append(.metadata(path: path, from: before, to: wanted, mode: mode))
             }
         }
+        // Attributes the installed release set and this one does not (a capability revoked):
+        // removed from entries the plan leaves in place.
+        for path in dropped.keys.sorted(by: PathRules.byteOrder) where staged[path] == nil && !created.contains(path) {
+            guard let observed = (try? root.withParent(path, { MetadataIO.observe($0, $1, xattrs: true) })) ?? nil else {
+                continue
+            }
+            let names = dropped[path]!
+            let present = observed.xattrs.filter { names.contains($0.name) }
+            if !present.isEmpty { steps.append(.removeXattrs(path: path, removed: present)) }
+        }
         return steps + links
+    }
+
+    /// Path → names of attributes `installed` set that `release` no longer names.
+    static func droppedXattrs(installed: Manifest?, release: [String: EntryMetadata]) -> [String: Set<String>] {
+        guard let installed else { return [:] }
+        var dropped = [String: Set<String>]()
+        for (path, meta) in installed.metadata where !meta.xattrs.isEmpty {
+            let kept = Set(release[path]?.xattrs.map(\.name) ?? [])
+            let gone = Set(meta.xattrs.map(\.name)).subtracting(kept)
+            if !gone.isEmpty { dropped[path] = gone }
+        }
+        return dropped
     }
 
     /// Frees the all-zero 4 KiB blocks of a staged file (its size stays).

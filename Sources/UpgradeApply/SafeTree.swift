@@ -247,6 +247,17 @@ final class SafeTree: @unchecked Sendable {
         }
     }
 
+    /// Removes extended attributes (one that is already gone is not an error).
+    func removeXattrs(_ path: String, _ names: [String]) throws {
+        try observer.willMutate("remove xattrs \(path)")
+        try withParent(path) { parentFD, name in
+            let proc = "/proc/self/fd/\(parentFD)/\(name)"
+            for xattr in names where upgrade_lremovexattr(proc, xattr) != 0 && errno != ENODATA {
+                throw SystemCallError(call: "removexattr \(xattr) on \(display)/\(path)", code: errno)
+            }
+        }
+    }
+
     /// Undoes ``setMetadata(_:_:mode:)``: the old owner and attribute values, and the attributes
     /// `after` added removed.
     func restoreMetadata(_ path: String, _ before: EntryMetadata, replacing after: EntryMetadata, mode: UInt32?) throws {

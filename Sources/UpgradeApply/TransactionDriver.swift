@@ -33,6 +33,8 @@ struct TransactionDriver {
                 try root.chmod(path, mode: mode)
             case .metadata(let path, _, let meta, let mode):
                 try root.setMetadata(path, meta, mode: mode)
+            case .removeXattrs(let path, let removed):
+                try root.removeXattrs(path, removed.map(\.name))
             }
         }
         try syncTouchedDirectories(journal)
@@ -45,6 +47,9 @@ struct TransactionDriver {
             case .metadata(let path, let before, let after, let mode):
                 guard let before, root.exists(path) else { continue }
                 try root.restoreMetadata(path, before, replacing: after, mode: mode)
+            case .removeXattrs(let path, let removed):
+                guard root.exists(path) else { continue }
+                try root.setMetadata(path, EntryMetadata(xattrs: removed), mode: nil)
             case .chmod(let path, let from, _):
                 if let info = root.lstat(path), info.st_mode & S_IFMT != S_IFLNK, info.st_mode & 0o7777 != from {
                     try root.chmod(path, mode: from)

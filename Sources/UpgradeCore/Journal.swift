@@ -20,12 +20,15 @@ public struct Journal: Hashable, Sendable, Codable {
         /// a change of owner may clear); undone by setting `from` again (nil: the entry was
         /// created by this transaction, and its removal undoes everything).
         case metadata(path: String, from: EntryMetadata?, to: EntryMetadata, mode: UInt32?)
+        /// Remove extended attributes the installed release set and the new one does not
+        /// (`removed` holds their values, set again on undo).
+        case removeXattrs(path: String, removed: [ExtendedAttribute])
 
         /// The path the step changes.
         public var path: String {
             switch self {
             case .mkdir(let path, _), .place(let path, _, _), .remove(let path, _, _), .chmod(let path, _, _),
-                .metadata(let path, _, _, _):
+                .metadata(let path, _, _, _), .removeXattrs(let path, _):
                 path
             }
         }

@@ -244,5 +244,18 @@ struct LocalStateTests {
         let back = try Upgrade.run(["rollback", "--root", root])
         #expect(back.status == 0, "\(back.stderr)")
         #expect(Self.info(root + "/share/doc.txt")?.st_uid == 0)
+        #expect(Self.info(root + "/bin/server")?.st_uid == 1000, "rollback restores the recorded owner")
+        let restored = try Self.shell("getcap '\(root)/bin/server'")
+        #expect(String(decoding: restored.stdout, as: UTF8.self).contains("cap_net_bind_service"))
+
+        // 1.2 revokes the capability (same bytes): it goes, with nothing downloaded.
+        #expect(try Self.shell("setcap -r '\(one.path("bin/server"))'").status == 0)
+        try fixture.publish("1.2", one.root)
+        let revoked = try sync(["--json"])
+        #expect(revoked.status == 0, "\(revoked.stderr)")
+        let after = try Self.shell("getcap '\(root)/bin/server'")
+        #expect(!String(decoding: after.stdout, as: UTF8.self).contains("cap_net_bind_service"), "capability kept")
+        #expect(Self.info(root + "/bin/server")?.st_uid == 1000)
+        #expect(try Upgrade.run(["verify", "--root", root]).status == 0)
     }
 }
