@@ -65,6 +65,11 @@ public enum RunResult: String, Sendable, Codable, CaseIterable {
     case rolledBack = "rolled-back"
     /// An interrupted transaction was rolled back by recovery.
     case recovered
+    /// `sync`: the channel's signed rollout rules keep this device where it is (not in the
+    /// percentage yet, paused, pinned); see `reason`.
+    case held
+    /// `sync`: the release failed here before and is not tried again; see `reason`.
+    case skipped
 }
 
 /// What an install, a rollback or a recovery did.

@@ -91,11 +91,15 @@ public enum SyncClient {
             try await fetchRoot(version, options: anchor, transport: transport)
         }
         let installed = session.installed
-        let device = PlanRequest.Device(
+        var device = PlanRequest.Device(
             os: "linux",
             arch: PlanRequest.Device.hostArchitecture,
             id: options.deviceID ?? PlanRequest.Device.localID()
         )
+        device.platform = ReleaseHeader.hostPlatform
+        device.osVersion = PlanRequest.Device.hostOSVersion
+        device.model = PlanRequest.Device.hostModel
+        device.tags = options.tags.isEmpty ? nil : options.tags
         var report = SyncReport(
             result: .upToDate,
             product: options.product,
@@ -138,10 +142,30 @@ public enum SyncClient {
         report.planBytes = planResponseBytes
 
         // Verify what is signed: the channel record, then the header it names.
+        let floor = session.channelFloor(channelKey(options), root: options.trusted.root)
         let (record, headerBytes, header) = try verifySigned(response, options: options, session: session)
         if let mismatch = header.platformMismatch() { throw SyncError.refused(mismatch) }
         let targetDigest = SHA256Hash(bytes: Array(SHA256.hash(data: headerBytes)))!.hex
         report.toVersion = header.version
+        // The signed rollout rules, checked here: a server or mirror cannot push past them.
+        if let stop = rolloutStop(record, device: device, options: options, installed: installed?.header.version) {
+            report.result = .held
+            report.reason = stop
+            report.toVersion = installed?.header.version
+            report.durationSeconds = Date().timeIntervalSince(started)
+            return report
+        }
+        // A release that failed here before is not tried again until a newer one appears.
+        if !options.retryFailed, installed?.header.manifestSHA256 != header.manifestSHA256,
+            let failure = FailedRelease(session.value(FailedRelease.key(targetDigest)))
+        {
+            report.result = .skipped
+            report.reason =
+                "\(header.version) failed here on \(failure.at) (\(failure.reason)); skipped until a newer release appears or --retry-failed"
+            report.toVersion = installed?.header.version
+            report.durationSeconds = Date().timeIntervalSince(started)
+            return report
+        }
         var plan: Plan
         do {
             if let document = response.planJSON {
@@ -184,6 +208,10 @@ public enum SyncClient {
             manifest: manifestBytes,
             plan: plan
         )
+        // A newer record of this channel naming an older release is the publisher's signed revert.
+        if floor > 0, record.sequence > floor, let installed, header.sequence < installed.header.sequence {
+            install.allowDowngrade = true
+        }
         // One scan per run: the plan check and the install use the tree scanned at the start
         // (the session's lock is held throughout), and the install reuses the check.
         install.scanned = local
@@ -297,6 +325,14 @@ public enum SyncClient {
             outcome = .success(installedReport.result == .nothingToDo ? .upToDate : installedReport.result)
         } catch {
             outcome = .failure(error)
+            if case ApplyError.rolledBack(let hook, let why, _) = error {
+                // Remembered, so the next cron run does not download, install and roll back again.
+                try? session.setValue(
+                    FailedRelease.key(targetDigest),
+                    FailedRelease(version: header.version, at: Timestamps.iso(options.now), reason: "\(hook) failed: \(why)")
+                        .encoded
+                )
+            }
         }
         report.durationSeconds = Date().timeIntervalSince(started)
         report.peers = peers.board.outcomes
@@ -318,6 +354,23 @@ public enum SyncClient {
     }
 
     // MARK: Steps
+
+    /// Why the signed rollout rules keep this device where it is, or nil when it takes the release.
+    static func rolloutStop(
+        _ record: ChannelRecord,
+        device: PlanRequest.Device,
+        options: SyncOptions,
+        installed: String?
+    ) -> String? {
+        switch record.decision(device: device.id, tags: options.tags, installed: installed) {
+        case .take: nil
+        case .hold(let why): why
+        case .pinned(let version):
+            installed == version
+                ? "pinned at \(version) by the channel's rules"
+                : "pinned at \(version) by the channel's rules; `sync --version \(version)` installs it"
+        }
+    }
 
     /// Opens the root (lock, recovery), starts listening for peers, and scans the tree.
     static func openRoot(
@@ -666,4 +719,28 @@ public enum SyncClient {
             text.prefix(300).map { $0.isASCII && ($0.asciiValue! < 0x20 || $0.asciiValue! == 0x7f) ? " " : $0 }
         )
     }
+}
+
+/// A release that was installed here and rolled back (a failing hook or health check), kept in
+/// the state directory as `failed-HEADERSHA`: version, when, why.
+struct FailedRelease {
+    var version: String
+    var at: String
+    var reason: String
+
+    static func key(_ headerDigest: String) -> String { "failed-\(headerDigest.prefix(32))" }
+
+    init(version: String, at: String, reason: String) {
+        self.version = version
+        self.at = at
+        self.reason = reason
+    }
+
+    init?(_ text: String?) {
+        let parts = text?.split(separator: "\t", maxSplits: 2).map(String.init) ?? []
+        guard parts.count == 3 else { return nil }
+        (version, at, reason) = (parts[0], parts[1], parts[2])
+    }
+
+    var encoded: String { [version, at, reason.replacingOccurrences(of: "\n", with: " ")].joined(separator: "\t") }
 }

@@ -22,6 +22,10 @@ public struct SyncOptions: Sendable {
     public var dryRun = false
     /// Paths a sync leaves as they are (the machine's own addition to the release's path policy).
     public var keep: [Glob] = []
+    /// Operator tags sent with the request and matched against the channel's rollout rules.
+    public var tags: [String] = []
+    /// Try a release that failed here before (by default it is skipped until a newer one appears).
+    public var retryFailed = false
     public var allowDowngrade = false
     public var lockTimeout: Double = 60
     public var hookTimeout: Double = 300
@@ -129,6 +133,8 @@ public struct SyncReport: Codable, Sendable {
     public var peers: [PeerOutcome] = []
     /// Local changes the sync reverted, deleted or kept, and config conflicts (absent: none).
     public var localChanges: [LocalChange]?
+    /// Why the run did not install (`held`, `skipped`).
+    public var reason: String?
 }
 
 /// One peer in a sync report.

@@ -37,11 +37,42 @@ public struct PlanRequest: Codable, Sendable {
         public var os: String
         public var arch: String
         public var id: String
+        /// `linux-x86_64`: what release headers name.
+        public var platform: String?
+        /// From /etc/os-release (PRETTY_NAME), else the kernel release.
+        public var osVersion: String?
+        /// Hardware model (DMI product name or device-tree model), when the machine says.
+        public var model: String?
+        /// Operator tags from the config (`tag = [...]`, `--tag`).
+        public var tags: [String]?
 
         public init(os: String, arch: String, id: String) {
             self.os = os
             self.arch = arch
             self.id = id
+        }
+
+        /// PRETTY_NAME of /etc/os-release, else `uname -r`.
+        public static var hostOSVersion: String? {
+            if let text = try? String(contentsOfFile: "/etc/os-release", encoding: .utf8) {
+                for line in text.split(separator: "\n") where line.hasPrefix("PRETTY_NAME=") {
+                    return String(line.dropFirst("PRETTY_NAME=".count)).trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+                }
+            }
+            var name = utsname()
+            guard uname(&name) == 0 else { return nil }
+            return withUnsafeBytes(of: &name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        }
+
+        /// The DMI product name or the device-tree model.
+        public static var hostModel: String? {
+            for path in ["/sys/class/dmi/id/product_name", "/proc/device-tree/model"] {
+                if let text = try? String(contentsOfFile: path, encoding: .utf8) {
+                    let model = text.trimmingCharacters(in: .whitespacesAndNewlines.union(CharacterSet(charactersIn: "\u{0}")))
+                    if !model.isEmpty { return String(model.prefix(128)) }
+                }
+            }
+            return nil
         }
     }
 

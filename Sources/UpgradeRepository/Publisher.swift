@@ -22,6 +22,9 @@ public struct PublishRequest: Sendable {
     /// Config files and unmanaged paths, signed with the manifest; unmanaged paths of the tree
     /// are not published.
     public var policy = PathPolicy.none
+    /// The share of devices the channel record offers the release to (nil: all, or the
+    /// percentage of the record it replaces for the same release).
+    public var rolloutPercent: Double?
     /// Record owners (where they differ from the tree root's) in the manifest; the default when
     /// publishing as root, where the tree's owners mean something.
     public var recordOwners = geteuid() == 0
@@ -313,6 +316,13 @@ public struct Publisher: Sendable {
                 envelope.validSigners(among: root.keys(for: .channel)).count >= root.threshold(for: .channel)
         }
         if let current, authorizedRecord, current.releaseSequence > header.sequence { return nil }
+        // A new release starts its own rollout; canary tags and pins carry over.
+        var rollout = current?.rollout
+        if current?.version != header.version || request.rolloutPercent != nil {
+            rollout?.percent = request.rolloutPercent ?? 100
+            rollout?.paused = false
+            if rollout == nil, let percent = request.rolloutPercent { rollout = Rollout(percent: percent) }
+        }
         let record = ChannelRecord(
             product: request.product,
             channel: request.channel,
@@ -321,13 +331,64 @@ public struct Publisher: Sendable {
             headerSHA256: SHA256Hash.of(headerBytes),
             sequence: (current?.sequence ?? 0) + 1,
             created: request.now,
-            expires: request.now + request.channelLifetime
+            expires: request.now + request.channelLifetime,
+            rollout: rollout
         )
         try FileSystem.makeDirectories(layout.productChannels(request.product))
         try AtomicFile.write(
             record.signed(with: channelKeys).encoded(),
             to: layout.channel(request.product, request.channel)
         )
+        return record
+    }
+
+    /// Signs a new record for a channel: pointed at `version` (any published release: an older
+    /// one is a signed revert), its rollout rules changed by `change`; the sequence grows, so
+    /// clients that saw the old record refuse it from now on.
+    public func setChannel(
+        product: String,
+        channel: String,
+        version: String?,
+        lifetime: Int64 = 30 * 86_400,
+        now: Int64 = Timestamps.now(),
+        change: (inout Rollout) -> Void
+    ) throws -> ChannelRecord {
+        guard Names.isValid(product) else { throw PublishError.invalidName("product", product) }
+        guard Names.isValid(channel) else { throw PublishError.invalidName("channel", channel) }
+        let authorized = try RootFiles.newest(layout.root)
+        try RootFiles.requireAuthorized(channelKeys, role: .channel, root: authorized)
+        let lock = try FileLock(path: layout.lockFile)
+        defer { withExtendedLifetime(lock) {} }
+        let catalog = Catalog(layout: layout)
+        let current = catalog.channel(product, channel)
+        guard let wanted = version ?? current?.version else {
+            throw PublishError.missing("channel \(product)/\(channel) has no record yet; give --version")
+        }
+        guard let release = try catalog.releases(of: product).first(where: { $0.header.version == wanted }) else {
+            throw PublishError.missing("\(product) \(wanted) is not published in \(layout.root)")
+        }
+        var rollout = current?.rollout ?? Rollout()
+        if current != nil && current?.version != wanted {
+            rollout.percent = 100
+            rollout.paused = false
+        }
+        change(&rollout)
+        guard (0...100).contains(rollout.percent) else {
+            throw PublishError.missing("--percent \(rollout.percent) is outside 0...100")
+        }
+        let record = ChannelRecord(
+            product: product,
+            channel: channel,
+            version: wanted,
+            releaseSequence: release.header.sequence,
+            headerSHA256: SHA256Hash.of(release.headerBytes),
+            sequence: (current?.sequence ?? 0) + 1,
+            created: now,
+            expires: now + lifetime,
+            rollout: rollout == Rollout() ? nil : rollout
+        )
+        try FileSystem.makeDirectories(layout.productChannels(product))
+        try AtomicFile.write(record.signed(with: channelKeys).encoded(), to: layout.channel(product, channel))
         return record
     }
 
@@ -425,6 +486,8 @@ public enum PublishError: Error, CustomStringConvertible {
     case versionConflict(String, differing: [String])
     case changedDuringPublish(path: String)
     case invalidHook(PathError)
+    /// A channel change names something that is not there (no such release, no record yet).
+    case missing(String)
 
     public var description: String {
         switch self {
@@ -443,6 +506,7 @@ public enum PublishError: Error, CustomStringConvertible {
         case .changedDuringPublish(let path):
             "\(path.debugDescription) changed while it was being published; publish again"
         case .invalidHook(let error): "\(error)"
+        case .missing(let why): why
         }
     }
 }

@@ -107,6 +107,8 @@ public struct ChannelRecord: Hashable, Sendable, Codable, SignedDocument {
     public var created: Int64
     /// A client refuses the record after this time: a frozen mirror cannot hide new releases forever.
     public var expires: Int64
+    /// Which devices take the release (absent: every device).
+    public var rollout: Rollout?
 
     /// Creates a record.
     public init(
@@ -117,8 +119,10 @@ public struct ChannelRecord: Hashable, Sendable, Codable, SignedDocument {
         headerSHA256: SHA256Hash,
         sequence: UInt64,
         created: Int64,
-        expires: Int64
+        expires: Int64,
+        rollout: Rollout? = nil
     ) {
+        self.rollout = rollout
         self.product = product
         self.channel = channel
         self.version = version
@@ -137,7 +141,11 @@ public struct ChannelRecord: Hashable, Sendable, Codable, SignedDocument {
         now: Int64,
         minimumSequence: UInt64 = 0
     ) throws(TrustError) -> ChannelRecord {
-        try open(envelope, trusted: trusted, now: now, minimumSequence: minimumSequence)
+        let record = try open(envelope, trusted: trusted, now: now, minimumSequence: minimumSequence)
+        if let rollout = record.rollout, !(0...100).contains(rollout.percent) {
+            throw .malformed("rollout percentage \(rollout.percent) is outside 0...100")
+        }
+        return record
     }
 }
 

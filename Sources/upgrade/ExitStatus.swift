@@ -157,6 +157,7 @@ enum ExitStatus: Int32, Error {
         ),
         ("share", [.success, .failure, .usage, .invalidInput]),
         ("root", [.success, .failure, .usage, .invalidInput, .verificationFailed, .refused]),
+        ("channel", [.success, .failure, .usage, .invalidInput, .refused, .notFound]),
     ]
 
     /// The EXIT CODES section of `upgrade --help`, also in the README (a test compares them).
@@ -217,6 +218,7 @@ extension PublishError: ClassifiedError {
         switch self {
         case .invalidName, .invalidVersion: .usage
         case .invalidHook: .invalidInput
+        case .missing: .notFound
         case .versionNotNewer, .versionConflict: .refused
         case .changedDuringPublish: .failure
         }

@@ -41,6 +41,8 @@ struct PublishCommand: AsyncParsableCommand {
     var config: [String] = []
     @Option(help: "Unmanaged path pattern (repeat): never published, written, deleted or reported by a sync.")
     var unmanaged: [String] = []
+    @Option(help: "Offer the release to this share of devices (0-100; `upgrade channel set --percent` raises it).")
+    var percent: Double?
     @Flag(help: "Do not record owners (recorded by default when publishing as root, where they differ from DIR's).")
     var noOwners = false
     @Flag(help: "Do not record extended attributes (security.capability, SELinux labels, user.*).") var noXattrs = false
@@ -72,6 +74,12 @@ struct PublishCommand: AsyncParsableCommand {
             request.policy = try PathPolicy(config: config, unmanaged: unmanaged)
         } catch {
             throw CommandFailure(description: "\(error)", exitStatus: .usage)
+        }
+        if let percent {
+            guard (0...100).contains(percent) else {
+                throw CommandFailure(description: "--percent must be in 0...100", exitStatus: .usage)
+            }
+            request.rolloutPercent = percent
         }
         if noOwners { request.recordOwners = false }
         if noXattrs { request.recordXattrs = false }

@@ -52,6 +52,9 @@ struct SyncCommand: AsyncParsableCommand {
             "Path pattern a sync leaves as it is (never written or deleted; `*`, `?`, `**`, a directory covers what is beneath); repeat."
     )
     var keep: [String] = []
+    @Option(help: "Operator tag of this device, sent to the server and matched by the channel's rollout rules (repeatable).")
+    var tag: [String] = []
+    @Flag(help: "Try a release that failed its hooks or health check here before (skipped otherwise).") var retryFailed = false
     @Option(
         help:
             "LAN peers: off (default; never listens), auto (multicast announcements), or HOST:PORT,... of `upgrade share` servers."
@@ -70,7 +73,7 @@ struct SyncCommand: AsyncParsableCommand {
         "server", "product", "root", "trust", "channel", "mirror", "ca-cert", "state-dir", "lock-timeout", "parallel",
         "timeout", "min-rate", "rate-window", "delta-timeout", "device-id",
         "dry-run", "json", "allow-downgrade", "peers", "announce", "interface", "peer-wait", "peer-timeout", "offline",
-        "version", "keep",
+        "version", "keep", "tag", "retry-failed",
     ]
 
     func run() async throws {
@@ -128,6 +131,8 @@ struct SyncCommand: AsyncParsableCommand {
         options.dryRun = try dryRun || (file?.bool("dry-run") ?? false)
         options.allowDowngrade = try allowDowngrade || (file?.bool("allow-downgrade") ?? false)
         options.keep = try Output.keepPatterns(keep.isEmpty ? (try file?.strings("keep") ?? []) : keep)
+        options.tags = tag.isEmpty ? (try file?.strings("tag") ?? []) : tag
+        options.retryFailed = try retryFailed || (file?.bool("retry-failed") ?? false)
         try configurePeers(&options, file: file, offline: offline)
         if !json && isatty(STDERR_FILENO) == 1 { options.progress = ProgressBar.draw }
 
@@ -152,7 +157,8 @@ struct SyncCommand: AsyncParsableCommand {
         let from = report.fromVersion ?? "nothing"
         let to = report.toVersion ?? "?"
         switch report.result {
-        case .upToDate, .nothingToDo: return
+        case .upToDate, .nothingToDo, .held: return
+        case .skipped: print("skipped: \(report.reason ?? "")")
         case .dryRun:
             let transfers = Dictionary(report.files.map { ($0.path, $0) }, uniquingKeysWith: { first, _ in first })
             for operation in report.operations ?? [] {

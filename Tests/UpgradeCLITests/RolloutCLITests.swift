@@ -1,0 +1,135 @@
+import Foundation
+import Testing
+import UpgradeCore
+import UpgradeTestSupport
+import UpgradeTrust
+
+/// Rollout control from the publisher's side (`upgrade channel`) to what devices do.
+@Suite("Rollouts", .serialized)
+struct RolloutCLITests {
+    static func report(_ result: CommandResult) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: result.stdout) as? [String: Any], "\(result.stderr)")
+    }
+
+    /// A device id whose bucket for `version` is below (or, with `inside` false, above) `percent`.
+    static func device(for version: String, within percent: Int, inside: Bool = true) -> String {
+        (0..<10_000).lazy.map { "device-\($0)" }.first { id in
+            (Rollout.bucket(product: "app", version: version, device: id) < percent * 100) == inside
+        }!
+    }
+
+    @Test(
+        "phased rollout: held outside the percentage with 0 bytes, canary tags first, raising adds, pause and resume, a tampered record refused, a signed revert followed"
+    )
+    func phased() async throws {
+        let sync = try SyncFixture(releases: 1)
+        let server = try ServerProcess(repo: sync.repo)
+        let key = sync.fixture.key
+        func channel(_ arguments: [String]) throws {
+            let result = try Upgrade.run(
+                ["channel"] + arguments + ["--repo", sync.repo, "--product", "app", "--key", key]
+            )
+            #expect(result.status == 0, "channel \(arguments): \(result.stderr)")
+        }
+        let late = Self.device(for: "2.0", within: 50, inside: false)
+        let middle = Self.device(for: "2.0", within: 50)
+        let (a, b, c) = (sync.fixture.work.path("a"), sync.fixture.work.path("b"), sync.fixture.work.path("c"))
+        for (root, id) in [(a, "canary-1"), (b, middle), (c, late)] {
+            #expect(try sync.sync(server, root: root, ["--device-id", id]).status == 0)
+        }
+
+        try sync.fixture.publish("2.0", sync.trees[1].root, extra: ["--percent", "0"])
+        let held = try sync.sync(server, root: b, ["--device-id", middle, "--json"])
+        #expect(held.status == 0, "\(held.stderr)")
+        let heldReport = try Self.report(held)
+        #expect(heldReport["result"] as? String == "held", "\(heldReport)")
+        #expect(heldReport["bytesDownloaded"] as? Int == 0)
+        #expect((heldReport["reason"] as? String ?? "").contains("0%"), "\(heldReport)")
+        try await sync.expect(b, equals: 1, "held at 0%")
+
+        try channel(["set", "--canary", "canary"])
+        #expect(try sync.sync(server, root: a, ["--device-id", "canary-1", "--tag", "canary"]).status == 0)
+        try await sync.expect(a, equals: 2, "canary")
+        #expect(try sync.sync(server, root: b, ["--device-id", middle]).status == 0)
+        try await sync.expect(b, equals: 1, "not a canary, still 0%")
+
+        try channel(["set", "--percent", "50"])
+        #expect(try sync.sync(server, root: b, ["--device-id", middle]).status == 0)
+        try await sync.expect(b, equals: 2, "inside 50%")
+        #expect(try sync.sync(server, root: c, ["--device-id", late]).status == 0)
+        try await sync.expect(c, equals: 1, "outside 50%")
+
+        // A record whose percentage was changed without the channel key is refused.
+        let recordPath = sync.repo + "/channels/app/stable"
+        let signed = try Data(contentsOf: URL(fileURLWithPath: recordPath))
+        var envelope = try #require(try JSONSerialization.jsonObject(with: signed) as? [String: Any])
+        let payload = String(decoding: Data(base64Encoded: envelope["payload"] as! String)!, as: UTF8.self)
+        #expect(payload.contains("\"percent\":50"), "\(payload)")
+        envelope["payload"] = Data(payload.replacingOccurrences(of: "\"percent\":50", with: "\"percent\":100").utf8)
+            .base64EncodedString()
+        try JSONSerialization.data(withJSONObject: envelope).write(to: URL(fileURLWithPath: recordPath))
+        let tampered = try sync.sync(server, root: c, ["--device-id", late])
+        #expect(tampered.status == 4, "\(tampered.stderr)")
+        try await sync.expect(c, equals: 1, "tampered record")
+        try signed.write(to: URL(fileURLWithPath: recordPath))
+
+        // Pause: nobody new; resume at 100%: everybody.
+        try channel(["pause"])
+        try channel(["set", "--percent", "100"])
+        let paused = try Self.report(try sync.sync(server, root: c, ["--device-id", late, "--json"]))
+        #expect(paused["result"] as? String == "held" && (paused["reason"] as? String ?? "").contains("paused"))
+        try channel(["resume"])
+        #expect(try sync.sync(server, root: c, ["--device-id", late]).status == 0)
+        try await sync.expect(c, equals: 2, "resumed")
+
+        // A signed revert: the channel goes back to 1.0 with a newer record; the old one is replayed.
+        try sync.publish(3)
+        #expect(try sync.sync(server, root: c, ["--device-id", late]).status == 0)
+        try await sync.expect(c, equals: 3)
+        let record3 = try Data(contentsOf: URL(fileURLWithPath: recordPath))
+        try channel(["set", "--version", "1.0"])
+        let reverted = try sync.sync(server, root: c, ["--device-id", late])
+        #expect(reverted.status == 0, "\(reverted.stderr)")
+        try await sync.expect(c, equals: 1, "revert")
+        try record3.write(to: URL(fileURLWithPath: recordPath))
+        let replay = try sync.sync(server, root: c, ["--device-id", late])
+        #expect(replay.status == 4, "\(replay.stderr)")
+        try await sync.expect(c, equals: 1, "replayed record")
+    }
+
+    @Test("a release that fails its health check is tried once, then skipped with 0 bytes and no hooks until --retry-failed or a newer release")
+    func failedReleaseMemory() async throws {
+        let sync = try SyncFixture(releases: 1)
+        let server = try ServerProcess(repo: sync.repo)
+        let root = sync.fixture.work.path("root")
+        #expect(try sync.sync(server, root: root).status == 0)
+        let log = sync.fixture.work.path("health.log")
+        let bad = try TemporaryTree()
+        try ApplyFixture.copy(sync.trees[1].root + "/.", bad.root)
+        try bad.file("check.sh", "#!/bin/sh\necho ran >> '\(log)'\nexit 1\n", mode: 0o755)
+        try sync.fixture.publish("2.0", bad.root, extra: ["--health-check", "check.sh"])
+
+        let first = try sync.sync(server, root: root)
+        #expect(first.status == 8, "\(first.stderr)")
+        try await sync.expect(root, equals: 1, "rolled back")
+        let second = try sync.sync(server, root: root, ["--json"])
+        #expect(second.status == 0, "\(second.stderr)")
+        let skipped = try Self.report(second)
+        #expect(skipped["result"] as? String == "skipped", "\(skipped)")
+        #expect(skipped["bytesDownloaded"] as? Int == 0)
+        let reason = skipped["reason"] as? String ?? ""
+        #expect(reason.contains("2.0") && reason.contains("health-check") && reason.contains("20"), "\(reason)")
+        let human = try sync.sync(server, root: root)
+        #expect(human.status == 0 && human.text.hasPrefix("skipped: "), "\(human.text)")
+        let runs = { (try? String(contentsOfFile: log, encoding: .utf8))?.split(separator: "\n").count ?? 0 }
+        #expect(runs() == 1, "the health check ran again")
+
+        let retry = try sync.sync(server, root: root, ["--retry-failed"])
+        #expect(retry.status == 8, "\(retry.stderr)")
+        #expect(runs() == 2)
+
+        try sync.publish(3)
+        #expect(try sync.sync(server, root: root).status == 0)
+        try await sync.expect(root, equals: 3, "a newer release")
+    }
+}
