@@ -102,7 +102,8 @@ extension SyncClient {
                 )
             }
             let headerBytes = [UInt8](headerData)
-            guard SHA256Hash(bytes: Array(SHA256.hash(data: headerBytes)))!.hex == record.headerSHA256 else {
+            guard options.targetVersion != nil || SHA256Hash(bytes: Array(SHA256.hash(data: headerBytes)))!.hex == record.headerSHA256
+            else {
                 throw TrustError.mismatch("the release header is not the one the channel record names")
             }
             header = try ReleaseHeader.verify(
@@ -110,10 +111,17 @@ extension SyncClient {
                 trusted: options.trusted,
                 now: options.now
             )
-            guard header.product == options.product, header.version == record.version,
-                header.sequence == record.releaseSequence
-            else {
-                throw TrustError.mismatch("the release header does not match the channel record")
+            if let version = options.targetVersion {
+                // `--version`: a signed release of the product; the record still sets the floor.
+                guard header.product == options.product, header.version == version else {
+                    throw TrustError.mismatch("the server sent \(header.product) \(header.version), not \(options.product) \(version)")
+                }
+            } else {
+                guard header.product == options.product, header.version == record.version,
+                    header.sequence == record.releaseSequence
+                else {
+                    throw TrustError.mismatch("the release header does not match the channel record")
+                }
             }
         } catch let error as TrustError {
             throw SyncError.verification("\(error)")

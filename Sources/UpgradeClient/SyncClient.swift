@@ -110,6 +110,7 @@ public enum SyncClient {
         // Ask: the installed release's changes only, when there is one.
         var request = PlanRequest(product: options.product, channel: options.channel, installed: nil, device: device)
         request.accepts = ["inline-plan"]
+        request.version = options.targetVersion
         if let installed, installed.header.product == options.product {
             request.installed = .init(
                 version: installed.header.version,
@@ -148,7 +149,9 @@ public enum SyncClient {
         let targetDigest = SHA256Hash(bytes: Array(SHA256.hash(data: headerBytes)))!.hex
         report.toVersion = header.version
         // The signed rollout rules, checked here: a server or mirror cannot push past them.
-        if let stop = rolloutStop(record, device: device, options: options, installed: installed?.header.version) {
+        if options.targetVersion == nil,
+            let stop = rolloutStop(record, device: device, options: options, installed: installed?.header.version)
+        {
             report.result = .held
             report.reason = stop
             report.toVersion = installed?.header.version
@@ -209,7 +212,9 @@ public enum SyncClient {
             plan: plan
         )
         // A newer record of this channel naming an older release is the publisher's signed revert.
-        if floor > 0, record.sequence > floor, let installed, header.sequence < installed.header.sequence {
+        if options.targetVersion == nil, floor > 0, record.sequence > floor, let installed,
+            header.sequence < installed.header.sequence
+        {
             install.allowDowngrade = true
         }
         // One scan per run: the plan check and the install use the tree scanned at the start

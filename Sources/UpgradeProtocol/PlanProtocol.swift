@@ -18,6 +18,8 @@ public struct PlanRequest: Codable, Sendable {
     /// What this client understands beyond the first protocol: `inline-plan` (the plan as a
     /// JSON object in `planJSON`, not base64 in `plan`). Servers ignore what they do not know.
     public var accepts: [String]?
+    /// `sync --version V`: plan to this release of the product instead of the channel's.
+    public var version: String?
 
     /// The release a client has installed.
     public struct Installed: Codable, Sendable {

@@ -132,10 +132,18 @@ final class PlanService: Sendable {
         } catch {
             throw HTTPError(.internalServerError, message: "channel record unreadable: \(error)")
         }
-        guard let headerBytes = read(layout.header(request.product, record.version)) else {
+        // `sync --version V`: any published release of the product; the client checks its signature.
+        let targetVersion = request.version ?? record.version
+        if let version = request.version, Version(version) == nil {
+            throw HTTPError(.badRequest, message: "invalid version \(version.debugDescription)")
+        }
+        guard let headerBytes = read(layout.header(request.product, targetVersion)) else {
+            if request.version != nil {
+                throw HTTPError(.notFound, message: "no release \(targetVersion) of product \(request.product)")
+            }
             throw HTTPError(.internalServerError, message: "the channel points to a missing release")
         }
-        let target = try manifest(request.product, record.version).manifest
+        let target = try manifest(request.product, targetVersion).manifest
 
         let client: Manifest
         var plan: Plan
@@ -179,7 +187,7 @@ final class PlanService: Sendable {
             // the target are looked at (the plan equals the whole-tree diff).
             do {
                 let tree = try delta.changedTree(base: base)
-                let between = changes(request.product, from: installed.version, base, to: record.version, target)
+                let between = changes(request.product, from: installed.version, base, to: targetVersion, target)
                 (plan, client) = try Plan.incremental(client: tree, target: target, releaseChanges: between)
             } catch {
                 throw HTTPError(.badRequest, message: "client delta: \(error)")
@@ -200,8 +208,8 @@ final class PlanService: Sendable {
         var response = PlanResponse(
             channel: channelBytes,
             header: headerBytes,
-            version: record.version,
-            manifestPath: "releases/\(request.product)/\(record.version)/manifest",
+            version: targetVersion,
+            manifestPath: "releases/\(request.product)/\(targetVersion)/manifest",
             plan: plan,
             objects: objects
         )

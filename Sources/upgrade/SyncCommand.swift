@@ -67,7 +67,8 @@ struct SyncCommand: AsyncParsableCommand {
     @Option(help: "Seconds without data before a peer is dropped as stalled (default 5).") var peerTimeout: Int?
     @Flag(help: "No server: upgrade from a release a peer holds (needs --peers; the plan is computed here).")
     var offline = false
-    @Option(help: "With --offline: install this version (one a peer holds) instead of the newest.") var version: String?
+    @Option(help: "Install this version of the product (any signed release; offline: one a peer holds) instead of the channel's.")
+    var version: String?
 
     static let configKeys: Set<String> = [
         "server", "product", "root", "trust", "channel", "mirror", "ca-cert", "state-dir", "lock-timeout", "parallel",
@@ -249,9 +250,6 @@ struct SyncCommand: AsyncParsableCommand {
                 description: "--offline needs peers: --peers auto or --peers HOST:PORT,...",
                 exitStatus: .usage
             )
-        }
-        if options.targetVersion != nil && !offline {
-            throw CommandFailure(description: "--version goes with --offline", exitStatus: .usage)
         }
     }
 }

@@ -490,7 +490,6 @@ struct PeerTests {
             (["--offline"], "--offline needs peers"),
             (["--peers", "auto", "--interface", "nosuch9"], "no such interface"),
             (["--peers", "auto", "--announce", "10.1.2.3:7072", "--interface", "127.0.0.1"], "not a multicast group"),
-            (["--version", "1.0"], "--version goes with --offline"),
         ] {
             let result = try Upgrade.run(base + extra)
             #expect(result.status == 2, "\(extra): \(result.status) \(result.stderr)")

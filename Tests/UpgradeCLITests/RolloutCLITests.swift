@@ -97,6 +97,25 @@ struct RolloutCLITests {
         try await sync.expect(c, equals: 1, "replayed record")
     }
 
+    @Test("sync --version installs any signed release online; older needs --allow-downgrade; unknown is exit 11")
+    func onlineVersion() async throws {
+        let sync = try SyncFixture(releases: 3)
+        let server = try ServerProcess(repo: sync.repo)
+        let root = sync.fixture.work.path("root")
+        let two = try sync.sync(server, root: root, ["--version", "2.0"])
+        #expect(two.status == 0, "\(two.stderr)")
+        try await sync.expect(root, equals: 2, "--version 2.0 while the channel names 3.0")
+        #expect(try sync.sync(server, root: root).status == 0)
+        try await sync.expect(root, equals: 3)
+        let older = try sync.sync(server, root: root, ["--version", "1.0"])
+        #expect(older.status == 5 && older.stderr.contains("--allow-downgrade"), "\(older.stderr)")
+        let back = try sync.sync(server, root: root, ["--version", "1.0", "--allow-downgrade"])
+        #expect(back.status == 0, "\(back.stderr)")
+        try await sync.expect(root, equals: 1, "back to 1.0")
+        let unknown = try sync.sync(server, root: root, ["--version", "9.9"])
+        #expect(unknown.status == 11 && unknown.stderr.contains("9.9"), "\(unknown.stderr)")
+    }
+
     @Test("a release that fails its health check is tried once, then skipped with 0 bytes and no hooks until --retry-failed or a newer release")
     func failedReleaseMemory() async throws {
         let sync = try SyncFixture(releases: 1)
