@@ -406,6 +406,7 @@ public enum Installer {
             runHooks: false,
             recording: previous.manifest
         )
+        runRestoredPostInstall(store: store, root: root, failed: currentHeader.version, timeout: 300)
         let report = InstallReport(
             result: .rolledBack,
             product: targetHeader.product,
@@ -600,6 +601,8 @@ public enum Installer {
             toVersion: header.version
         )
         journal.transaction = id
+        // A repair (the installed release again) must not use up the only rollback point.
+        if recording == nil, let current = store.current, current.headerBytes == headerBytes { journal.repair = true }
         try store.tree.removeTree("staging")
         let staging = try store.tree.subdirectory("staging", create: true)
         let stateDirectory = try store.tree.subdirectory("state/\(id)", create: true)
@@ -691,6 +694,11 @@ public enum Installer {
             }
             let restored = fromVersion.map { "rolled back to \($0)" } ?? "rolled back to the empty tree"
             outcome = restored
+            // The restored release's post-install runs again (a service the new one restarted
+            // goes back to the old code), told why by UPGRADE_PHASE=rollback.
+            if runHooks, Interruption.signal == nil {
+                runRestoredPostInstall(store: store, root: root, failed: header.version, timeout: timeouts.hook)
+            }
             if let signal = Interruption.signal {
                 throw ApplyError.interrupted(signal: signal, "\(restored); the hook's processes were killed")
             }
@@ -700,12 +708,39 @@ public enum Installer {
         // The commit record: from here on, recovery rolls forward.
         journal.state = .committed
         try store.writeJournal(journal)
-        try finish(store: store, id: id)
+        try finish(store: store, id: id, repair: journal.repair == true)
         outcome = "the upgrade to \(header.version) had passed its health check and was finished"
     }
 
+    /// Runs the post-install of the release the root holds now (after a rollback) with
+    /// `UPGRADE_PHASE=rollback`; its failure is logged, not raised: the tree is already restored.
+    static func runRestoredPostInstall(store: StateStore, root: SafeTree, failed: String, timeout: Double) {
+        guard let current = store.current, let script = current.manifest.hooks.scripts[.postInstall],
+            let header = try? ReleaseHeader(unverified: SignedEnvelope(encoded: current.headerBytes))
+        else { return }
+        let environment = [
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "UPGRADE_ROOT": root.display, "UPGRADE_PHASE": "rollback", "UPGRADE_PRODUCT": header.product,
+            "UPGRADE_FROM_VERSION": failed, "UPGRADE_TO_VERSION": header.version,
+        ]
+        _ = HookRunner(timeout: timeout).run(
+            root.display + "/" + script,
+            environment: environment,
+            directory: root.display,
+            logPath: store.path + "/state/\(current.id)/rollback-post-install.log"
+        )
+    }
+
     /// Makes the committed state current and cleans up; every step is idempotent.
-    static func finish(store: StateStore, id: String) throws {
+    static func finish(store: StateStore, id: String, repair: Bool = false) throws {
+        if repair {
+            // The tree is the installed release again; its state (and rollback point) stays.
+            try store.tree.removeTree("state/\(id)")
+            try store.tree.removeTree("staging")
+            if store.tree.exists("journal") { try store.tree.unlink("journal") }
+            try store.tree.sync()
+            return
+        }
         try store.write("current", Array("\(id)\n".utf8))
         let previous = store.state(id)?.previous
         for name in (try? store.tree.subdirectory("state").list()) ?? [] where name != id && name != previous {
@@ -749,7 +784,7 @@ public enum Installer {
         guard let journal = try store.journal() else { return nil }
         switch journal.state {
         case .committed:
-            try finish(store: store, id: journal.transaction)
+            try finish(store: store, id: journal.transaction, repair: journal.repair == true)
             return "completed the interrupted upgrade to \(journal.toVersion)"
         case .prepared:
             let staging = try store.tree.subdirectory("staging", create: true)

@@ -51,6 +51,9 @@ public struct Journal: Hashable, Sendable, Codable {
     public var toVersion: String
     public var product: String
     public var steps: [Step]
+    /// The transaction repairs the installed release (same header): once committed, the installed
+    /// state stays current and keeps its rollback point; this transaction's state is dropped.
+    public var repair: Bool?
 
     /// The journal for carrying out `plan` on `tree` (the manifest the plan was verified against).
     ///

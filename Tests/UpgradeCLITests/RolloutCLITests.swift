@@ -151,4 +151,54 @@ struct RolloutCLITests {
         #expect(try sync.sync(server, root: root).status == 0)
         try await sync.expect(root, equals: 3, "a newer release")
     }
+
+    @Test(
+        "1.0 -> 1.1 -> repair -> rollback lands on 1.0 with 1.0's post-install run (UPGRADE_PHASE=rollback); a failed health check reruns the restored post-install"
+    )
+    func completeRollback() async throws {
+        let fixture = try ApplyFixture()
+        let log = fixture.work.path("hooks.log")
+        /// A release whose post-install logs the phase; `healthy` false makes its health check fail.
+        func publish(_ version: String, healthy: Bool = true) throws {
+            let tree = try TemporaryTree()
+            try tree.file("bin/app", "#!/bin/sh\necho \(version)\n", mode: 0o755)
+            try tree.file("share/data.txt", "data \(version)\n")
+            try tree.file(
+                "hooks/post.sh",
+                "#!/bin/sh\necho \"$UPGRADE_PHASE \(version) $UPGRADE_TO_VERSION\" >> '\(log)'\n",
+                mode: 0o755
+            )
+            try tree.file("hooks/check.sh", "#!/bin/sh\nexit \(healthy ? 0 : 1)\n", mode: 0o755)
+            try fixture.publish(version, tree.root, extra: ["--post-install", "hooks/post.sh", "--health-check", "hooks/check.sh"])
+        }
+        try publish("1.0")
+        let server = try ServerProcess(repo: fixture.repo)
+        let root = fixture.work.path("root")
+        func sync(_ extra: [String] = []) throws -> CommandResult {
+            try Upgrade.run(["sync", "--server", server.url, "--product", "app", "--root", root, "--trust", fixture.pub] + extra)
+        }
+        func lines() -> [String] {
+            ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+        }
+        #expect(try sync().status == 0)
+        try publish("1.1")
+        #expect(try sync().status == 0)
+        #expect(lines() == ["post-install 1.0 1.0", "post-install 1.1 1.1"], "\(lines())")
+
+        // Drift, then a repair sync (1.1 -> 1.1): it must not use up the rollback point.
+        try "edited\n".write(toFile: root + "/share/data.txt", atomically: true, encoding: .utf8)
+        let repair = try sync()
+        #expect(repair.status == 0, "\(repair.stderr)")
+        #expect(String(decoding: try Data(contentsOf: URL(fileURLWithPath: root + "/share/data.txt")), as: UTF8.self) == "data 1.1\n")
+        let back = try Upgrade.run(["rollback", "--root", root])
+        #expect(back.status == 0, "\(back.stderr)")
+        #expect(String(decoding: try Data(contentsOf: URL(fileURLWithPath: root + "/bin/app")), as: UTF8.self).contains("1.0"))
+        #expect(lines().last == "rollback 1.0 1.0", "\(lines())")
+
+        // 1.2 fails its health check: rolled back, and the restored 1.0's post-install runs again.
+        try publish("1.2", healthy: false)
+        let failed = try sync()
+        #expect(failed.status == 8, "\(failed.stderr)")
+        #expect(Array(lines().suffix(2)) == ["post-install 1.2 1.2", "rollback 1.0 1.0"], "\(lines())")
+    }
 }
