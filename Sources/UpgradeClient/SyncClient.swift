@@ -18,6 +18,15 @@ import Glibc
 /// `upgrade sync`: recover, lock, scan, ask, verify, fetch, install, report.
 public enum SyncClient {
     public static func sync(_ options: SyncOptions, logger: Logger) async throws -> SyncReport {
+        // Cron: only inside the maintenance window, and not all machines at the same second.
+        if let window = options.window, !window.contains(Date()) {
+            var report = SyncReport(result: .held, product: options.product)
+            report.reason = "outside the maintenance window \(window)"
+            return report
+        }
+        if options.randomDelay > 0 {
+            try await Task.sleep(for: .milliseconds(Int64(Double.random(in: 0...options.randomDelay) * 1000)))
+        }
         let started = Date()
         return try await withTransports(options) { transport, peers in
             var report =

@@ -1,3 +1,4 @@
+public import Foundation
 public import UpgradeApply
 public import UpgradeCore
 public import UpgradePeer
@@ -26,6 +27,12 @@ public struct SyncOptions: Sendable {
     public var tags: [String] = []
     /// Try a release that failed here before (by default it is skipped until a newer one appears).
     public var retryFailed = false
+    /// Local times of day a sync may change anything (`--window 02:00-04:30`); outside it a run
+    /// reports `held` and touches nothing.
+    public var window: MaintenanceWindow?
+    /// Seconds of random delay before a run starts (`--random-delay`), so a fleet's cron runs
+    /// spread out.
+    public var randomDelay: Double = 0
     public var allowDowngrade = false
     public var lockTimeout: Double = 60
     public var hookTimeout: Double = 300
@@ -195,5 +202,38 @@ public enum SyncError: Error, CustomStringConvertible {
         case .configuration(let why): why
         case .refused(let why): "refused: \(why); nothing was changed"
         }
+    }
+}
+
+/// A daily window of local time, `HH:MM-HH:MM`; one that ends before it starts spans midnight.
+public struct MaintenanceWindow: Sendable, CustomStringConvertible {
+    /// Minutes after local midnight.
+    public let start: Int
+    public let end: Int
+
+    public init(parsing text: String) throws(SyncError) {
+        let parts = text.split(separator: "-").map { $0.split(separator: ":").map { Int($0) } }
+        guard parts.count == 2, parts.allSatisfy({ $0.count == 2 }),
+            let sh = parts[0][0], let sm = parts[0][1], let eh = parts[1][0], let em = parts[1][1],
+            (0...23).contains(sh), (0...23).contains(eh), (0...59).contains(sm), (0...59).contains(em),
+            sh * 60 + sm != eh * 60 + em
+        else {
+            throw .configuration("--window \(text.debugDescription): expected HH:MM-HH:MM in local time, e.g. 02:00-04:30")
+        }
+        start = sh * 60 + sm
+        end = eh * 60 + em
+    }
+
+    /// True when `date`'s local time of day is in the window (end excluded).
+    public func contains(_ date: Date) -> Bool {
+        var seconds = time_t(date.timeIntervalSince1970)
+        var local = tm()
+        localtime_r(&seconds, &local)
+        let minute = Int(local.tm_hour) * 60 + Int(local.tm_min)
+        return start < end ? (start..<end).contains(minute) : (minute >= start || minute < end)
+    }
+
+    public var description: String {
+        String(format: "%02d:%02d-%02d:%02d", start / 60, start % 60, end / 60, end % 60)
     }
 }

@@ -55,6 +55,8 @@ struct SyncCommand: AsyncParsableCommand {
     @Option(help: "Operator tag of this device, sent to the server and matched by the channel's rollout rules (repeatable).")
     var tag: [String] = []
     @Flag(help: "Try a release that failed its hooks or health check here before (skipped otherwise).") var retryFailed = false
+    @Option(help: "Change nothing outside this daily window of local time, HH:MM-HH:MM (result held).") var window: String?
+    @Option(help: "Wait a random 0 to this many seconds first (spreads a fleet's cron runs).") var randomDelay: Double?
     @Option(
         help:
             "LAN peers: off (default; never listens), auto (multicast announcements), or HOST:PORT,... of `upgrade share` servers."
@@ -74,7 +76,7 @@ struct SyncCommand: AsyncParsableCommand {
         "server", "product", "root", "trust", "channel", "mirror", "ca-cert", "state-dir", "lock-timeout", "parallel",
         "timeout", "min-rate", "rate-window", "delta-timeout", "device-id",
         "dry-run", "json", "allow-downgrade", "peers", "announce", "interface", "peer-wait", "peer-timeout", "offline",
-        "version", "keep", "tag", "retry-failed",
+        "version", "keep", "tag", "retry-failed", "window", "random-delay",
     ]
 
     func run() async throws {
@@ -134,6 +136,11 @@ struct SyncCommand: AsyncParsableCommand {
         options.keep = try Output.keepPatterns(keep.isEmpty ? (try file?.strings("keep") ?? []) : keep)
         options.tags = tag.isEmpty ? (try file?.strings("tag") ?? []) : tag
         options.retryFailed = try retryFailed || (file?.bool("retry-failed") ?? false)
+        options.window = try pick(window, "window").map(MaintenanceWindow.init(parsing:))
+        options.randomDelay = try randomDelay ?? file?.number("random-delay") ?? 0
+        guard options.randomDelay >= 0, options.randomDelay <= 86_400 else {
+            throw CommandFailure(description: "--random-delay must be 0 to 86400 seconds", exitStatus: .usage)
+        }
         try configurePeers(&options, file: file, offline: offline)
         if !json && isatty(STDERR_FILENO) == 1 { options.progress = ProgressBar.draw }
 

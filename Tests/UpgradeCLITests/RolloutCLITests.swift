@@ -4,6 +4,10 @@ import UpgradeCore
 import UpgradeTestSupport
 import UpgradeTrust
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Rollout control from the publisher's side (`upgrade channel`) to what devices do.
 @Suite("Rollouts", .serialized)
 struct RolloutCLITests {
@@ -95,6 +99,33 @@ struct RolloutCLITests {
         let replay = try sync.sync(server, root: c, ["--device-id", late])
         #expect(replay.status == 4, "\(replay.stderr)")
         try await sync.expect(c, equals: 1, "replayed record")
+    }
+
+    @Test("--window outside the local time holds (nothing touched), inside installs; --random-delay; bad values exit 2")
+    func maintenanceWindow() async throws {
+        let sync = try SyncFixture(releases: 1)
+        let server = try ServerProcess(repo: sync.repo)
+        let root = sync.fixture.work.path("root")
+        var now = time_t(Date().timeIntervalSince1970)
+        var local = tm()
+        localtime_r(&now, &local)
+        let minute = Int(local.tm_hour) * 60 + Int(local.tm_min)
+        func clock(_ offset: Int) -> String {
+            let m = ((minute + offset) % 1440 + 1440) % 1440
+            return String(format: "%02d:%02d", m / 60, m % 60)
+        }
+        let outside = try sync.sync(server, root: root, ["--window", "\(clock(60))-\(clock(120))", "--json"])
+        #expect(outside.status == 0, "\(outside.stderr)")
+        let report = try Self.report(outside)
+        #expect(report["result"] as? String == "held" && (report["reason"] as? String ?? "").contains("window"))
+        #expect(!FileManager.default.fileExists(atPath: root), "a held run created the root")
+        let inside = try sync.sync(server, root: root, ["--window", "\(clock(-5))-\(clock(5))", "--random-delay", "0.2"])
+        #expect(inside.status == 0, "\(inside.stderr)")
+        try await sync.expect(root, equals: 1)
+        for bad in [["--window", "25:00-01:00"], ["--window", "nightly"], ["--random-delay", "-1"]] {
+            let result = try sync.sync(server, root: root, bad)
+            #expect(result.status == 2, "\(bad): \(result.stderr)")
+        }
     }
 
     @Test("sync --version installs any signed release online; older needs --allow-downgrade; unknown is exit 11")
