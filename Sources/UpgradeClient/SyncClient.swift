@@ -118,7 +118,7 @@ public enum SyncClient {
 
         // Ask: the installed release's changes only, when there is one.
         var request = PlanRequest(product: options.product, channel: options.channel, installed: nil, device: device)
-        request.accepts = ["inline-plan"]
+        request.accepts = ["inline-plan", "local-plan"]
         request.version = options.targetVersion
         if let installed, installed.header.product == options.product {
             request.installed = .init(
@@ -213,6 +213,18 @@ public enum SyncClient {
         )
         report.manifestForm = manifestForm
         report.manifestBytes = manifestReceived
+        if response.localPlan == true {
+            // A first install: the plan from the signed manifest, computed here.
+            guard local.entries.isEmpty else {
+                throw SyncError.verification("the server sent no plan for a tree that is not empty")
+            }
+            do {
+                plan = Plan(from: local, to: try Manifest(canonical: manifestBytes))
+            } catch {
+                throw SyncError.verification("the signed manifest does not decode: \(error)")
+            }
+            report.summary = plan.summary
+        }
         var install = installRequest(
             options,
             session: session,
@@ -484,7 +496,7 @@ public enum SyncClient {
         // pack does not deliver is fetched alone below, like everything else.
         if options.mirror == nil {
             await fetchPacks(
-                needed.filter { (response.objects[$0.sha256!.hex] ?? .max) <= ObjectPack.smallObject },
+                needed.filter { (response.objects[$0.sha256!.hex] ?? $0.size) <= ObjectPack.smallObject },
                 into: directory,
                 options: options,
                 transport: transport,

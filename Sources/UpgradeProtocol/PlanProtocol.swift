@@ -163,6 +163,10 @@ public struct PlanResponse: Codable, Sendable {
     /// Target path → a binary delta from content the client has, where that is smaller than the
     /// whole object (unsigned: the result is checked against the signed SHA-256).
     public var deltas: [String: DeltaChoice]?
+    /// True when the server sent no plan because the client asked (`accepts: local-plan`) and has
+    /// nothing the server could diff against (a first install): the client computes the plan from
+    /// the signed manifest, so the response does not repeat the whole tree.
+    public var localPlan: Bool?
 
     public init(
         channel: [UInt8],

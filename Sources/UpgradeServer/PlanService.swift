@@ -154,6 +154,24 @@ final class PlanService: Sendable {
             }
             do {
                 client = try Manifest(canonical: [UInt8](bytes))
+                // A first install: the plan is the whole signed manifest, which the client fetches
+                // anyway; it builds the plan itself instead of receiving the tree twice.
+                if client.entries.isEmpty, request.accepts?.contains("local-plan") == true {
+                    var response = PlanResponse(
+                        channel: channelBytes,
+                        header: headerBytes,
+                        version: targetVersion,
+                        manifestPath: "releases/\(request.product)/\(targetVersion)/manifest",
+                        plan: Plan(operations: []),
+                        objects: [:]
+                    )
+                    response.localPlan = true
+                    if request.accepts?.contains("inline-plan") == true {
+                        response.planJSON = PlanJSON(Plan(operations: []))
+                        response.plan = ""
+                    }
+                    return response
+                }
                 plan = Plan(from: client, to: target)
             } catch {
                 throw HTTPError(.badRequest, message: "client manifest: \(error)")

@@ -119,7 +119,7 @@ struct WireCostTests {
         #expect((try JSONSerialization.jsonObject(with: plain.stdout) as? [String: Any])?["planJSON"] != nil)
     }
 
-    @Test("small payloads travel in packs: 60 new files cost a handful of requests, each object still verified")
+    @Test("a first install gets no plan on the wire; small payloads travel in packs: 60 new files cost a handful of requests, each object still verified")
     func packs() async throws {
         let fixture = try ApplyFixture()
         let tree = try TemporaryTree()
@@ -143,6 +143,8 @@ struct WireCostTests {
         #expect(try await ApplyFixture.scan(root) == (try await ApplyFixture.scan(tree.root)))
         let report = try Self.report(result)
         #expect(report["objectsDownloaded"] as? Int == 60, "\(report)")
+        // A first install: no plan on the wire, the client plans from the signed manifest.
+        #expect((report["planBytes"] as? Int ?? .max) < 2048, "\(report)")
         // roots probe, plan, manifest, one pack, report; metrics requests are counted too.
         let used = try requests() - before - 1
         #expect(used < 10, "\(used) requests for 60 files")
