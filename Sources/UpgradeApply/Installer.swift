@@ -346,6 +346,12 @@ public enum Installer {
         let lock = try store.lock(timeout: lockTimeout)
         defer { close(lock) }
         let recovered = try recover(store: store, root: root)
+        return try rollback(root: root, store: store, recovered: recovered)
+    }
+
+    /// The rollback itself, under a lock the caller holds.
+    static func rollback(root: SafeTree, store: StateStore, recovered: String?) throws -> InstallReport {
+        let rootPath = root.display
         guard let current = store.current else {
             throw ApplyError.nothingToRollBack("no release is installed in \(rootPath)")
         }

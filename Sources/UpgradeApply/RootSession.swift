@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 public import UpgradeCore
 public import UpgradeScan
@@ -50,6 +51,44 @@ public final class RootSession: @unchecked Sendable {
             let header = try? ReleaseHeader(unverified: SignedEnvelope(encoded: current.headerBytes))
         else { return nil }
         return (current.headerBytes, header, current.manifest)
+    }
+
+    /// Rolls back to the previous release under this session's lock (see
+    /// ``Installer/rollback(root:stateDirectoryName:lockTimeout:observer:)``).
+    public func rollback() throws -> InstallReport {
+        try Installer.rollback(root: tree, store: store, recovered: nil)
+    }
+
+    /// An installed release on probation: it must be confirmed (`upgrade confirm`) before
+    /// `deadline`, or the next run rolls it back.
+    public struct Probation: Sendable {
+        public let stateID: String
+        public let version: String
+        public let headerSHA256: String
+        /// Seconds since the epoch.
+        public let deadline: Int64
+    }
+
+    static let probationFile = "probation"
+
+    /// The probation of the installed release, if any (one left from an earlier state is ignored).
+    public var probation: Probation? {
+        guard let text = value(Self.probationFile) else { return nil }
+        let parts = text.split(separator: "\t").map(String.init)
+        guard parts.count == 4, let deadline = Int64(parts[3]), parts[0] == store.currentID else { return nil }
+        return Probation(stateID: parts[0], version: parts[1], headerSHA256: parts[2], deadline: deadline)
+    }
+
+    /// Puts the installed release on probation until `deadline`.
+    public func startProbation(deadline: Int64) throws {
+        guard let id = store.currentID, let installed else { return }
+        let digest = SHA256Hash(bytes: Array(SHA256.hash(data: installed.headerBytes)))!.hex
+        try setValue(Self.probationFile, [id, installed.header.version, digest, String(deadline)].joined(separator: "\t"))
+    }
+
+    /// Ends the probation (the release is confirmed, or was rolled back).
+    public func endProbation() throws {
+        if store.tree.exists(Self.probationFile) { try store.tree.unlink(Self.probationFile) }
     }
 
     /// The tree as it is now (stat cache in the state directory).

@@ -92,12 +92,29 @@ public enum SyncClient {
         started: Date
     ) async throws -> SyncReport {
         // Peers are heard while the tree is scanned and the server asked.
-        let (session, discovery, local) = try openRoot(options, peers: peers)
+        let (session, discovery, scanned) = try openRoot(options, peers: peers)
+        var local = scanned
         // The root of trust first: a rotation applies to everything this run verifies.
         var options = options
         let anchor = options
         options.trusted = try await session.advanceTrust(anchor: anchor.trusted, now: anchor.now) { version in
             try await fetchRoot(version, options: anchor, transport: transport)
+        }
+        // A release on probation that nobody confirmed in time goes, and is not tried again.
+        var probationNote: String?
+        if let probation = session.probation, options.now > probation.deadline {
+            let back = try session.rollback()
+            try session.setValue(
+                FailedRelease.key(probation.headerSHA256),
+                FailedRelease(
+                    version: probation.version,
+                    at: Timestamps.iso(options.now),
+                    reason: "not confirmed by \(Timestamps.iso(probation.deadline)) (upgrade confirm)"
+                ).encoded
+            )
+            try session.endProbation()
+            probationNote = "rolled back \(probation.version), unconfirmed since \(Timestamps.iso(probation.deadline)), to \(back.toVersion ?? "the previous release")"
+            local = try session.scan()
         }
         let installed = session.installed
         var device = PlanRequest.Device(
@@ -113,8 +130,9 @@ public enum SyncClient {
             result: .upToDate,
             product: options.product,
             fromVersion: installed?.header.version,
-            recovered: session.recovered
+            recovered: [session.recovered, probationNote].compactMap { $0 }.joined(separator: "; ")
         )
+        if report.recovered?.isEmpty == true { report.recovered = nil }
 
         // Ask: the installed release's changes only, when there is one.
         var request = PlanRequest(product: options.product, channel: options.channel, installed: nil, device: device)
@@ -347,6 +365,9 @@ public enum SyncClient {
             )
             removeDownloads(needed, from: downloads)
             report.localChanges = installedReport.localChanges
+            if installedReport.result == .installed, let seconds = options.confirmWithin {
+                try session.startProbation(deadline: options.now + Int64(seconds.rounded(.up)))
+            }
             // Different from the release only where the policy keeps the tree as it is.
             outcome = .success(installedReport.result == .nothingToDo ? .upToDate : installedReport.result)
         } catch {

@@ -33,6 +33,9 @@ public struct SyncOptions: Sendable {
     /// Seconds of random delay before a run starts (`--random-delay`), so a fleet's cron runs
     /// spread out.
     public var randomDelay: Double = 0
+    /// Seconds within which an installed release must be confirmed (`upgrade confirm`); an
+    /// unconfirmed one is rolled back by the next run (`--confirm-within`).
+    public var confirmWithin: Double?
     public var allowDowngrade = false
     public var lockTimeout: Double = 60
     public var hookTimeout: Double = 300

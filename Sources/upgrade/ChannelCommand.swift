@@ -23,7 +23,7 @@ struct ChannelCommand: AsyncParsableCommand {
 struct ChannelTarget: ParsableArguments {
     @Option(help: "Repository directory.") var repo: String
     @Option(help: "Product name.") var product: String
-    @Option(help: "Channel (default stable).") var channel = "stable"
+    @Option(help: "Channel.") var channel = "stable"
     @Option(help: "Private channel key file (repeat for a channel threshold above 1).") var key: [String] = []
     @Option(help: "Days the new record stays valid.") var expiresDays = 30
 

@@ -158,6 +158,7 @@ enum ExitStatus: Int32, Error {
         ("share", [.success, .failure, .usage, .invalidInput]),
         ("root", [.success, .failure, .usage, .invalidInput, .verificationFailed, .refused]),
         ("channel", [.success, .failure, .usage, .invalidInput, .refused, .notFound]),
+        ("confirm", [.success, .failure, .usage, .invalidInput, .busy]),
     ]
 
     /// The EXIT CODES section of `upgrade --help`, also in the README (a test compares them).

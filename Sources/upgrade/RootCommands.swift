@@ -142,3 +142,39 @@ struct RecoverCommand: AsyncParsableCommand {
         }
     }
 }
+
+/// `upgrade confirm`.
+struct ConfirmCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "confirm",
+        abstract: "Confirm the release a `sync --confirm-within` installed, so it is not rolled back.",
+        discussion: """
+            Run it once the new release is known good (a person, or a check of the service). \
+            Prints what was confirmed, or that nothing is on probation (still exit 0).
+            """
+    )
+
+    @OptionGroup var root: RootOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        if json { JSONOutput.request(command: "confirm") }
+        guard FileManager.default.fileExists(atPath: root.root + "/" + root.stateDir) else {
+            throw CommandFailure(
+                description: "\(root.root): nothing is installed here (no \(root.stateDir) directory)",
+                exitStatus: .invalidInput
+            )
+        }
+        let session = try RootSession(root: root.root, stateDirectoryName: root.stateDir, lockTimeout: root.lockTimeout)
+        let probation = session.probation
+        try session.endProbation()
+        struct Body: Encodable {
+            var confirmed: String?
+        }
+        if json {
+            JSONOutput.print(command: "confirm", Body(confirmed: probation?.version))
+        } else {
+            print(probation.map { "confirmed \($0.version)" } ?? "nothing is on probation")
+        }
+    }
+}

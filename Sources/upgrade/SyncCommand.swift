@@ -58,6 +58,10 @@ struct SyncCommand: AsyncParsableCommand {
     @Option(help: "Change nothing outside this daily window of local time, HH:MM-HH:MM (result held).") var window: String?
     @Option(help: "Wait a random 0 to this many seconds first (spreads a fleet's cron runs).") var randomDelay: Double?
     @Option(
+        help: "Put what this run installs on probation: unless `upgrade confirm` runs within DURATION (90s, 30m, 2h), the next run rolls it back."
+    )
+    var confirmWithin: String?
+    @Option(
         help:
             "LAN peers: off (default; never listens), auto (multicast announcements), or HOST:PORT,... of `upgrade share` servers."
     )
@@ -76,7 +80,7 @@ struct SyncCommand: AsyncParsableCommand {
         "server", "product", "root", "trust", "channel", "mirror", "ca-cert", "state-dir", "lock-timeout", "parallel",
         "timeout", "min-rate", "rate-window", "delta-timeout", "device-id",
         "dry-run", "json", "allow-downgrade", "peers", "announce", "interface", "peer-wait", "peer-timeout", "offline",
-        "version", "keep", "tag", "retry-failed", "window", "random-delay",
+        "version", "keep", "tag", "retry-failed", "window", "random-delay", "confirm-within",
     ]
 
     func run() async throws {
@@ -138,6 +142,15 @@ struct SyncCommand: AsyncParsableCommand {
         options.retryFailed = try retryFailed || (file?.bool("retry-failed") ?? false)
         options.window = try pick(window, "window").map(MaintenanceWindow.init(parsing:))
         options.randomDelay = try randomDelay ?? file?.number("random-delay") ?? 0
+        if let text = try pick(confirmWithin, "confirm-within") {
+            guard let seconds = Self.duration(text), seconds > 0 else {
+                throw CommandFailure(
+                    description: "--confirm-within \(text.debugDescription): expected a duration such as 90s, 30m or 2h",
+                    exitStatus: .usage
+                )
+            }
+            options.confirmWithin = seconds
+        }
         guard options.randomDelay >= 0, options.randomDelay <= 86_400 else {
             throw CommandFailure(description: "--random-delay must be 0 to 86400 seconds", exitStatus: .usage)
         }
@@ -194,6 +207,13 @@ struct SyncCommand: AsyncParsableCommand {
             }
             for peer in report.peers where peer.dropped { print("note: peer \(peer.url) \(peer.status)") }
         }
+    }
+
+    /// `90`, `90s`, `30m`, `2h`, `1d` in seconds; nil when it is none of those.
+    static func duration(_ text: String) -> Double? {
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
+        if let unit = text.last, let factor = units[unit] { return Double(text.dropLast()).map { $0 * factor } }
+        return Double(text)
     }
 
     /// A server or mirror URL the client can use: http:// or https:// with a host. Anything

@@ -344,7 +344,7 @@ struct CLIDocumentationTests {
     static let commands = [
         "manifest", "diff", "keygen", "publish", "releases", "verify-repo", "bundle", "apply", "status", "verify",
         "rollback", "recover", "serve", "sync", "share", "root init", "root rotate", "root revoke", "root sign",
-        "root show", "channel set", "channel pause", "channel resume",
+        "root show", "channel set", "channel pause", "channel resume", "confirm",
     ]
 
     @Test("the README's exit-code block is exactly what upgrade --help prints, and names every command")

@@ -128,6 +128,37 @@ struct RolloutCLITests {
         }
     }
 
+    @Test("probation: an unconfirmed release is rolled back by the next run and then skipped; a confirmed one stays")
+    func probation() async throws {
+        let sync = try SyncFixture(releases: 1)
+        let server = try ServerProcess(repo: sync.repo)
+        let root = sync.fixture.work.path("root")
+        #expect(try sync.sync(server, root: root).status == 0)
+        try sync.publish(2)
+        let onProbation = try sync.sync(server, root: root, ["--confirm-within", "1s"])
+        #expect(onProbation.status == 0, "\(onProbation.stderr)")
+        try await sync.expect(root, equals: 2, "installed on probation")
+        sleep(2)
+        let expired = try sync.sync(server, root: root, ["--json"])
+        #expect(expired.status == 0, "\(expired.stderr)")
+        let report = try Self.report(expired)
+        #expect((report["recovered"] as? String ?? "").contains("rolled back 2.0"), "\(report)")
+        #expect(report["result"] as? String == "skipped", "\(report)")
+        try await sync.expect(root, equals: 1, "unconfirmed 2.0 rolled back")
+
+        try sync.publish(3)
+        #expect(try sync.sync(server, root: root, ["--confirm-within", "1s"]).status == 0)
+        let confirmed = try Upgrade.run(["confirm", "--root", root])
+        #expect(confirmed.status == 0 && confirmed.text.contains("confirmed 3.0"), "\(confirmed.text) \(confirmed.stderr)")
+        sleep(2)
+        #expect(try sync.sync(server, root: root).status == 0)
+        try await sync.expect(root, equals: 3, "confirmed 3.0 stays")
+        let nothing = try Upgrade.run(["confirm", "--root", root])
+        #expect(nothing.status == 0 && nothing.text.contains("nothing is on probation"))
+        let bad = try sync.sync(server, root: root, ["--confirm-within", "soon"])
+        #expect(bad.status == 2, "\(bad.stderr)")
+    }
+
     @Test("sync --version installs any signed release online; older needs --allow-downgrade; unknown is exit 11")
     func onlineVersion() async throws {
         let sync = try SyncFixture(releases: 3)
