@@ -33,6 +33,14 @@ public enum SyncClient {
                 options.offline
                 ? try await runOffline(options, peers: peers, started: started)
                 : try await run(options, transport: transport, peers: peers, logger: logger, started: started)
+            // A signed pin: the pinned release, older or newer, as if asked for with --version.
+            if let pin = report.pinnedVersion, !options.offline, options.targetVersion == nil {
+                var pinned = options
+                pinned.targetVersion = pin
+                pinned.allowDowngrade = true
+                report = try await run(pinned, transport: transport, peers: peers, logger: logger, started: started)
+                report.pinnedVersion = pin
+            }
             report.bytesReceived = transport.bytesReceived + peers.transport.bytesReceived
             report.peers = peers.board.outcomes
             return report
@@ -181,6 +189,13 @@ public enum SyncClient {
         {
             report.result = .held
             report.reason = stop
+            if case .pinned(let version) = record.decision(
+                device: device.id,
+                tags: options.tags,
+                installed: installed?.header.version
+            ), version != installed?.header.version {
+                report.pinnedVersion = version
+            }
             report.toVersion = installed?.header.version
             report.durationSeconds = Date().timeIntervalSince(started)
             return report
@@ -412,10 +427,7 @@ public enum SyncClient {
         switch record.decision(device: device.id, tags: options.tags, installed: installed) {
         case .take: nil
         case .hold(let why): why
-        case .pinned(let version):
-            installed == version
-                ? "pinned at \(version) by the channel's rules"
-                : "pinned at \(version) by the channel's rules; `sync --version \(version)` installs it"
+        case .pinned(let version): "pinned at \(version) by the channel's rules"
         }
     }
 

@@ -145,6 +145,8 @@ public struct SyncReport: Codable, Sendable {
     public var localChanges: [LocalChange]?
     /// Why the run did not install (`held`, `skipped`).
     public var reason: String?
+    /// The version a signed pin of the channel holds this device at (installed by the same run).
+    public var pinnedVersion: String?
 }
 
 /// One peer in a sync report.

@@ -128,6 +128,35 @@ struct RolloutCLITests {
         }
     }
 
+    @Test("a signed pin holds a device (or a tag) at a version, older or newer; unpinned it follows the channel again")
+    func pins() async throws {
+        let sync = try SyncFixture(releases: 2)
+        let server = try ServerProcess(repo: sync.repo)
+        let (pinned, free) = (sync.fixture.work.path("pinned"), sync.fixture.work.path("free"))
+        #expect(try sync.sync(server, root: pinned, ["--device-id", "rack-1"]).status == 0)
+        #expect(try sync.sync(server, root: free, ["--device-id", "rack-2"]).status == 0)
+        func channel(_ arguments: [String]) throws {
+            let result = try Upgrade.run(
+                ["channel", "set"] + arguments + ["--repo", sync.repo, "--product", "app", "--key", sync.fixture.key]
+            )
+            #expect(result.status == 0, "\(result.stderr)")
+        }
+        try channel(["--pin", "device:rack-1=1.0", "--pin", "tag:frozen=1.0"])
+        let held = try sync.sync(server, root: pinned, ["--device-id", "rack-1", "--json"])
+        #expect(held.status == 0, "\(held.stderr)")
+        #expect(try Self.report(held)["pinnedVersion"] as? String == "1.0")
+        try await sync.expect(pinned, equals: 1, "pinned at 1.0")
+        #expect(try sync.sync(server, root: pinned, ["--device-id", "rack-1"]).status == 0)
+        try await sync.expect(pinned, equals: 1, "stays pinned")
+        #expect(try sync.sync(server, root: free, ["--device-id", "rack-2"]).status == 0)
+        try await sync.expect(free, equals: 2, "not pinned")
+        #expect(try sync.sync(server, root: free, ["--device-id", "rack-2", "--tag", "frozen"]).status == 0)
+        try await sync.expect(free, equals: 1, "pinned by tag")
+        try channel(["--unpin", "device:rack-1", "--unpin", "tag:frozen"])
+        #expect(try sync.sync(server, root: pinned, ["--device-id", "rack-1"]).status == 0)
+        try await sync.expect(pinned, equals: 2, "unpinned")
+    }
+
     @Test("probation: an unconfirmed release is rolled back by the next run and then skipped; a confirmed one stays")
     func probation() async throws {
         let sync = try SyncFixture(releases: 1)
