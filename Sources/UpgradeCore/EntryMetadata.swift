@@ -53,27 +53,31 @@ public struct EntryMetadata: Hashable, Sendable, Codable {
     public static let maxValueBytes = 65_536
 
     /// Checks the rules the manifest decoders enforce; the reason, or nil.
+    ///
+    /// (Written without closures and compound guards: the Swift 6.3.1 optimizer's
+    /// CopyPropagation pass crashed on the earlier form in release builds.)
     func violation(path: String, entry: ManifestEntry, index: [String: ManifestEntry]) -> String? {
-        var previous: String?
+        var previous: String? = nil
         for xattr in xattrs {
-            guard !xattr.name.isEmpty, xattr.name.utf8.count <= Self.maxNameBytes, !xattr.name.utf8.contains(0) else {
+            let bytes = Array(xattr.name.utf8)
+            if bytes.isEmpty || bytes.count > Self.maxNameBytes || bytes.contains(0) {
                 return "extended attribute name \(xattr.name.debugDescription) is empty, too long or has NUL"
             }
-            guard xattr.value.count <= Self.maxValueBytes else { return "extended attribute \(xattr.name) is too long" }
-            if let previous, !PathRules.byteOrder(previous, xattr.name) {
+            if xattr.value.count > Self.maxValueBytes { return "extended attribute \(xattr.name) is too long" }
+            if let last = previous, !PathRules.byteOrder(last, xattr.name) {
                 return "extended attributes out of order or repeated at \(xattr.name)"
             }
             previous = xattr.name
         }
         if sparse && entry.kind != .file { return "only files are sparse" }
-        if let leader = hardLink {
-            guard entry.kind == .file, let first = index[leader], first.kind == .file,
-                PathRules.byteOrder(leader, path), first.file.map({ $0.sameContent(as: entry.file!) }) == true,
-                first.mode == entry.mode
-            else {
-                return "hard link to \(leader.debugDescription) names no earlier file of the same content and mode"
-            }
-        }
+        guard let leader = hardLink else { return nil }
+        let bad = "hard link to \(leader.debugDescription) names no earlier file of the same content and mode"
+        guard case .file(let mine) = entry.content else { return bad }
+        guard let first = index[leader] else { return bad }
+        guard case .file(let theirs) = first.content else { return bad }
+        if !PathRules.byteOrder(leader, path) { return bad }
+        if !theirs.sameContent(as: mine) { return bad }
+        if first.mode != entry.mode { return bad }
         return nil
     }
 }
