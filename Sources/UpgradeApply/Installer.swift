@@ -557,7 +557,9 @@ public enum Installer {
             }
             guard let observed = observe(path, !meta.xattrs.isEmpty) ?? nil else { continue }
             if let leader = meta.hardLink {
-                if let first = observe(leader, false) ?? nil, first.inode != observed.inode || first.device != observed.device {
+                if let first = observe(leader, false) ?? nil,
+                    first.inode != observed.inode || first.device != observed.device
+                {
                     found.append(Manifest.Difference(path: path, kind: .link))
                 }
                 continue

@@ -21,7 +21,8 @@ enum MetadataPass {
         guard fstat(root.fd, &info) == 0 else { return desired }
         let paths = Set(release.entries.lazy.map(\.path))
         for (path, meta) in installed.metadata
-        where meta.owner != nil && desired[path]?.owner == nil && desired[path]?.hardLink == nil && paths.contains(path) {
+        where meta.owner != nil && desired[path]?.owner == nil && desired[path]?.hardLink == nil && paths.contains(path)
+        {
             var reset = desired[path] ?? EntryMetadata()
             reset.owner = Owner(user: nil, uid: info.st_uid, group: nil, gid: info.st_gid)
             desired[path] = reset
@@ -88,8 +89,9 @@ enum MetadataPass {
             } else if created.contains(path) {
                 if !wanted.isEmpty { steps.append(.metadata(path: path, from: nil, to: wanted, mode: modes[path])) }
             } else if !wanted.isEmpty,
-                let observed = (try? root.withParent(path, { MetadataIO.observe($0, $1, xattrs: !wanted.xattrs.isEmpty) }))
-                    ?? nil,
+                let observed =
+                    (try? root.withParent(path, { MetadataIO.observe($0, $1, xattrs: !wanted.xattrs.isEmpty) }))
+                        ?? nil,
                 !MetadataIO.satisfies(observed, wanted)
             {
                 let names = Set(wanted.xattrs.map(\.name))
@@ -104,7 +106,8 @@ enum MetadataPass {
         // Attributes the installed release set and this one does not (a capability revoked):
         // removed from entries the plan leaves in place.
         for path in dropped.keys.sorted(by: PathRules.byteOrder) where staged[path] == nil && !created.contains(path) {
-            guard let observed = (try? root.withParent(path, { MetadataIO.observe($0, $1, xattrs: true) })) ?? nil else {
+            guard let observed = (try? root.withParent(path, { MetadataIO.observe($0, $1, xattrs: true) })) ?? nil
+            else {
                 continue
             }
             let names = dropped[path]!

@@ -83,7 +83,10 @@ public final class RootSession: @unchecked Sendable {
     public func startProbation(deadline: Int64) throws {
         guard let id = store.currentID, let installed else { return }
         let digest = SHA256Hash(bytes: Array(SHA256.hash(data: installed.headerBytes)))!.hex
-        try setValue(Self.probationFile, [id, installed.header.version, digest, String(deadline)].joined(separator: "\t"))
+        try setValue(
+            Self.probationFile,
+            [id, installed.header.version, digest, String(deadline)].joined(separator: "\t")
+        )
     }
 
     /// Ends the probation (the release is confirmed, or was rolled back).

@@ -242,7 +242,12 @@ final class SafeTree: @unchecked Sendable {
             }
             // The mode change may have dropped attributes a new owner cleared: set them last.
             if mode != nil, !meta.xattrs.isEmpty {
-                try MetadataIO.apply(EntryMetadata(xattrs: meta.xattrs), to: parentFD, name, display: "\(display)/\(path)")
+                try MetadataIO.apply(
+                    EntryMetadata(xattrs: meta.xattrs),
+                    to: parentFD,
+                    name,
+                    display: "\(display)/\(path)"
+                )
             }
         }
     }
@@ -260,7 +265,8 @@ final class SafeTree: @unchecked Sendable {
 
     /// Undoes ``setMetadata(_:_:mode:)``: the old owner and attribute values, and the attributes
     /// `after` added removed.
-    func restoreMetadata(_ path: String, _ before: EntryMetadata, replacing after: EntryMetadata, mode: UInt32?) throws {
+    func restoreMetadata(_ path: String, _ before: EntryMetadata, replacing after: EntryMetadata, mode: UInt32?) throws
+    {
         try observer.willMutate("restore metadata \(path)")
         try withParent(path) { parentFD, name in
             let proc = "/proc/self/fd/\(parentFD)/\(name)"

@@ -102,7 +102,9 @@ extension SyncClient {
                 )
             }
             let headerBytes = [UInt8](headerData)
-            guard options.targetVersion != nil || SHA256Hash(bytes: Array(SHA256.hash(data: headerBytes)))!.hex == record.headerSHA256
+            guard
+                options.targetVersion != nil
+                    || SHA256Hash(bytes: Array(SHA256.hash(data: headerBytes)))!.hex == record.headerSHA256
             else {
                 throw TrustError.mismatch("the release header is not the one the channel record names")
             }
@@ -114,7 +116,9 @@ extension SyncClient {
             if let version = options.targetVersion {
                 // `--version`: a signed release of the product; the record still sets the floor.
                 guard header.product == options.product, header.version == version else {
-                    throw TrustError.mismatch("the server sent \(header.product) \(header.version), not \(options.product) \(version)")
+                    throw TrustError.mismatch(
+                        "the server sent \(header.product) \(header.version), not \(options.product) \(version)"
+                    )
                 }
             } else {
                 guard header.product == options.product, header.version == record.version,

@@ -121,7 +121,8 @@ public enum SyncClient {
                 ).encoded
             )
             try session.endProbation()
-            probationNote = "rolled back \(probation.version), unconfirmed since \(Timestamps.iso(probation.deadline)), to \(back.toVersion ?? "the previous release")"
+            probationNote =
+                "rolled back \(probation.version), unconfirmed since \(Timestamps.iso(probation.deadline)), to \(back.toVersion ?? "the previous release")"
             local = try session.scan()
         }
         let installed = session.installed
@@ -391,8 +392,12 @@ public enum SyncClient {
                 // Remembered, so the next cron run does not download, install and roll back again.
                 try? session.setValue(
                     FailedRelease.key(targetDigest),
-                    FailedRelease(version: header.version, at: Timestamps.iso(options.now), reason: "\(hook) failed: \(why)")
-                        .encoded
+                    FailedRelease(
+                        version: header.version,
+                        at: Timestamps.iso(options.now),
+                        reason: "\(hook) failed: \(why)"
+                    )
+                    .encoded
                 )
             }
         }

@@ -223,7 +223,9 @@ public struct MaintenanceWindow: Sendable, CustomStringConvertible {
             (0...23).contains(sh), (0...23).contains(eh), (0...59).contains(sm), (0...59).contains(em),
             sh * 60 + sm != eh * 60 + em
         else {
-            throw .configuration("--window \(text.debugDescription): expected HH:MM-HH:MM in local time, e.g. 02:00-04:30")
+            throw .configuration(
+                "--window \(text.debugDescription): expected HH:MM-HH:MM in local time, e.g. 02:00-04:30"
+            )
         }
         start = sh * 60 + sm
         end = eh * 60 + em

@@ -152,7 +152,8 @@ extension Manifest {
                     }
                     previous = path
                     let flags = try reader.u8()
-                    guard flags != 0, flags & ~(Self.metaOwner | Self.metaXattrs | Self.metaHardLink | Self.metaSparse) == 0
+                    guard flags != 0,
+                        flags & ~(Self.metaOwner | Self.metaXattrs | Self.metaHardLink | Self.metaSparse) == 0
                     else {
                         throw ManifestDecodingError.malformed("metadata of \(path.debugDescription) has flags \(flags)")
                     }

@@ -118,7 +118,11 @@ extension Plan {
                 if let ancestor {
                     if !Self.sameFile(ancestor, mine) {
                         changes.append(
-                            LocalChange(path: path, action: .deleted, reason: "modified locally, removed in the release")
+                            LocalChange(
+                                path: path,
+                                action: .deleted,
+                                reason: "modified locally, removed in the release"
+                            )
                         )
                     }
                 } else {
@@ -174,8 +178,12 @@ extension Plan {
         guard !policy.config.isEmpty else { return overrides }
         // Config files: a 3-way decision with the installed release as the common ancestor.
         var candidates = Set<String>()
-        for entry in local.entries where entry.kind == .file && policy.isConfig(entry.path) { candidates.insert(entry.path) }
-        for entry in target.entries where entry.kind == .file && policy.isConfig(entry.path) { candidates.insert(entry.path) }
+        for entry in local.entries where entry.kind == .file && policy.isConfig(entry.path) {
+            candidates.insert(entry.path)
+        }
+        for entry in target.entries where entry.kind == .file && policy.isConfig(entry.path) {
+            candidates.insert(entry.path)
+        }
         for path in candidates.sorted(by: PathRules.byteOrder) where overrides[path] == nil {
             let theirs = targetIndex[path]
             let ancestor = baseIndex[path]
@@ -200,7 +208,11 @@ extension Plan {
                     copy.path = beside
                     overrides[beside] = .some(copy)
                     changes.append(
-                        LocalChange(path: path, action: .conflict, reason: "changed here and in the release; wrote \(beside)")
+                        LocalChange(
+                            path: path,
+                            action: .conflict,
+                            reason: "changed here and in the release; wrote \(beside)"
+                        )
                     )
                     continue
                 }

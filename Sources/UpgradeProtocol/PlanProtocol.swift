@@ -58,7 +58,9 @@ public struct PlanRequest: Codable, Sendable {
         public static var hostOSVersion: String? {
             if let text = try? String(contentsOfFile: "/etc/os-release", encoding: .utf8) {
                 for line in text.split(separator: "\n") where line.hasPrefix("PRETTY_NAME=") {
-                    return String(line.dropFirst("PRETTY_NAME=".count)).trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+                    return String(line.dropFirst("PRETTY_NAME=".count)).trimmingCharacters(
+                        in: CharacterSet(charactersIn: "\"")
+                    )
                 }
             }
             var name = utsname()
@@ -70,7 +72,9 @@ public struct PlanRequest: Codable, Sendable {
         public static var hostModel: String? {
             for path in ["/sys/class/dmi/id/product_name", "/proc/device-tree/model"] {
                 if let text = try? String(contentsOfFile: path, encoding: .utf8) {
-                    let model = text.trimmingCharacters(in: .whitespacesAndNewlines.union(CharacterSet(charactersIn: "\u{0}")))
+                    let model = text.trimmingCharacters(
+                        in: .whitespacesAndNewlines.union(CharacterSet(charactersIn: "\u{0}"))
+                    )
                     if !model.isEmpty { return String(model.prefix(128)) }
                 }
             }

@@ -53,7 +53,11 @@ public struct PublishRequest: Sendable {
 
     /// Owners (where not the tree root's), extended attributes, hard-link groups (the first path
     /// in byte order leads) and sparse files of a scanned tree.
-    static func metadata(of entries: [ManifestEntry], tree: String, request: PublishRequest) throws -> [String: EntryMetadata] {
+    static func metadata(
+        of entries: [ManifestEntry],
+        tree: String,
+        request: PublishRequest
+    ) throws -> [String: EntryMetadata] {
         let rootFD = open(tree, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard rootFD >= 0 else { throw PublishError.changedDuringPublish(path: tree) }
         defer { close(rootFD) }

@@ -56,7 +56,12 @@ public enum MetadataIO {
     /// Sets owner (not following a symlink), then the attributes the release names. Ownership
     /// first: a change of owner clears set-id bits and `security.capability`, which the caller
     /// restores (mode) and this sets (attributes) afterwards.
-    public static func apply(_ meta: EntryMetadata, to parentFD: Int32, _ name: String, display: String) throws(MetadataError) {
+    public static func apply(
+        _ meta: EntryMetadata,
+        to parentFD: Int32,
+        _ name: String,
+        display: String
+    ) throws(MetadataError) {
         if let owner = meta.owner, geteuid() == 0 {
             let (uid, gid) = ids(owner)
             guard fchownat(parentFD, name, uid, gid, AT_SYMLINK_NOFOLLOW) == 0 else {

@@ -58,7 +58,9 @@ extension ChannelRecord {
         guard let rollout else { return .take }
         let tagSet = Set(tags)
         if let pin = rollout.pins.first(where: { $0.selector == "device:\(device)" })
-            ?? rollout.pins.first(where: { $0.selector.hasPrefix("tag:") && tagSet.contains(String($0.selector.dropFirst(4))) })
+            ?? rollout.pins.first(where: {
+                $0.selector.hasPrefix("tag:") && tagSet.contains(String($0.selector.dropFirst(4)))
+            })
         {
             return pin.version == version ? .take : .pinned(pin.version)
         }

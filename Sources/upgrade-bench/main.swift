@@ -325,7 +325,12 @@ if options.endToEnd {
         print(row)
     }
     // The cron-run cost at fleet scale.
-    for row in noOpAtScale(count: options.noOpFiles, data: options.dataDirectory, upgrade: upgrade, repeats: options.repeats) {
+    for row in noOpAtScale(
+        count: options.noOpFiles,
+        data: options.dataDirectory,
+        upgrade: upgrade,
+        repeats: options.repeats
+    ) {
         print(row)
     }
     print()

@@ -26,7 +26,8 @@ struct ApplyCommand: AsyncParsableCommand {
     @Flag(help: "Install even if the release is older than the installed one.") var allowDowngrade = false
     @Option(help: "Seconds a hook may run.") var hookTimeout: Double = 300
     @Option(help: "Seconds the health check may run.") var healthCheckTimeout: Double = 60
-    @Option(help: "Path pattern the install leaves as it is (never written or deleted); repeat.") var keep: [String] = []
+    @Option(help: "Path pattern the install leaves as it is (never written or deleted); repeat.") var keep: [String] =
+        []
     @Argument(help: "The bundle file.") var bundle: String
 
     func validate() throws {

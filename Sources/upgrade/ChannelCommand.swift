@@ -59,15 +59,18 @@ struct ChannelSet: AsyncParsableCommand {
     var version: String?
     @Option(help: "Share of devices that take the release, 0-100 (raising it adds devices, removes none).")
     var percent: Double?
-    @Option(help: "Devices with this tag take the release at once (repeatable; replaces the list).") var canary: [String] = []
-    @Option(help: "Hold devices at a version: device:ID=VERSION or tag:NAME=VERSION (repeatable).") var pin: [String] = []
+    @Option(help: "Devices with this tag take the release at once (repeatable; replaces the list).") var canary:
+        [String] = []
+    @Option(help: "Hold devices at a version: device:ID=VERSION or tag:NAME=VERSION (repeatable).") var pin: [String] =
+        []
     @Option(help: "Remove the pin of device:ID or tag:NAME (repeatable).") var unpin: [String] = []
 
     func run() async throws {
         var pins = [Rollout.Pin]()
         for text in pin {
             let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
-            guard parts.count == 2, parts[0].hasPrefix("device:") || parts[0].hasPrefix("tag:"), !parts[1].isEmpty else {
+            guard parts.count == 2, parts[0].hasPrefix("device:") || parts[0].hasPrefix("tag:"), !parts[1].isEmpty
+            else {
                 throw CommandFailure(
                     description: "--pin \(text.debugDescription): expected device:ID=VERSION or tag:NAME=VERSION",
                     exitStatus: .usage

@@ -27,7 +27,10 @@ struct PublishCommand: AsyncParsableCommand {
     @Option(help: "Private key file for the channel record, when the channel role has its own key (repeatable).")
     var channelKey: [String] = []
     @Option(help: "Channel to point at the release.") var channel = "stable"
-    @Option(help: "Platform recorded in the signed header (`any`: installs on every machine); clients on another platform refuse the release.") var platform = PublishRequest
+    @Option(
+        help:
+            "Platform recorded in the signed header (`any`: installs on every machine); clients on another platform refuse the release."
+    ) var platform = PublishRequest
         .hostPlatform
     @Option(name: .customLong("pre-install"), help: "Script of the tree run before the commit.") var preInstall: String?
     @Option(name: .customLong("post-install"), help: "Script of the tree run after the commit.") var postInstall:

@@ -52,13 +52,18 @@ struct SyncCommand: AsyncParsableCommand {
             "Path pattern a sync leaves as it is (never written or deleted; `*`, `?`, `**`, a directory covers what is beneath); repeat."
     )
     var keep: [String] = []
-    @Option(help: "Operator tag of this device, sent to the server and matched by the channel's rollout rules (repeatable).")
+    @Option(
+        help: "Operator tag of this device, sent to the server and matched by the channel's rollout rules (repeatable)."
+    )
     var tag: [String] = []
-    @Flag(help: "Try a release that failed its hooks or health check here before (skipped otherwise).") var retryFailed = false
-    @Option(help: "Change nothing outside this daily window of local time, HH:MM-HH:MM (result held).") var window: String?
+    @Flag(help: "Try a release that failed its hooks or health check here before (skipped otherwise).")
+    var retryFailed = false
+    @Option(help: "Change nothing outside this daily window of local time, HH:MM-HH:MM (result held).") var window:
+        String?
     @Option(help: "Wait a random 0 to this many seconds first (spreads a fleet's cron runs).") var randomDelay: Double?
     @Option(
-        help: "Put what this run installs on probation: unless `upgrade confirm` runs within DURATION (90s, 30m, 2h), the next run rolls it back."
+        help:
+            "Put what this run installs on probation: unless `upgrade confirm` runs within DURATION (90s, 30m, 2h), the next run rolls it back."
     )
     var confirmWithin: String?
     @Option(
@@ -73,7 +78,10 @@ struct SyncCommand: AsyncParsableCommand {
     @Option(help: "Seconds without data before a peer is dropped as stalled (default 5).") var peerTimeout: Int?
     @Flag(help: "No server: upgrade from a release a peer holds (needs --peers; the plan is computed here).")
     var offline = false
-    @Option(help: "Install this version of the product (any signed release; offline: one a peer holds) instead of the channel's.")
+    @Option(
+        help:
+            "Install this version of the product (any signed release; offline: one a peer holds) instead of the channel's."
+    )
     var version: String?
 
     static let configKeys: Set<String> = [
@@ -145,7 +153,8 @@ struct SyncCommand: AsyncParsableCommand {
         if let text = try pick(confirmWithin, "confirm-within") {
             guard let seconds = Self.duration(text), seconds > 0 else {
                 throw CommandFailure(
-                    description: "--confirm-within \(text.debugDescription): expected a duration such as 90s, 30m or 2h",
+                    description:
+                        "--confirm-within \(text.debugDescription): expected a duration such as 90s, 30m or 2h",
                     exitStatus: .usage
                 )
             }

@@ -107,7 +107,10 @@ struct CrashScenario {
         )
         #expect(document.version == "2.0", "\(context): tree is 2.0, state says \(document.version ?? "none")")
         if withMetadata {
-            #expect(Self.owner(root + "/empty") == 1000 && Self.owner(root + "/bin/other") == 1000, "\(context): owners")
+            #expect(
+                Self.owner(root + "/empty") == 1000 && Self.owner(root + "/bin/other") == 1000,
+                "\(context): owners"
+            )
             var a = stat()
             var z = stat()
             #expect(lstat(root + "/lib64/a.so", &a) == 0 && lstat(root + "/lib64/z-link.so", &z) == 0)

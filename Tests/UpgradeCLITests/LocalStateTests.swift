@@ -130,7 +130,10 @@ struct LocalStateTests {
 
         // Again: nothing to do, nothing printed, the kept files stay.
         let again = try sync(["--keep", "share/myapp/mine.txt"])
-        #expect(again.status == 0 && again.stdout.isEmpty, "\(again.stderr) \(String(decoding: again.stdout, as: UTF8.self))")
+        #expect(
+            again.status == 0 && again.stdout.isEmpty,
+            "\(again.stderr) \(String(decoding: again.stdout, as: UTF8.self))"
+        )
         #expect(Self.text(root + "/etc/myapp.toml.upgrade-new") == "a = 2\n")
         #expect(Self.text(root + "/var/log/app.log") == "log line\n")
 
@@ -159,7 +162,10 @@ struct LocalStateTests {
         let applied = try fixture.apply(bundle, root: root, extra: ["--json", "--keep", "share/myapp/mine.txt"])
         #expect(applied.status == 0, "\(applied.stderr)")
         let viaBundle = try Self.changes(applied)
-        #expect(viaBundle["etc/myapp.toml"] == "conflict" && viaBundle["share/myapp/stray.txt"] == "deleted", "\(viaBundle)")
+        #expect(
+            viaBundle["etc/myapp.toml"] == "conflict" && viaBundle["share/myapp/stray.txt"] == "deleted",
+            "\(viaBundle)"
+        )
         #expect(Self.text(root + "/etc/myapp.toml") == "a = local\n")
         #expect(Self.text(root + "/etc/myapp.toml.upgrade-new") == "a = 2\n")
         #expect(Self.text(root + "/share/myapp/mine.txt") == "mine\n")
@@ -233,7 +239,9 @@ struct LocalStateTests {
 
         // Local drift is reported by kind.
         #expect(chown(root + "/bin/server", 0, 0) == 0)
-        #expect(try Self.shell("cp '\(root)/lib/b.so' '\(root)/b.tmp' && mv '\(root)/b.tmp' '\(root)/lib/b.so'").status == 0)
+        #expect(
+            try Self.shell("cp '\(root)/lib/b.so' '\(root)/b.tmp' && mv '\(root)/b.tmp' '\(root)/lib/b.so'").status == 0
+        )
         let verify = try Upgrade.run(["verify", "--root", root, "--json"])
         #expect(verify.status == 4)
         let said = String(decoding: verify.stdout, as: UTF8.self)

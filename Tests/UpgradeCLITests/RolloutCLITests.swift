@@ -119,7 +119,11 @@ struct RolloutCLITests {
         let report = try Self.report(outside)
         #expect(report["result"] as? String == "held" && (report["reason"] as? String ?? "").contains("window"))
         #expect(!FileManager.default.fileExists(atPath: root), "a held run created the root")
-        let inside = try sync.sync(server, root: root, ["--window", "\(clock(-5))-\(clock(5))", "--random-delay", "0.2"])
+        let inside = try sync.sync(
+            server,
+            root: root,
+            ["--window", "\(clock(-5))-\(clock(5))", "--random-delay", "0.2"]
+        )
         #expect(inside.status == 0, "\(inside.stderr)")
         try await sync.expect(root, equals: 1)
         for bad in [["--window", "25:00-01:00"], ["--window", "nightly"], ["--random-delay", "-1"]] {
@@ -178,7 +182,10 @@ struct RolloutCLITests {
         try sync.publish(3)
         #expect(try sync.sync(server, root: root, ["--confirm-within", "1s"]).status == 0)
         let confirmed = try Upgrade.run(["confirm", "--root", root])
-        #expect(confirmed.status == 0 && confirmed.text.contains("confirmed 3.0"), "\(confirmed.text) \(confirmed.stderr)")
+        #expect(
+            confirmed.status == 0 && confirmed.text.contains("confirmed 3.0"),
+            "\(confirmed.text) \(confirmed.stderr)"
+        )
         sleep(2)
         #expect(try sync.sync(server, root: root).status == 0)
         try await sync.expect(root, equals: 3, "confirmed 3.0 stays")
@@ -207,7 +214,9 @@ struct RolloutCLITests {
         #expect(unknown.status == 11 && unknown.stderr.contains("9.9"), "\(unknown.stderr)")
     }
 
-    @Test("a release that fails its health check is tried once, then skipped with 0 bytes and no hooks until --retry-failed or a newer release")
+    @Test(
+        "a release that fails its health check is tried once, then skipped with 0 bytes and no hooks until --retry-failed or a newer release"
+    )
     func failedReleaseMemory() async throws {
         let sync = try SyncFixture(releases: 1)
         let server = try ServerProcess(repo: sync.repo)
@@ -260,13 +269,19 @@ struct RolloutCLITests {
                 mode: 0o755
             )
             try tree.file("hooks/check.sh", "#!/bin/sh\nexit \(healthy ? 0 : 1)\n", mode: 0o755)
-            try fixture.publish(version, tree.root, extra: ["--post-install", "hooks/post.sh", "--health-check", "hooks/check.sh"])
+            try fixture.publish(
+                version,
+                tree.root,
+                extra: ["--post-install", "hooks/post.sh", "--health-check", "hooks/check.sh"]
+            )
         }
         try publish("1.0")
         let server = try ServerProcess(repo: fixture.repo)
         let root = fixture.work.path("root")
         func sync(_ extra: [String] = []) throws -> CommandResult {
-            try Upgrade.run(["sync", "--server", server.url, "--product", "app", "--root", root, "--trust", fixture.pub] + extra)
+            try Upgrade.run(
+                ["sync", "--server", server.url, "--product", "app", "--root", root, "--trust", fixture.pub] + extra
+            )
         }
         func lines() -> [String] {
             ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
@@ -280,10 +295,17 @@ struct RolloutCLITests {
         try "edited\n".write(toFile: root + "/share/data.txt", atomically: true, encoding: .utf8)
         let repair = try sync()
         #expect(repair.status == 0, "\(repair.stderr)")
-        #expect(String(decoding: try Data(contentsOf: URL(fileURLWithPath: root + "/share/data.txt")), as: UTF8.self) == "data 1.1\n")
+        #expect(
+            String(decoding: try Data(contentsOf: URL(fileURLWithPath: root + "/share/data.txt")), as: UTF8.self)
+                == "data 1.1\n"
+        )
         let back = try Upgrade.run(["rollback", "--root", root])
         #expect(back.status == 0, "\(back.stderr)")
-        #expect(String(decoding: try Data(contentsOf: URL(fileURLWithPath: root + "/bin/app")), as: UTF8.self).contains("1.0"))
+        #expect(
+            String(decoding: try Data(contentsOf: URL(fileURLWithPath: root + "/bin/app")), as: UTF8.self).contains(
+                "1.0"
+            )
+        )
         #expect(lines().last == "rollback 1.0 1.0", "\(lines())")
 
         // 1.2 fails its health check: rolled back, and the restored 1.0's post-install runs again.

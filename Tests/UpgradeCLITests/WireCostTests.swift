@@ -119,7 +119,9 @@ struct WireCostTests {
         #expect((try JSONSerialization.jsonObject(with: plain.stdout) as? [String: Any])?["planJSON"] != nil)
     }
 
-    @Test("a first install gets no plan on the wire; small payloads travel in packs: 60 new files cost a handful of requests, each object still verified")
+    @Test(
+        "a first install gets no plan on the wire; small payloads travel in packs: 60 new files cost a handful of requests, each object still verified"
+    )
     func packs() async throws {
         let fixture = try ApplyFixture()
         let tree = try TemporaryTree()

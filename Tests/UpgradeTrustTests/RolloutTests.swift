@@ -50,7 +50,12 @@ struct RolloutTests {
         #expect(Self.taking(canary, tags: ["lab", "canary"]).count == 200)
         #expect(Self.taking(canary, tags: ["lab"]).isEmpty)
         let pinned = Self.record(
-            Rollout(percent: 100, pins: [.init(selector: "device:device-7", version: "1.0"), .init(selector: "tag:frozen", version: "0.9")])
+            Rollout(
+                percent: 100,
+                pins: [
+                    .init(selector: "device:device-7", version: "1.0"), .init(selector: "tag:frozen", version: "0.9"),
+                ]
+            )
         )
         #expect(pinned.decision(device: "device-7", tags: [], installed: "1.0") == .pinned("1.0"))
         #expect(pinned.decision(device: "device-8", tags: ["frozen"], installed: "1.0") == .pinned("0.9"))
