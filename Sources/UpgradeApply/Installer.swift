@@ -33,6 +33,9 @@ public struct InstallRequest: Sendable {
     public var scanned: Manifest?
     /// The machine's own `keep` patterns: paths a sync leaves as they are (see ``PathPolicy``).
     public var keep: [Glob] = []
+    /// Earlier releases kept for `upgrade rollback`, one step back each (remembered by the root;
+    /// nil keeps what it has, 1 by default).
+    public var rollbackPoints: Int?
 
     public init(
         root: String,
@@ -235,7 +238,8 @@ public enum Installer {
             report.result = .nothingToDo
             return (report, checked)
         }
-        try transact(
+        if let points = request.rollbackPoints { try store.write("rollback-points", Array("\(points)\n".utf8)) }
+        let placed = try transact(
             root: root,
             store: store,
             plan: checked.plan,
@@ -247,8 +251,20 @@ public enum Installer {
             payloads: request.payloads,
             timeouts: (request.hookTimeout, request.healthCheckTimeout)
         )
+        refreshStatCache(store: store, root: root, target: target, placed: placed)
         try store.write("last-result.json", encode(report))
         return (report, checked)
+    }
+
+    /// Records the files the install placed in the stat cache (their content is the signed one,
+    /// verified while staged), so the next scan does not hash them: after a fresh install of
+    /// 100,000 files the first cron run would otherwise read the whole tree again. Best effort.
+    static func refreshStatCache(store: StateStore, root: SafeTree, target: Manifest, placed: [String: FileIdentity]) {
+        guard !placed.isEmpty else { return }
+        let file = store.path + "/statcache"
+        let previous = (try? AtomicFile.read(file)).flatMap(StatCache.init(encoded:)) ?? StatCache()
+        let cache = StatCache.afterInstall(of: target, placed: placed, previous: previous, rootFD: root.fd)
+        try? AtomicFile.write(cache.encoded(), to: file, mode: 0o600)
     }
 
     /// Verifies everything about `request` before the first change: the signature, the
@@ -355,8 +371,10 @@ public enum Installer {
         guard let current = store.current else {
             throw ApplyError.nothingToRollBack("no release is installed in \(rootPath)")
         }
-        guard current.previous.flatMap(store.state) != nil else {
-            throw ApplyError.nothingToRollBack("no earlier release is kept for \(rootPath)")
+        guard current.previous.flatMap(store.state) != nil, store.tree.exists("state/\(current.id)/undo") else {
+            throw ApplyError.nothingToRollBack(
+                "no earlier release is kept for \(rootPath) (rollback points: \(rollbackPoints(store)); sync or apply --rollback-points N keeps more)"
+            )
         }
         guard let (previous, backups) = store.backups(of: current) else {
             throw ApplyError.nothingToRollBack("the backups of the last upgrade are gone")
@@ -398,7 +416,7 @@ public enum Installer {
             (plan, tree) = (outcome.plan, outcome.target)
         }
         // Files present in the previous release and unchanged since stay; the rest come from backups.
-        try transact(
+        _ = try transact(
             root: root,
             store: store,
             plan: plan,
@@ -410,7 +428,8 @@ public enum Installer {
             payloads: FilePayloads(tree: store.tree, files: files),
             timeouts: (300, 60),
             runHooks: false,
-            recording: previous.manifest
+            recording: previous.manifest,
+            becoming: previous.id
         )
         runRestoredPostInstall(store: store, root: root, failed: currentHeader.version, timeout: 300)
         let report = InstallReport(
@@ -587,8 +606,9 @@ public enum Installer {
         payloads: any PayloadSource,
         timeouts: (hook: Double, health: Double),
         runHooks: Bool = true,
-        recording: Manifest? = nil
-    ) throws {
+        recording: Manifest? = nil,
+        becoming: String? = nil
+    ) throws -> [String: FileIdentity] {
         // Preflight: free space for the staged files.
         let needed = plan.summary.bytesToWrite + UInt64(plan.operations.count) * 4096
         var vfs = statvfs()
@@ -611,6 +631,7 @@ public enum Installer {
         journal.transaction = id
         // A repair (the installed release again) must not use up the only rollback point.
         if recording == nil, let current = store.current, current.headerBytes == headerBytes { journal.repair = true }
+        journal.rollbackTo = becoming
         try store.tree.removeTree("staging")
         let staging = try store.tree.subdirectory("staging", create: true)
         let stateDirectory = try store.tree.subdirectory("state/\(id)", create: true)
@@ -672,6 +693,13 @@ public enum Installer {
             throw error
         }
 
+        var placed = [String: FileIdentity]()
+        let placedPaths = plan.operations.compactMap { operation -> String? in
+            switch operation {
+            case .add(let path, _, _), .replace(let path, _, _): path
+            default: nil
+            }
+        }
         let hooks = HookContext(
             root: root,
             store: store,
@@ -685,6 +713,12 @@ public enum Installer {
         do {
             if runHooks { try hooks.run(.preInstall, timeout: timeouts.hook) }
             try driver.commit(journal)
+            // The placed files as they are before any hook: one clock tick later, so that a
+            // write after this has later timestamps (file times come from the coarse clock).
+            if !placedPaths.isEmpty {
+                usleep(30_000)
+                placed = StatCache.identities(of: placedPaths, rootFD: root.fd, racyNanoseconds: 20_000_000)
+            }
             if runHooks {
                 try hooks.run(.postInstall, timeout: timeouts.hook)
                 try hooks.run(.healthCheck, timeout: timeouts.health)
@@ -716,8 +750,9 @@ public enum Installer {
         // The commit record: from here on, recovery rolls forward.
         journal.state = .committed
         try store.writeJournal(journal)
-        try finish(store: store, id: id, repair: journal.repair == true)
+        try finish(store: store, journal: journal)
         outcome = "the upgrade to \(header.version) had passed its health check and was finished"
+        return placed
     }
 
     /// Runs the post-install of the release the root holds now (after a rollback) with
@@ -740,22 +775,44 @@ public enum Installer {
     }
 
     /// Makes the committed state current and cleans up; every step is idempotent.
-    static func finish(store: StateStore, id: String, repair: Bool = false) throws {
+    static func finish(store: StateStore, journal: Journal) throws {
+        try finish(store: store, id: journal.transaction, repair: journal.repair == true, becoming: journal.rollbackTo)
+    }
+
+    /// The rollback points a root keeps (`--rollback-points`, remembered in the state directory).
+    static func rollbackPoints(_ store: StateStore) -> Int {
+        store.read("rollback-points").flatMap { Int(String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) }
+            .map { max(1, min($0, 20)) } ?? 1
+    }
+
+    static func finish(store: StateStore, id: String, repair: Bool = false, becoming: String? = nil) throws {
         if repair {
             // The tree is the installed release again; its state (and rollback point) stays.
             try store.tree.removeTree("state/\(id)")
-            try store.tree.removeTree("staging")
-            if store.tree.exists("journal") { try store.tree.unlink("journal") }
-            try store.tree.sync()
-            return
+        } else if let earlier = becoming {
+            // A rollback: the earlier state is current again, with its own rollback point.
+            let from = store.read("state/\(id)/previous").map { String(decoding: $0, as: UTF8.self) }
+            try store.write("current", Array("\(earlier)\n".utf8))
+            try store.tree.removeTree("state/\(id)")
+            if let from, !from.isEmpty, from != earlier { try store.tree.removeTree("state/\(from)") }
+        } else {
+            try store.write("current", Array("\(id)\n".utf8))
+            // Keep the chain current -> previous -> ... for the rollback points; each kept
+            // state's backups lead to the one before it, the last kept one's lead nowhere.
+            let points = rollbackPoints(store)
+            var chain = [id]
+            while chain.count <= points,
+                let bytes = store.read("state/\(chain.last!)/previous"),
+                case let previous = String(decoding: bytes, as: UTF8.self), !previous.isEmpty,
+                store.tree.exists("state/\(previous)"), !chain.contains(previous)
+            {
+                chain.append(previous)
+            }
+            for name in (try? store.tree.subdirectory("state").list()) ?? [] where !chain.contains(name) {
+                try store.tree.removeTree("state/\(name)")
+            }
+            if chain.count > points { try store.tree.removeTree("state/\(chain.last!)/undo") }
         }
-        try store.write("current", Array("\(id)\n".utf8))
-        let previous = store.state(id)?.previous
-        for name in (try? store.tree.subdirectory("state").list()) ?? [] where name != id && name != previous {
-            try store.tree.removeTree("state/\(name)")
-        }
-        // The previous state's own backups are no longer reachable by a single rollback.
-        if let previous { try store.tree.removeTree("state/\(previous)/undo") }
         try store.tree.removeTree("staging")
         if store.tree.exists("journal") { try store.tree.unlink("journal") }
         try store.tree.sync()
@@ -792,7 +849,7 @@ public enum Installer {
         guard let journal = try store.journal() else { return nil }
         switch journal.state {
         case .committed:
-            try finish(store: store, id: journal.transaction, repair: journal.repair == true)
+            try finish(store: store, journal: journal)
             return "completed the interrupted upgrade to \(journal.toVersion)"
         case .prepared:
             let staging = try store.tree.subdirectory("staging", create: true)

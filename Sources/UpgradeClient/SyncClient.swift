@@ -490,6 +490,7 @@ public enum SyncClient {
         install.stateDirectoryName = options.stateDirectoryName
         // A release whose signing keys the root revoked sets no floor.
         install.allowDowngrade = options.allowDowngrade || !session.installedReleaseIsTrusted(by: options.trusted.root)
+        install.rollbackPoints = options.rollbackPoints
         install.hookTimeout = options.hookTimeout
         install.healthCheckTimeout = options.healthCheckTimeout
         install.now = options.now

@@ -36,6 +36,8 @@ public struct SyncOptions: Sendable {
     /// Seconds within which an installed release must be confirmed (`upgrade confirm`); an
     /// unconfirmed one is rolled back by the next run (`--confirm-within`).
     public var confirmWithin: Double?
+    /// Earlier releases the root keeps for `upgrade rollback` (`--rollback-points`).
+    public var rollbackPoints: Int?
     public var allowDowngrade = false
     public var lockTimeout: Double = 60
     public var hookTimeout: Double = 300

@@ -54,6 +54,9 @@ public struct Journal: Hashable, Sendable, Codable {
     /// The transaction repairs the installed release (same header): once committed, the installed
     /// state stays current and keeps its rollback point; this transaction's state is dropped.
     public var repair: Bool?
+    /// The transaction is a rollback to this earlier state: once committed, that state becomes
+    /// current again and the one rolled back from is dropped (rollback points are a chain).
+    public var rollbackTo: String?
 
     /// The journal for carrying out `plan` on `tree` (the manifest the plan was verified against).
     ///

@@ -74,6 +74,47 @@ public struct StatCache: Sendable {
 
     init(records: [String: Record]) { self.records = records }
 
+    /// The identities of `paths` (root-relative files) now, leaving out any whose timestamps are
+    /// not at least `racyNanoseconds` old (a write in the same clock tick would not change them).
+    public static func identities(of paths: [String], rootFD: Int32, racyNanoseconds: Int64) -> [String: FileIdentity] {
+        let racyLimit = Timestamp.now().subtracting(nanoseconds: racyNanoseconds)
+        var result = [String: FileIdentity](minimumCapacity: paths.count)
+        for path in paths {
+            var info = stat()
+            guard fstatat(rootFD, path, &info, AT_SYMLINK_NOFOLLOW) == 0, info.st_mode & S_IFMT == S_IFREG else { continue }
+            let identity = FileIdentity(info)
+            if !identity.changed(atOrAfter: racyLimit) { result[path] = identity }
+        }
+        return result
+    }
+
+    /// After an install: the files of `tree` (root-relative paths) with the identity each has now.
+    /// A file keeps its record from `previous` when its identity did not change; one the install
+    /// placed is recorded with the hash the signed manifest gives when its identity is still the
+    /// one it had right after placement (`placed`; a hook that rewrote it changed that).
+    public static func afterInstall(
+        of tree: Manifest,
+        placed: [String: FileIdentity],
+        previous: StatCache,
+        rootFD: Int32
+    ) -> StatCache {
+        var records = [String: Record](minimumCapacity: tree.entries.count)
+        for entry in tree.entries {
+            guard case .file(let content) = entry.content else { continue }
+            var info = stat()
+            guard fstatat(rootFD, entry.path, &info, AT_SYMLINK_NOFOLLOW) == 0, info.st_mode & S_IFMT == S_IFREG else {
+                continue
+            }
+            let identity = FileIdentity(info)
+            if let old = previous.records[entry.path], old.identity == identity {
+                records[entry.path] = old
+            } else if placed[entry.path] == identity, identity.size == content.size {
+                records[entry.path] = Record(identity: identity, xxh128: content.xxh128)
+            }
+        }
+        return StatCache(records: records)
+    }
+
     /// The cached hash when `identity` is unchanged.
     func hash(for path: String, identity: FileIdentity) -> XXH128Digest? {
         guard let record = records[path], record.identity == identity else { return nil }

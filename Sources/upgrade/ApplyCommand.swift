@@ -28,6 +28,7 @@ struct ApplyCommand: AsyncParsableCommand {
     @Option(help: "Seconds the health check may run.") var healthCheckTimeout: Double = 60
     @Option(help: "Path pattern the install leaves as it is (never written or deleted); repeat.") var keep: [String] =
         []
+    @Option(help: "Earlier releases to keep for `upgrade rollback` (1-20; the root remembers it).") var rollbackPoints: Int?
     @Argument(help: "The bundle file.") var bundle: String
 
     func validate() throws {
@@ -84,6 +85,12 @@ struct ApplyCommand: AsyncParsableCommand {
         request.hookTimeout = hookTimeout
         request.healthCheckTimeout = healthCheckTimeout
         request.keep = try Output.keepPatterns(keep)
+        if let points = rollbackPoints {
+            guard (1...20).contains(points) else {
+                throw CommandFailure(description: "--rollback-points must be 1 to 20", exitStatus: .usage)
+            }
+            request.rollbackPoints = points
+        }
         return try session.install(request)
     }
 }

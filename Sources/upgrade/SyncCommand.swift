@@ -66,6 +66,8 @@ struct SyncCommand: AsyncParsableCommand {
             "Put what this run installs on probation: unless `upgrade confirm` runs within DURATION (90s, 30m, 2h), the next run rolls it back."
     )
     var confirmWithin: String?
+    @Option(help: "Earlier releases to keep for `upgrade rollback`, one step back each (1-20; the root remembers it).")
+    var rollbackPoints: Int?
     @Option(
         help:
             "LAN peers: off (default; never listens), auto (multicast announcements), or HOST:PORT,... of `upgrade share` servers."
@@ -88,7 +90,7 @@ struct SyncCommand: AsyncParsableCommand {
         "server", "product", "root", "trust", "channel", "mirror", "ca-cert", "state-dir", "lock-timeout", "parallel",
         "timeout", "min-rate", "rate-window", "delta-timeout", "device-id",
         "dry-run", "json", "allow-downgrade", "peers", "announce", "interface", "peer-wait", "peer-timeout", "offline",
-        "version", "keep", "tag", "retry-failed", "window", "random-delay", "confirm-within",
+        "version", "keep", "tag", "retry-failed", "window", "random-delay", "confirm-within", "rollback-points",
     ]
 
     func run() async throws {
@@ -150,6 +152,10 @@ struct SyncCommand: AsyncParsableCommand {
         options.retryFailed = try retryFailed || (file?.bool("retry-failed") ?? false)
         options.window = try pick(window, "window").map(MaintenanceWindow.init(parsing:))
         options.randomDelay = try randomDelay ?? file?.number("random-delay") ?? 0
+        options.rollbackPoints = try rollbackPoints ?? (file?.number("rollback-points")).map { Int($0) }
+        if let points = options.rollbackPoints, !(1...20).contains(points) {
+            throw CommandFailure(description: "--rollback-points must be 1 to 20", exitStatus: .usage)
+        }
         if let text = try pick(confirmWithin, "confirm-within") {
             guard let seconds = Self.duration(text), seconds > 0 else {
                 throw CommandFailure(

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import UpgradeBundle
 import UpgradeCore
+import UpgradeScan
 import UpgradeTestSupport
 
 #if canImport(Glibc)
@@ -319,5 +320,28 @@ struct ApplyTests {
         let cross = try fixture.apply(try fixture.bundle(from: nil, to: "1.0"), root: other)
         #expect(cross.status == 3, "\(cross.stderr)")
         #expect(cross.stderr.contains("is not on the filesystem"))
+    }
+}
+
+@Suite("Stat cache after an install")
+struct InstallStatCacheTests {
+    @Test("files an install placed are in the stat cache (the next scan hashes none), except one a hook rewrote")
+    func placedFilesCached() async throws {
+        let fixture = try ApplyFixture()
+        let tree = try TemporaryTree()
+        for i in 0..<50 { try tree.file("share/f\(i).txt", "file \(i)\n") }
+        try tree.file("etc/app.conf", "as published\n")
+        try tree.file("hooks/post.sh", "#!/bin/sh\necho 'edited by the hook' >> etc/app.conf\n", mode: 0o755)
+        try fixture.publish("1.0", tree.root, extra: ["--post-install", "hooks/post.sh"])
+        let root = fixture.work.path("root")
+        let installed = try fixture.apply(try fixture.bundle(from: nil, to: "1.0"), root: root)
+        #expect(installed.status == 0, "\(installed.stderr)")
+        let scan = try await TreeSource.scan(root, cache: .readOnly(root + "/.upgrade/statcache"))
+        #expect(scan.statistics.filesHashed == 1, "\(scan.statistics)")
+        #expect(scan.statistics.cacheHits == 51, "\(scan.statistics)")
+        let conf = try #require(scan.manifest.entry(at: "etc/app.conf")?.file)
+        let published = try await ApplyFixture.scan(tree.root)
+        #expect(conf.xxh128 != published.entry(at: "etc/app.conf")?.file?.xxh128, "the hook's edit was not seen")
+        #expect(try Upgrade.run(["verify", "--root", root]).status == 4, "verify misses the hook's edit")
     }
 }

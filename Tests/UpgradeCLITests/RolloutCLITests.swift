@@ -161,6 +161,34 @@ struct RolloutCLITests {
         try await sync.expect(pinned, equals: 2, "unpinned")
     }
 
+    @Test("--rollback-points 2: rollback goes back one release at a time, twice; the default keeps one")
+    func rollbackPoints() async throws {
+        let sync = try SyncFixture(releases: 1)
+        let server = try ServerProcess(repo: sync.repo)
+        let (deep, shallow) = (sync.fixture.work.path("deep"), sync.fixture.work.path("shallow"))
+        #expect(try sync.sync(server, root: deep, ["--rollback-points", "2"]).status == 0)
+        #expect(try sync.sync(server, root: shallow).status == 0)
+        for version in 2...3 {
+            try sync.publish(version)
+            #expect(try sync.sync(server, root: deep).status == 0)
+            #expect(try sync.sync(server, root: shallow).status == 0)
+        }
+        for expected in [2, 1] {
+            let back = try Upgrade.run(["rollback", "--root", deep])
+            #expect(back.status == 0, "\(back.stderr)")
+            try await sync.expect(deep, equals: expected, "rollback to \(expected).0")
+        }
+        let end = try Upgrade.run(["rollback", "--root", deep])
+        #expect(end.status == 5 && end.stderr.contains("rollback points"), "\(end.stderr)")
+        try await sync.expect(deep, equals: 1)
+
+        #expect(try Upgrade.run(["rollback", "--root", shallow]).status == 0)
+        try await sync.expect(shallow, equals: 2)
+        let once = try Upgrade.run(["rollback", "--root", shallow])
+        #expect(once.status == 5, "\(once.stderr)")
+        #expect(try sync.sync(server, root: shallow, ["--rollback-points", "0"]).status == 2)
+    }
+
     @Test("probation: an unconfirmed release is rolled back by the next run and then skipped; a confirmed one stays")
     func probation() async throws {
         let sync = try SyncFixture(releases: 1)
