@@ -16,6 +16,8 @@ struct Options {
     var scans = true
     /// Files in the tree of the no-op-at-scale row.
     var noOpFiles = 1_000_000
+    /// End-to-end parts to run (`--e2e numpy,scipy,small,noop,load`); all by default.
+    var parts: Set<String> = ["numpy", "scipy", "small", "noop", "load"]
 
     init(_ arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -29,10 +31,11 @@ struct Options {
             case "--noop-files": noOpFiles = Int(iterator.next() ?? "") ?? noOpFiles
             case "--no-e2e": endToEnd = false
             case "--only-e2e": scans = false
+            case "--e2e": parts = Set((iterator.next() ?? "").split(separator: ",").map(String.init))
             default:
                 FileHandle.standardError.write(
                     Data(
-                        "usage: upgrade-bench [--data DIR] [--small-files N] [--large-files N] [--large-mib N] [--repeats N] [--noop-files N] [--no-e2e | --only-e2e]\n"
+                        "usage: upgrade-bench [--data DIR] [--small-files N] [--large-files N] [--large-mib N] [--repeats N] [--noop-files N] [--no-e2e | --only-e2e] [--e2e numpy,scipy,small,noop,load]\n"
                             .utf8
                     )
                 )
@@ -304,7 +307,7 @@ if options.endToEnd {
     for pair in [
         UpgradePair(package: "numpy", from: "2.2.6", to: "2.3.5"),
         UpgradePair(package: "scipy", from: "1.15.2", to: "1.15.3"),
-    ] {
+    ] where options.parts.contains(pair.package) {
         for row in endToEnd(pair, data: options.dataDirectory, upgrade: upgrade, repeats: options.repeats) {
             print(row)
         }
@@ -312,9 +315,11 @@ if options.endToEnd {
     // The generated pair: 100,000 small files, 1% edited, 0.5% added, 0.5% deleted.
     let small = "\(options.dataDirectory)/small-100k"
     let changed = "\(options.dataDirectory)/small-100k-changed"
-    makeSmallTree(small, count: 100_000)
-    makeChangedSmallTree(small, changed)
-    for row in endToEnd(
+    if options.parts.contains("small") {
+        makeSmallTree(small, count: 100_000)
+        makeChangedSmallTree(small, changed)
+    }
+    for row in !options.parts.contains("small") ? [] : endToEnd(
         UpgradePair(package: "small", from: "1.0", to: "1.1"),
         old: small,
         new: changed,
@@ -325,7 +330,7 @@ if options.endToEnd {
         print(row)
     }
     // The cron-run cost at fleet scale.
-    for row in noOpAtScale(
+    for row in !options.parts.contains("noop") ? [] : noOpAtScale(
         count: options.noOpFiles,
         data: options.dataDirectory,
         upgrade: upgrade,
@@ -333,6 +338,8 @@ if options.endToEnd {
     ) {
         print(row)
     }
+}
+if options.endToEnd && options.parts.contains("load") {
     print()
     print("server load on loopback (hey -n 1000 -c 1000, one request per client; release build)")
     print("| load | what | rate | latency | server peak RSS | answers |")
