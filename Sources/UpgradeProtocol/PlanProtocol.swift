@@ -103,7 +103,10 @@ public struct ManifestDelta: Codable, Sendable, Equatable {
     /// One merge walk of the two sorted lists; an entry of `tree` whose size and XXH3-128 match
     /// `base` takes base's SHA-256 (what ``Manifest/adoptingDigests(from:)`` does) before the
     /// two are compared, so an unchanged file is not sent.
-    public init(from base: Manifest, to tree: Manifest) {
+    ///
+    /// `baseDigest` is the base's SHA-256 hex when the caller knows it (the signed header names
+    /// it), saving a re-encoding and hash of the whole base.
+    public init(from base: Manifest, to tree: Manifest, baseDigest: String? = nil) {
         var changed = [EntryJSON]()
         var removed = [String]()
         let left = tree.entries
@@ -130,7 +133,7 @@ public struct ManifestDelta: Codable, Sendable, Equatable {
                 j += 1
             }
         }
-        self.base = base.digest.hex
+        self.base = baseDigest ?? base.digest.hex
         self.changed = changed
         self.removed = removed
     }
