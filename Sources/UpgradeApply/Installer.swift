@@ -781,8 +781,10 @@ public enum Installer {
 
     /// The rollback points a root keeps (`--rollback-points`, remembered in the state directory).
     static func rollbackPoints(_ store: StateStore) -> Int {
-        store.read("rollback-points").flatMap { Int(String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) }
-            .map { max(1, min($0, 20)) } ?? 1
+        store.read("rollback-points").flatMap {
+            Int(String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        .map { max(1, min($0, 20)) } ?? 1
     }
 
     static func finish(store: StateStore, id: String, repair: Bool = false, becoming: String? = nil) throws {

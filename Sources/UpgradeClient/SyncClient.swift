@@ -154,7 +154,11 @@ public enum SyncClient {
                 manifestSHA256: installed.header.manifestSHA256
             )
             // The installed manifest matched the signed digest when it was installed.
-            request.delta = ManifestDelta(from: installed.manifest, to: local, baseDigest: installed.header.manifestSHA256)
+            request.delta = ManifestDelta(
+                from: installed.manifest,
+                to: local,
+                baseDigest: installed.header.manifestSHA256
+            )
         } else {
             request.manifest = Data(local.canonicalEncoding()).base64EncodedString()
         }

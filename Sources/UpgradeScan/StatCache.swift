@@ -81,7 +81,9 @@ public struct StatCache: Sendable {
         var result = [String: FileIdentity](minimumCapacity: paths.count)
         for path in paths {
             var info = stat()
-            guard fstatat(rootFD, path, &info, AT_SYMLINK_NOFOLLOW) == 0, info.st_mode & S_IFMT == S_IFREG else { continue }
+            guard fstatat(rootFD, path, &info, AT_SYMLINK_NOFOLLOW) == 0, info.st_mode & S_IFMT == S_IFREG else {
+                continue
+            }
             let identity = FileIdentity(info)
             if !identity.changed(atOrAfter: racyLimit) { result[path] = identity }
         }

@@ -319,23 +319,29 @@ if options.endToEnd {
         makeSmallTree(small, count: 100_000)
         makeChangedSmallTree(small, changed)
     }
-    for row in !options.parts.contains("small") ? [] : endToEnd(
-        UpgradePair(package: "small", from: "1.0", to: "1.1"),
-        old: small,
-        new: changed,
-        data: options.dataDirectory,
-        upgrade: upgrade,
-        repeats: options.repeats
-    ) {
+    for row in !options.parts.contains("small")
+        ? []
+        : endToEnd(
+            UpgradePair(package: "small", from: "1.0", to: "1.1"),
+            old: small,
+            new: changed,
+            data: options.dataDirectory,
+            upgrade: upgrade,
+            repeats: options.repeats
+        )
+    {
         print(row)
     }
     // The cron-run cost at fleet scale.
-    for row in !options.parts.contains("noop") ? [] : noOpAtScale(
-        count: options.noOpFiles,
-        data: options.dataDirectory,
-        upgrade: upgrade,
-        repeats: options.repeats
-    ) {
+    for row in !options.parts.contains("noop")
+        ? []
+        : noOpAtScale(
+            count: options.noOpFiles,
+            data: options.dataDirectory,
+            upgrade: upgrade,
+            repeats: options.repeats
+        )
+    {
         print(row)
     }
 }

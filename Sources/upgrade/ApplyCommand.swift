@@ -28,7 +28,8 @@ struct ApplyCommand: AsyncParsableCommand {
     @Option(help: "Seconds the health check may run.") var healthCheckTimeout: Double = 60
     @Option(help: "Path pattern the install leaves as it is (never written or deleted); repeat.") var keep: [String] =
         []
-    @Option(help: "Earlier releases to keep for `upgrade rollback` (1-20; the root remembers it).") var rollbackPoints: Int?
+    @Option(help: "Earlier releases to keep for `upgrade rollback` (1-20; the root remembers it).") var rollbackPoints:
+        Int?
     @Argument(help: "The bundle file.") var bundle: String
 
     func validate() throws {
