@@ -19,6 +19,9 @@ enum Prerequisites {
     /// script(1), for running a command on a pseudo-terminal (bsdutils, essential on Debian).
     static let script = FileManager.default.isExecutableFile(atPath: "/usr/bin/script")
 
+    /// Root and setcap (libcap2-bin, `make deps` installs it): owners and file capabilities.
+    static let rootWithSetcap = geteuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/sbin/setcap")
+
     /// hey, the HTTP load generator (`make deps` installs it).
     static let hey = FileManager.default.isExecutableFile(atPath: "/usr/bin/hey")
 
