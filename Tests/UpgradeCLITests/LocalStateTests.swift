@@ -266,4 +266,35 @@ struct LocalStateTests {
         #expect(Self.info(root + "/bin/server")?.st_uid == 1000)
         #expect(try Upgrade.run(["verify", "--root", root]).status == 0)
     }
+
+    @Test("the path policy holds offline too: a peer's release keeps a local config edit and writes .upgrade-new")
+    func policyOffline() async throws {
+        let fixture = try ApplyFixture()
+        for version in 1...2 {
+            let tree = try TemporaryTree()
+            try tree.file("bin/app", "#!/bin/sh\necho \(version)\n", mode: 0o755)
+            try tree.file("etc/app.toml", "level = \(version)\n")
+            try fixture.publish("\(version).0", tree.root, extra: ["--config", "etc/*.toml"])
+        }
+        let holder = fixture.work.path("holder")
+        #expect(try fixture.apply(try fixture.bundle(from: nil, to: "2.0"), root: holder).status == 0)
+        let share = try ListeningProcess([
+            Upgrade.binary, "share", "--root", holder, "--listen", "127.0.0.1:0", "--announce", "off", "--log-level",
+            "warning",
+        ])
+        defer { share.stop() }
+        let root = fixture.work.path("root")
+        #expect(try fixture.apply(try fixture.bundle(from: nil, to: "1.0"), root: root).status == 0)
+        try "level = local\n".write(toFile: root + "/etc/app.toml", atomically: true, encoding: .utf8)
+        let address = String(share.url.dropFirst("http://".count))
+        let offline = try Upgrade.run([
+            "sync", "--offline", "--peers", address, "--product", "app", "--root", root, "--trust", fixture.pub,
+            "--json",
+        ])
+        #expect(offline.status == 0, "\(offline.stderr)")
+        #expect(try Self.changes(offline)["etc/app.toml"] == "conflict")
+        #expect(Self.text(root + "/etc/app.toml") == "level = local\n")
+        #expect(Self.text(root + "/etc/app.toml.upgrade-new") == "level = 2\n")
+        #expect(Self.text(root + "/bin/app") == "#!/bin/sh\necho 2\n")
+    }
 }
