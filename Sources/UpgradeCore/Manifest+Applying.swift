@@ -4,12 +4,36 @@ extension Manifest {
     /// The tree after `plan`, checking every operation's precondition as a filesystem would:
     /// a created path is free and its parent is a directory, a replaced path is a file, a deleted
     /// directory is empty, and so on. Throws ``PlanApplicationError`` at the first violation.
+    ///
+    /// Cost follows the plan, not the tree: untouched entries are found by binary search in the
+    /// sorted entries, the plan's changes live in an overlay, and the result is one merge.
     public func applying(_ plan: Plan) throws(PlanApplicationError) -> Manifest {
-        var tree = [String: ManifestEntry](minimumCapacity: entries.count)
-        var childCount = [String: Int]()
-        for entry in entries {
-            tree[entry.path] = entry
-            if let parent = PathRules.parent(of: entry.path) { childCount[parent, default: 0] += 1 }
+        // Path -> the entry there now (nil: removed), for every path the plan touched.
+        var overlay = [String: ManifestEntry?](minimumCapacity: plan.operations.count)
+        // Directory -> change in its number of children since the start.
+        var childDelta = [String: Int]()
+        func lookup(_ path: String) -> ManifestEntry? {
+            if let changed = overlay[path] { return changed }
+            return entry(at: path)
+        }
+        func set(_ path: String, _ new: ManifestEntry?) {
+            let existed = lookup(path) != nil
+            overlay[path] = .some(new)
+            if existed != (new != nil), let parent = PathRules.parent(of: path) {
+                childDelta[parent, default: 0] += new != nil ? 1 : -1
+            }
+        }
+        func children(of directory: String) -> Int {
+            let prefix = Array(directory.utf8) + [UInt8(ascii: "/")]
+            var count = 0
+            var index = firstIndex(notBefore: directory + "/")
+            while index < entries.count {
+                let path = entries[index].path.utf8
+                guard path.starts(with: prefix) else { break }
+                if !path.dropFirst(prefix.count).contains(UInt8(ascii: "/")) { count += 1 }
+                index += 1
+            }
+            return count + childDelta[directory, default: 0]
         }
 
         for (step, operation) in plan.operations.enumerated() {
@@ -22,31 +46,27 @@ extension Manifest {
             } catch {
                 throw fail(.invalidPath(error))
             }
-            let existing = tree[path]
+            let existing = lookup(path)
 
             func requireParentDirectory() throws(PlanApplicationError) {
                 guard let parent = PathRules.parent(of: path) else { return }
-                guard let entry = tree[parent] else { throw fail(.parentMissing(parent)) }
+                guard let entry = lookup(parent) else { throw fail(.parentMissing(parent)) }
                 guard entry.kind == .directory else { throw fail(.parentNotDirectory(parent, entry.kind)) }
-            }
-            func insert(_ entry: ManifestEntry) {
-                tree[path] = entry
-                if let parent = PathRules.parent(of: path) { childCount[parent, default: 0] += 1 }
             }
 
             switch operation {
             case .mkdir(_, let mode):
                 guard existing == nil else { throw fail(.exists(existing!.kind)) }
                 try requireParentDirectory()
-                insert(.directory(path, mode: mode))
+                set(path, .directory(path, mode: mode))
             case .add(_, let mode, let content):
                 guard existing == nil else { throw fail(.exists(existing!.kind)) }
                 try requireParentDirectory()
-                insert(.file(path, mode: mode, content))
+                set(path, .file(path, mode: mode, content))
             case .replace(_, let mode, let content):
                 guard let existing else { throw fail(.missing) }
                 guard existing.kind == .file else { throw fail(.wrongKind(expected: .file, found: existing.kind)) }
-                tree[path] = .file(path, mode: mode, content)
+                set(path, .file(path, mode: mode, content))
             case .symlink(_, let target):
                 do {
                     try PathRules.validateSymlinkTarget(target, of: path)
@@ -55,31 +75,42 @@ extension Manifest {
                 }
                 if let existing {
                     guard existing.kind == .symlink else { throw fail(.exists(existing.kind)) }
-                    tree[path] = .symlink(path, target: target)
+                    set(path, .symlink(path, target: target))
                 } else {
                     try requireParentDirectory()
-                    insert(.symlink(path, target: target))
+                    set(path, .symlink(path, target: target))
                 }
             case .delete(_, let kind):
                 guard let existing else { throw fail(.missing) }
                 guard existing.kind == kind else { throw fail(.wrongKind(expected: kind, found: existing.kind)) }
-                if kind == .directory, let children = childCount[path], children > 0 {
-                    throw fail(.directoryNotEmpty(children))
+                if kind == .directory {
+                    let count = children(of: path)
+                    if count > 0 { throw fail(.directoryNotEmpty(count)) }
                 }
-                tree[path] = nil
-                childCount[path] = nil
-                if let parent = PathRules.parent(of: path) { childCount[parent, default: 1] -= 1 }
+                set(path, nil)
             case .chmod(_, let mode):
                 guard var existing else { throw fail(.missing) }
                 guard existing.kind != .symlink else { throw fail(.wrongKind(expected: .file, found: .symlink)) }
                 existing.mode = mode & 0o7777
-                tree[path] = existing
+                set(path, existing)
             }
         }
 
-        let sorted = tree.values.sorted { PathRules.byteOrder($0.path, $1.path) }
+        // One merge of the untouched entries (in order already) with the touched ones.
+        let changed = overlay.compactMap { $0.value }.sorted { PathRules.byteOrder($0.path, $1.path) }
+        var sorted = [ManifestEntry]()
+        sorted.reserveCapacity(entries.count + changed.count)
+        var next = 0
+        for entry in entries where overlay[entry.path] == nil {
+            while next < changed.count, PathRules.byteOrder(changed[next].path, entry.path) {
+                sorted.append(changed[next])
+                next += 1
+            }
+            sorted.append(entry)
+        }
+        sorted.append(contentsOf: changed[next...])
         // Hooks travel with the release, not the plan; keep the ones whose script is still a file.
-        let hooks = Hooks(self.hooks.scripts.filter { tree[$0.value]?.kind == .file })
+        let hooks = Hooks(self.hooks.scripts.filter { lookup($0.value)?.kind == .file })
         return Manifest(trustedSorted: sorted, hooks: hooks, policy: policy)
     }
 

@@ -90,29 +90,26 @@ public struct StatCache: Sendable {
         return result
     }
 
-    /// After an install: the files of `tree` (root-relative paths) with the identity each has now.
-    /// A file keeps its record from `previous` when its identity did not change; one the install
-    /// placed is recorded with the hash the signed manifest gives when its identity is still the
-    /// one it had right after placement (`placed`; a hook that rewrote it changed that).
+    /// After an install: `previous` with a record for every file the install placed, with the
+    /// hash the signed manifest (`tree`) gives, when its identity is still the one it had right
+    /// after placement (`placed`; a hook that rewrote it changed that). Records of other paths are
+    /// kept as they are: a scan checks every record's identity before trusting it, so a stale one
+    /// only costs a hash (and the next scan writes a clean cache).
     public static func afterInstall(
         of tree: Manifest,
         placed: [String: FileIdentity],
         previous: StatCache,
         rootFD: Int32
     ) -> StatCache {
-        var records = [String: Record](minimumCapacity: tree.entries.count)
-        for entry in tree.entries {
-            guard case .file(let content) = entry.content else { continue }
+        var records = previous.records
+        for (path, identity) in placed {
+            records[path] = nil
+            guard let content = tree.entry(at: path)?.file else { continue }
             var info = stat()
-            guard fstatat(rootFD, entry.path, &info, AT_SYMLINK_NOFOLLOW) == 0, info.st_mode & S_IFMT == S_IFREG else {
-                continue
-            }
-            let identity = FileIdentity(info)
-            if let old = previous.records[entry.path], old.identity == identity {
-                records[entry.path] = old
-            } else if placed[entry.path] == identity, identity.size == content.size {
-                records[entry.path] = Record(identity: identity, xxh128: content.xxh128)
-            }
+            guard fstatat(rootFD, path, &info, AT_SYMLINK_NOFOLLOW) == 0, FileIdentity(info) == identity,
+                identity.size == content.size
+            else { continue }
+            records[path] = Record(identity: identity, xxh128: content.xxh128)
         }
         return StatCache(records: records)
     }
