@@ -868,6 +868,8 @@ public enum Installer {
                 )
             }
             try discard(store: store, id: journal.transaction)
+            // The restored release's post-install, as after any rollback.
+            runRestoredPostInstall(store: store, root: root, failed: journal.toVersion, timeout: 300)
             let outcome = "rolled back the interrupted upgrade to \(journal.toVersion)"
             try store.write(
                 "last-result.json",

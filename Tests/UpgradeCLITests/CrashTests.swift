@@ -153,6 +153,58 @@ struct CrashTests {
         #expect(outcomes["old", default: 0] > 0 && outcomes["new", default: 0] > 0)
     }
 
+    @Test("recovering an interrupted upgrade runs the restored release's post-install (UPGRADE_PHASE=rollback)")
+    func recoveryRunsRestoredPostInstall() async throws {
+        let fixture = try ApplyFixture()
+        let log = fixture.work.path("hooks.log")
+        for version in ["1.0", "2.0"] {
+            let tree = try TemporaryTree()
+            try tree.file("bin/app", "#!/bin/sh\necho \(version)\n", mode: 0o755)
+            try tree.file("share/data.txt", noise(20_000, seed: version == "1.0" ? 1 : 2))
+            try tree.file("post.sh", "#!/bin/sh\necho \"$UPGRADE_PHASE \(version)\" >> '\(log)'\n", mode: 0o755)
+            try fixture.publish(version, tree.root, extra: ["--post-install", "post.sh"])
+        }
+        let root = fixture.work.path("root")
+        #expect(try fixture.apply(try fixture.bundle(from: nil, to: "1.0"), root: root).status == 0)
+        let bundle = try fixture.bundle(from: "1.0", to: "2.0")
+        let reader = try BundleReader(path: bundle)
+        var request = InstallRequest(
+            root: root,
+            trusted: try KeyFiles.loadTrusted([fixture.pub]),
+            headerBytes: try reader.section(.header)!,
+            manifestBytes: try reader.section(.manifest)!,
+            plan: try Plan(json: Data(try reader.section(.plan)!)),
+            payloads: BundlePayloads(bundle: reader, root: root)
+        )
+        // Stop in the middle of the commit, as a power cut would.
+        let counter = CrashAfter(.max)
+        let probe = fixture.work.path("probe")
+        try ApplyFixture.copy(root, probe)
+        var probing = request
+        probing.root = probe
+        probing.payloads = BundlePayloads(bundle: reader, root: probe)
+        probing.observer = counter
+        _ = try Installer.install(probing)
+        // The latest stop that recovery rolls back (the commit had started, the hooks had not run).
+        let template = fixture.work.path("template")
+        try ApplyFixture.copy(root, template)
+        var rolledBack = false
+        for k in (0..<counter.mutations).reversed() {
+            _ = try runProgram("/bin/rm", ["-rf", root])
+            try ApplyFixture.copy(template, root)
+            request.observer = CrashAfter(k)
+            #expect(throws: TransactionAbandoned.self) { try Installer.install(request) }
+            try? Data().write(to: URL(fileURLWithPath: log))
+            if let recovered = try Installer.recover(root: root), recovered.contains("rolled back") {
+                rolledBack = true
+                break
+            }
+        }
+        #expect(rolledBack, "no stop point was rolled back by recovery")
+        let lines = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n")
+        #expect(lines == ["rollback 1.0"], "\(lines)")
+    }
+
     @Test("a crash during recovery recovers too")
     func crashDuringRecovery() async throws {
         let scenario = try await CrashScenario()
