@@ -109,22 +109,8 @@ public enum SyncClient {
             try await fetchRoot(version, options: anchor, transport: transport)
         }
         // A release on probation that nobody confirmed in time goes, and is not tried again.
-        var probationNote: String?
-        if let probation = session.probation, options.now > probation.deadline {
-            let back = try session.rollback()
-            try session.setValue(
-                FailedRelease.key(probation.headerSHA256),
-                FailedRelease(
-                    version: probation.version,
-                    at: Timestamps.iso(options.now),
-                    reason: "not confirmed by \(Timestamps.iso(probation.deadline)) (upgrade confirm)"
-                ).encoded
-            )
-            try session.endProbation()
-            probationNote =
-                "rolled back \(probation.version), unconfirmed since \(Timestamps.iso(probation.deadline)), to \(back.toVersion ?? "the previous release")"
-            local = try session.scan()
-        }
+        let probationNote = try expireProbation(session: session, now: options.now)
+        if probationNote != nil { local = try session.scan() }
         let installed = session.installed
         var device = PlanRequest.Device(
             os: "linux",
@@ -194,14 +180,8 @@ public enum SyncClient {
             let stop = rolloutStop(record, device: device, options: options, installed: installed?.header.version)
         {
             report.result = .held
-            report.reason = stop
-            if case .pinned(let version) = record.decision(
-                device: device.id,
-                tags: options.tags,
-                installed: installed?.header.version
-            ), version != installed?.header.version {
-                report.pinnedVersion = version
-            }
+            report.reason = stop.why
+            report.pinnedVersion = stop.pin
             report.toVersion = installed?.header.version
             report.durationSeconds = Date().timeIntervalSince(started)
             return report
@@ -427,20 +407,6 @@ public enum SyncClient {
 
     // MARK: Steps
 
-    /// Why the signed rollout rules keep this device where it is, or nil when it takes the release.
-    static func rolloutStop(
-        _ record: ChannelRecord,
-        device: PlanRequest.Device,
-        options: SyncOptions,
-        installed: String?
-    ) -> String? {
-        switch record.decision(device: device.id, tags: options.tags, installed: installed) {
-        case .take: nil
-        case .hold(let why): why
-        case .pinned(let version): "pinned at \(version) by the channel's rules"
-        }
-    }
-
     /// Opens the root (lock, recovery), starts listening for peers, and scans the tree.
     static func openRoot(
         _ options: SyncOptions,
@@ -525,216 +491,6 @@ public enum SyncClient {
         return result
     }
 
-    /// Downloads every needed object (mirror first, then the server) in parallel; each complete
-    /// download is decompressed and hashed before it counts, and a bad one is fetched again.
-    private static func fetchObjects(
-        _ needed: [FileContent],
-        into directory: String,
-        response: PlanResponse,
-        options: SyncOptions,
-        transport: HTTPTransport
-    ) async throws -> (bytes: UInt64, objects: Int, resumed: Int) {
-        let total = needed.reduce(UInt64(0)) { $0 + (response.objects[$1.sha256!.hex] ?? $1.size) }
-        let counters = DownloadCounters()
-        // Small objects first, many per request from the server (a mirror has no packs): what a
-        // pack does not deliver is fetched alone below, like everything else.
-        if options.mirror == nil {
-            await fetchPacks(
-                needed.filter { (response.objects[$0.sha256!.hex] ?? $0.size) <= ObjectPack.smallObject },
-                into: directory,
-                options: options,
-                transport: transport,
-                counters: counters,
-                total: (total, needed.count)
-            )
-        }
-        var sources = [options.server]
-        if let mirror = options.mirror { sources.insert(mirror, at: 0) }
-        let bases = sources
-        let next = counters
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for _ in 0..<max(1, min(options.parallelDownloads, needed.count)) {
-                group.addTask {
-                    while true {
-                        let index = next.takeIndex()
-                        guard index < needed.count else { return }
-                        let content = needed[index]
-                        let sha = content.sha256!
-                        let final = directory + "/" + sha.hex
-                        if FileManager.default.fileExists(atPath: final), verifyObject(final, content) {
-                            counters.state.withLock { $0.done += 1 }
-                            continue
-                        }
-                        let part = final + ".part"
-                        // zstd's worst case for incompressible data, so an endless body is cut off.
-                        let limit = content.size + content.size / 128 + 1024
-                        var lastError: (any Error)?
-                        var done = false
-                        for base in bases where !done {
-                            let url = base.trimmingSuffix("/") + "/objects/\(sha.hex.prefix(2))/\(sha.hex)"
-                            do {
-                                try await transport.retrying("GET \(url)") {
-                                    let (_, resumed) = try await transport.download(url, to: part, limit: limit) {
-                                        count in
-                                        // Progress moves with the bytes, not once per finished file.
-                                        let progress = counters.state.withLock { c -> SyncProgress in
-                                            c.bytes += UInt64(count)
-                                            return SyncProgress(
-                                                objectsDone: c.done,
-                                                objectsTotal: needed.count,
-                                                bytesDone: c.bytes,
-                                                bytesTotal: total
-                                            )
-                                        }
-                                        options.progress?(progress)
-                                    }
-                                    if resumed { counters.state.withLock { $0.resumed += 1 } }
-                                    guard verifyObject(part, content) else {
-                                        unlink(part)
-                                        throw SyncError.corruptPayload(
-                                            "object \(sha.hex) from \(base) does not match its signed SHA-256"
-                                        )
-                                    }
-                                }
-                                guard rename(part, final) == 0 else {
-                                    throw SyncError.network("rename \(part): \(String(cString: strerror(errno)))")
-                                }
-                                done = true
-                            } catch {
-                                lastError = error
-                            }
-                        }
-                        guard done else { throw lastError ?? SyncError.network("no source for object \(sha.hex)") }
-                        let progress = counters.state.withLock { c -> SyncProgress in
-                            c.objects += 1
-                            c.done += 1
-                            return SyncProgress(
-                                objectsDone: c.done,
-                                objectsTotal: needed.count,
-                                bytesDone: c.bytes,
-                                bytesTotal: total
-                            )
-                        }
-                        options.progress?(progress)
-                    }
-                }
-            }
-            try await group.waitForAll()
-        }
-        return counters.state.withLock { ($0.bytes, $0.objects, $0.resumed) }
-    }
-
-    /// Fetches `small` objects in packs of up to ``ObjectPack/maximumCount`` objects and 4 MiB,
-    /// as many packs at once as parallel downloads. Each object is checked like a single
-    /// download; a pack that fails (an older server: 404) leaves its objects to the single path.
-    static func fetchPacks(
-        _ small: [FileContent],
-        into directory: String,
-        options: SyncOptions,
-        transport: HTTPTransport,
-        counters: DownloadCounters,
-        total: (bytes: UInt64, objects: Int)
-    ) async {
-        let missing = small.filter { !FileManager.default.fileExists(atPath: directory + "/" + $0.sha256!.hex) }
-        guard missing.count > 1 else { return }
-        var packs = [[FileContent]]()
-        var current = [FileContent]()
-        var bytes: UInt64 = 0
-        for content in missing {
-            if current.count == ObjectPack.maximumCount || bytes + content.size > 4 << 20, !current.isEmpty {
-                packs.append(current)
-                current = []
-                bytes = 0
-            }
-            current.append(content)
-            bytes += min(content.size, ObjectPack.smallObject)
-        }
-        if !current.isEmpty { packs.append(current) }
-        let url = options.server.trimmingSuffix("/") + "/" + ObjectPack.path
-        let queue = DownloadCounters()
-        let frozen = packs
-        await withTaskGroup(of: Void.self) { group in
-            for _ in 0..<max(1, min(options.parallelDownloads, frozen.count)) {
-                group.addTask {
-                    while true {
-                        let index = queue.takeIndex()
-                        guard index < frozen.count else { return }
-                        try? await fetchPack(frozen[index], url: url, into: directory, transport: transport) { size in
-                            let progress = counters.state.withLock { c -> SyncProgress in
-                                c.bytes += UInt64(size)
-                                c.objects += 1
-                                return SyncProgress(
-                                    objectsDone: c.done + c.objects,
-                                    objectsTotal: total.objects,
-                                    bytesDone: c.bytes,
-                                    bytesTotal: total.bytes
-                                )
-                            }
-                            options.progress?(progress)
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// One pack: request, frames, each object verified and renamed into `directory`.
-    private static func fetchPack(
-        _ contents: [FileContent],
-        url: String,
-        into directory: String,
-        transport: HTTPTransport,
-        delivered: (Int) -> Void
-    ) async throws {
-        let body = try JSONEncoder().encode(ObjectPack.Request(objects: contents.map { $0.sha256!.hex }))
-        let limit = contents.reduce(0) {
-            $0 + ObjectPack.headSize + Int(min($1.size + $1.size / 128 + 1024, ObjectPack.smallObject))
-        }
-        let (status, bytes) = try await transport.retrying("POST \(url)") {
-            try await transport.fetch(
-                url,
-                method: .POST,
-                headers: [("Content-Type", "application/json")],
-                body: [UInt8](body),
-                limit: limit
-            )
-        }
-        guard status == 200 else { return }
-        var offset = 0
-        for content in contents {
-            guard offset + ObjectPack.headSize <= bytes.count else { return }
-            let sha = Array(bytes[offset..<offset + 32])
-            let found = bytes[offset + 32] == 0
-            let length = bytes[offset + 33..<offset + 41].reduce(0) { $0 << 8 | Int($1) }
-            offset += ObjectPack.headSize
-            guard sha == content.sha256!.bytes, length >= 0, offset + length <= bytes.count else { return }
-            defer { offset += length }
-            guard found else { continue }
-            let final = directory + "/" + content.sha256!.hex
-            let part = final + ".pack"
-            guard FileManager.default.createFile(atPath: part, contents: Data(bytes[offset..<offset + length])) else {
-                continue
-            }
-            // Checked like any download: decompressed and hashed against the signed SHA-256.
-            guard verifyObject(part, content), rename(part, final) == 0 else {
-                unlink(part)
-                continue
-            }
-            delivered(length)
-        }
-    }
-
-    /// True when the compressed file decodes to exactly `content`.
-    static func verifyObject(_ path: String, _ content: FileContent) -> Bool {
-        guard let data = FileManager.default.contents(atPath: path),
-            let decoded = try? Zstd.decompress([UInt8](data), maxSize: Int(content.size))
-        else {
-            return false
-        }
-        return UInt64(decoded.count) == content.size
-            && SHA256Hash(bytes: Array(SHA256.hash(data: decoded))) == content.sha256
-    }
-
     private static func sendReport(
         options: SyncOptions,
         device: PlanRequest.Device,
@@ -789,28 +545,4 @@ public enum SyncClient {
             text.prefix(300).map { $0.isASCII && ($0.asciiValue! < 0x20 || $0.asciiValue! == 0x7f) ? " " : $0 }
         )
     }
-}
-
-/// A release that was installed here and rolled back (a failing hook or health check), kept in
-/// the state directory as `failed-HEADERSHA`: version, when, why.
-struct FailedRelease {
-    var version: String
-    var at: String
-    var reason: String
-
-    static func key(_ headerDigest: String) -> String { "failed-\(headerDigest.prefix(32))" }
-
-    init(version: String, at: String, reason: String) {
-        self.version = version
-        self.at = at
-        self.reason = reason
-    }
-
-    init?(_ text: String?) {
-        let parts = text?.split(separator: "\t", maxSplits: 2).map(String.init) ?? []
-        guard parts.count == 3 else { return nil }
-        (version, at, reason) = (parts[0], parts[1], parts[2])
-    }
-
-    var encoded: String { [version, at, reason.replacingOccurrences(of: "\n", with: " ")].joined(separator: "\t") }
 }

@@ -188,19 +188,7 @@ func endToEnd(_ pair: UpgradePair, old: String, new: String, data: String, upgra
 
     // rsync -az through a daemon on loopback: destination starts as a copy of the old tree.
     let port = 20_000 + Int(getpid() % 20_000)
-    let config = work + "/rsyncd.conf"
-    try! "use chroot = no\npid file = \(work)/rsyncd.pid\n[new]\npath = \(new)\nread only = yes\n".write(
-        toFile: config,
-        atomically: true,
-        encoding: .utf8
-    )
-    let daemon = Process()
-    daemon.executableURL = URL(fileURLWithPath: "/usr/bin/rsync")
-    daemon.arguments = [
-        "--daemon", "--no-detach", "--config", config, "--address", "127.0.0.1", "--port", String(port),
-    ]
-    try! daemon.run()
-    usleep(300_000)
+    let daemon = startRsyncDaemon(work: work, module: "new", path: new, port: port)
     let destination = work + "/rsync-dest"
     let stats = work + "/rsync.stats"
     var rsyncBest = Measurement(seconds: .infinity, maxRSSKiB: 0)
@@ -266,4 +254,23 @@ func endToEnd(_ pair: UpgradePair, old: String, new: String, data: String, upgra
         "| \(label) | upgrade sync, deltas computed on demand | \(String(format: "%.3f", onDemand.seconds)) | — | — | server CPU \(String(format: "%.2f", serverCPU)) s for the plan |",
         "| \(label) | upgrade publish old / new (level 19, deltas from the previous release) | \(publishTimes) s | — | — | — |",
     ]
+}
+
+/// `rsync --daemon` on 127.0.0.1:`port` serving `path` read-only as `module` (config and pid
+/// file in `work`); the caller terminates it.
+func startRsyncDaemon(work: String, module: String, path: String, port: Int) -> Process {
+    let config = work + "/rsyncd.conf"
+    try! "use chroot = no\npid file = \(work)/rsyncd.pid\n[\(module)]\npath = \(path)\nread only = yes\n".write(
+        toFile: config,
+        atomically: true,
+        encoding: .utf8
+    )
+    let daemon = Process()
+    daemon.executableURL = URL(fileURLWithPath: "/usr/bin/rsync")
+    daemon.arguments = [
+        "--daemon", "--no-detach", "--config", config, "--address", "127.0.0.1", "--port", String(port),
+    ]
+    try! daemon.run()
+    usleep(300_000)
+    return daemon
 }

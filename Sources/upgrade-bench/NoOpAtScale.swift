@@ -55,19 +55,7 @@ func noOpAtScale(count: Int, data: String, upgrade: String, repeats: Int) -> [St
     server.waitUntilExit()
 
     let port = 20_000 + Int((getpid() + 7) % 20_000)
-    let config = work + "/rsyncd.conf"
-    try! "use chroot = no\npid file = \(work)/rsyncd.pid\n[tree]\npath = \(tree)\nread only = yes\n".write(
-        toFile: config,
-        atomically: true,
-        encoding: .utf8
-    )
-    let daemon = Process()
-    daemon.executableURL = URL(fileURLWithPath: "/usr/bin/rsync")
-    daemon.arguments = [
-        "--daemon", "--no-detach", "--config", config, "--address", "127.0.0.1", "--port", String(port),
-    ]
-    try! daemon.run()
-    usleep(300_000)
+    let daemon = startRsyncDaemon(work: work, module: "tree", path: tree, port: port)
     let destination = work + "/rsync-dest"
     let rsync = "rsync -az --delete rsync://127.0.0.1:\(port)/tree/ \(quote(destination))/"
     if !FileManager.default.fileExists(atPath: destination + "/.complete") { shell(rsync) }

@@ -28,6 +28,28 @@ final class CrashAfter: MutationObserver {
     }
 }
 
+/// The install request `upgrade apply` would make for `bundle`, watched by `observer`.
+func bundleRequest(
+    _ bundle: String,
+    root: String,
+    trust: String,
+    observer: any MutationObserver
+) throws
+    -> InstallRequest
+{
+    let reader = try BundleReader(path: bundle)
+    var request = InstallRequest(
+        root: root,
+        trusted: try KeyFiles.loadTrusted([trust]),
+        headerBytes: try reader.section(.header)!,
+        manifestBytes: try reader.section(.manifest)!,
+        plan: try Plan(json: Data(try reader.section(.plan)!)),
+        payloads: BundlePayloads(bundle: reader, root: root)
+    )
+    request.observer = observer
+    return request
+}
+
 /// An installed 1.0 root (edge-case trees), the bundle to 2.0, and the two expected trees.
 struct CrashScenario {
     let fixture: ApplyFixture
@@ -71,17 +93,7 @@ struct CrashScenario {
     }
 
     func request(root: String, observer: any MutationObserver) throws -> InstallRequest {
-        let reader = try BundleReader(path: bundle)
-        var request = InstallRequest(
-            root: root,
-            trusted: try KeyFiles.loadTrusted([fixture.pub]),
-            headerBytes: try reader.section(.header)!,
-            manifestBytes: try reader.section(.manifest)!,
-            plan: try Plan(json: Data(try reader.section(.plan)!)),
-            payloads: BundlePayloads(bundle: reader, root: root)
-        )
-        request.observer = observer
-        return request
+        try bundleRequest(bundle, root: root, trust: fixture.pub, observer: observer)
     }
 
     /// The tree is exactly one of the releases, and the installed state says which.
@@ -167,24 +179,11 @@ struct CrashTests {
         let root = fixture.work.path("root")
         #expect(try fixture.apply(try fixture.bundle(from: nil, to: "1.0"), root: root).status == 0)
         let bundle = try fixture.bundle(from: "1.0", to: "2.0")
-        let reader = try BundleReader(path: bundle)
-        var request = InstallRequest(
-            root: root,
-            trusted: try KeyFiles.loadTrusted([fixture.pub]),
-            headerBytes: try reader.section(.header)!,
-            manifestBytes: try reader.section(.manifest)!,
-            plan: try Plan(json: Data(try reader.section(.plan)!)),
-            payloads: BundlePayloads(bundle: reader, root: root)
-        )
         // Stop in the middle of the commit, as a power cut would.
         let counter = CrashAfter(.max)
         let probe = fixture.work.path("probe")
         try ApplyFixture.copy(root, probe)
-        var probing = request
-        probing.root = probe
-        probing.payloads = BundlePayloads(bundle: reader, root: probe)
-        probing.observer = counter
-        _ = try Installer.install(probing)
+        _ = try Installer.install(try bundleRequest(bundle, root: probe, trust: fixture.pub, observer: counter))
         // The latest stop that recovery rolls back (the commit had started, the hooks had not run).
         let template = fixture.work.path("template")
         try ApplyFixture.copy(root, template)
@@ -192,7 +191,7 @@ struct CrashTests {
         for k in (0..<counter.mutations).reversed() {
             _ = try runProgram("/bin/rm", ["-rf", root])
             try ApplyFixture.copy(template, root)
-            request.observer = CrashAfter(k)
+            let request = try bundleRequest(bundle, root: root, trust: fixture.pub, observer: CrashAfter(k))
             #expect(throws: TransactionAbandoned.self) { try Installer.install(request) }
             try? Data().write(to: URL(fileURLWithPath: log))
             if let recovered = try Installer.recover(root: root), recovered.contains("rolled back") {

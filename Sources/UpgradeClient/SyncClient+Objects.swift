@@ -1,0 +1,221 @@
+import Crypto
+import Foundation
+import UpgradeCore
+import UpgradeProtocol
+import UpgradeZstd
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension SyncClient {
+    /// Downloads every needed object (mirror first, then the server) in parallel; each complete
+    /// download is decompressed and hashed before it counts, and a bad one is fetched again.
+    static func fetchObjects(
+        _ needed: [FileContent],
+        into directory: String,
+        response: PlanResponse,
+        options: SyncOptions,
+        transport: HTTPTransport
+    ) async throws -> (bytes: UInt64, objects: Int, resumed: Int) {
+        let total = needed.reduce(UInt64(0)) { $0 + (response.objects[$1.sha256!.hex] ?? $1.size) }
+        let counters = DownloadCounters()
+        // Small objects first, many per request from the server (a mirror has no packs): what a
+        // pack does not deliver is fetched alone below, like everything else.
+        if options.mirror == nil {
+            await fetchPacks(
+                needed.filter { (response.objects[$0.sha256!.hex] ?? $0.size) <= ObjectPack.smallObject },
+                into: directory,
+                options: options,
+                transport: transport,
+                counters: counters,
+                total: (total, needed.count)
+            )
+        }
+        var sources = [options.server]
+        if let mirror = options.mirror { sources.insert(mirror, at: 0) }
+        let bases = sources
+        let next = counters
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<max(1, min(options.parallelDownloads, needed.count)) {
+                group.addTask {
+                    while true {
+                        let index = next.takeIndex()
+                        guard index < needed.count else { return }
+                        let content = needed[index]
+                        let sha = content.sha256!
+                        let final = directory + "/" + sha.hex
+                        if FileManager.default.fileExists(atPath: final), verifyObject(final, content) {
+                            counters.state.withLock { $0.done += 1 }
+                            continue
+                        }
+                        let part = final + ".part"
+                        // zstd's worst case for incompressible data, so an endless body is cut off.
+                        let limit = content.size + content.size / 128 + 1024
+                        var lastError: (any Error)?
+                        var done = false
+                        for base in bases where !done {
+                            let url = base.trimmingSuffix("/") + "/objects/\(sha.hex.prefix(2))/\(sha.hex)"
+                            do {
+                                try await transport.retrying("GET \(url)") {
+                                    let (_, resumed) = try await transport.download(url, to: part, limit: limit) {
+                                        count in
+                                        // Progress moves with the bytes, not once per finished file.
+                                        let progress = counters.state.withLock { c -> SyncProgress in
+                                            c.bytes += UInt64(count)
+                                            return SyncProgress(
+                                                objectsDone: c.done,
+                                                objectsTotal: needed.count,
+                                                bytesDone: c.bytes,
+                                                bytesTotal: total
+                                            )
+                                        }
+                                        options.progress?(progress)
+                                    }
+                                    if resumed { counters.state.withLock { $0.resumed += 1 } }
+                                    guard verifyObject(part, content) else {
+                                        unlink(part)
+                                        throw SyncError.corruptPayload(
+                                            "object \(sha.hex) from \(base) does not match its signed SHA-256"
+                                        )
+                                    }
+                                }
+                                guard rename(part, final) == 0 else {
+                                    throw SyncError.network("rename \(part): \(String(cString: strerror(errno)))")
+                                }
+                                done = true
+                            } catch {
+                                lastError = error
+                            }
+                        }
+                        guard done else { throw lastError ?? SyncError.network("no source for object \(sha.hex)") }
+                        let progress = counters.state.withLock { c -> SyncProgress in
+                            c.objects += 1
+                            c.done += 1
+                            return SyncProgress(
+                                objectsDone: c.done,
+                                objectsTotal: needed.count,
+                                bytesDone: c.bytes,
+                                bytesTotal: total
+                            )
+                        }
+                        options.progress?(progress)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        return counters.state.withLock { ($0.bytes, $0.objects, $0.resumed) }
+    }
+
+    /// Fetches `small` objects in packs of up to ``ObjectPack/maximumCount`` objects and 4 MiB,
+    /// as many packs at once as parallel downloads. Each object is checked like a single
+    /// download; a pack that fails (an older server: 404) leaves its objects to the single path.
+    static func fetchPacks(
+        _ small: [FileContent],
+        into directory: String,
+        options: SyncOptions,
+        transport: HTTPTransport,
+        counters: DownloadCounters,
+        total: (bytes: UInt64, objects: Int)
+    ) async {
+        let missing = small.filter { !FileManager.default.fileExists(atPath: directory + "/" + $0.sha256!.hex) }
+        guard missing.count > 1 else { return }
+        var packs = [[FileContent]]()
+        var current = [FileContent]()
+        var bytes: UInt64 = 0
+        for content in missing {
+            if current.count == ObjectPack.maximumCount || bytes + content.size > 4 << 20, !current.isEmpty {
+                packs.append(current)
+                current = []
+                bytes = 0
+            }
+            current.append(content)
+            bytes += min(content.size, ObjectPack.smallObject)
+        }
+        if !current.isEmpty { packs.append(current) }
+        let url = options.server.trimmingSuffix("/") + "/" + ObjectPack.path
+        let queue = DownloadCounters()
+        let frozen = packs
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<max(1, min(options.parallelDownloads, frozen.count)) {
+                group.addTask {
+                    while true {
+                        let index = queue.takeIndex()
+                        guard index < frozen.count else { return }
+                        try? await fetchPack(frozen[index], url: url, into: directory, transport: transport) { size in
+                            let progress = counters.state.withLock { c -> SyncProgress in
+                                c.bytes += UInt64(size)
+                                c.objects += 1
+                                return SyncProgress(
+                                    objectsDone: c.done + c.objects,
+                                    objectsTotal: total.objects,
+                                    bytesDone: c.bytes,
+                                    bytesTotal: total.bytes
+                                )
+                            }
+                            options.progress?(progress)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pack: request, frames, each object verified and renamed into `directory`.
+    private static func fetchPack(
+        _ contents: [FileContent],
+        url: String,
+        into directory: String,
+        transport: HTTPTransport,
+        delivered: (Int) -> Void
+    ) async throws {
+        let body = try JSONEncoder().encode(ObjectPack.Request(objects: contents.map { $0.sha256!.hex }))
+        let limit = contents.reduce(0) {
+            $0 + ObjectPack.headSize + Int(min($1.size + $1.size / 128 + 1024, ObjectPack.smallObject))
+        }
+        let (status, bytes) = try await transport.retrying("POST \(url)") {
+            try await transport.fetch(
+                url,
+                method: .POST,
+                headers: [("Content-Type", "application/json")],
+                body: [UInt8](body),
+                limit: limit
+            )
+        }
+        guard status == 200 else { return }
+        var offset = 0
+        for content in contents {
+            guard offset + ObjectPack.headSize <= bytes.count else { return }
+            let sha = Array(bytes[offset..<offset + 32])
+            let found = bytes[offset + 32] == 0
+            let length = bytes[offset + 33..<offset + 41].reduce(0) { $0 << 8 | Int($1) }
+            offset += ObjectPack.headSize
+            guard sha == content.sha256!.bytes, length >= 0, offset + length <= bytes.count else { return }
+            defer { offset += length }
+            guard found else { continue }
+            let final = directory + "/" + content.sha256!.hex
+            let part = final + ".pack"
+            guard FileManager.default.createFile(atPath: part, contents: Data(bytes[offset..<offset + length])) else {
+                continue
+            }
+            // Checked like any download: decompressed and hashed against the signed SHA-256.
+            guard verifyObject(part, content), rename(part, final) == 0 else {
+                unlink(part)
+                continue
+            }
+            delivered(length)
+        }
+    }
+
+    /// True when the compressed file decodes to exactly `content`.
+    static func verifyObject(_ path: String, _ content: FileContent) -> Bool {
+        guard let data = FileManager.default.contents(atPath: path),
+            let decoded = try? Zstd.decompress([UInt8](data), maxSize: Int(content.size))
+        else {
+            return false
+        }
+        return UInt64(decoded.count) == content.size
+            && SHA256Hash(bytes: Array(SHA256.hash(data: decoded))) == content.sha256
+    }
+}
