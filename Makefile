@@ -4,13 +4,15 @@ SWIFT ?= swift
 # Debian packages the build, the tests and the benchmarks need. CI starts from a machine with
 # only the toolchain, so `deps` installs them (apt-get update, then apt-get install -y).
 DEB_PACKAGES := pkg-config libxxhash-dev libzstd-dev xxhash zstd rsync time strace openssl nginx-light curl iproute2 hey systemd man-db libcap2-bin
+# What `make bench` needs beyond that: pip fetches the numpy and scipy wheels it upgrades between.
+BENCH_PACKAGES := python3 python3-pip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BENCH_DIR ?= $(CURDIR)/bench-data
 
 PREFIX ?= /usr/local
 MANUAL := .build/plugins/GenerateManual/outputs/upgrade/upgrade.1
 
-.PHONY: all deps build release test test-crash demo bench ci lint clean install install-files install-check
+.PHONY: all deps bench-deps build release test test-crash demo bench ci lint clean install install-files install-check
 
 all: build
 
@@ -20,6 +22,9 @@ deps:
 		echo "installing Debian packages:" $$missing; \
 		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $$missing; \
 	fi
+
+bench-deps:
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(BENCH_PACKAGES)"
 
 build: deps
 	$(SWIFT) build
@@ -44,7 +49,7 @@ demo: build
 	./Examples/demo.sh "$$($(SWIFT) build --show-bin-path)/upgrade"
 
 # Speed and memory against xxhsum and rsync on generated data (release build, not part of `test`).
-bench: release
+bench: release bench-deps
 	"$$($(SWIFT) build -c release --show-bin-path)/upgrade-bench" --data "$(BENCH_DIR)"
 
 # What .ci/run runs on a fresh clone: formatting first (seconds), the README's test command, and
