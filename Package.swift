@@ -23,6 +23,8 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // C libraries from Debian, wrapped once each by one Swift target below.
@@ -68,12 +70,23 @@ let package = Package(
         .target(name: "UpgradeProtocol", dependencies: ["UpgradeCore"], swiftSettings: strict),
         // LAN peers: announcements (UDP multicast pinned to one interface, TTL 1) and discovery.
         .target(name: "UpgradePeer", swiftSettings: strict),
+        // The fleet store: devices, history, first attempts per release; SQLite (GRDB) or PostgreSQL.
+        .target(
+            name: "UpgradeFleet",
+            dependencies: [
+                "UpgradeProtocol", "UpgradeTrust",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         // `upgrade serve`: the plan server on Hummingbird (buildApplication apart from main).
         .target(
             name: "UpgradeServer",
             dependencies: [
                 "UpgradeCore", "UpgradeProtocol", "UpgradeRepository", "UpgradeTrust", "UpgradeZstd", "UpgradeApply",
-                "UpgradePeer",
+                "UpgradePeer", "UpgradeFleet",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -118,7 +131,7 @@ let package = Package(
             name: "upgrade",
             dependencies: [
                 "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeRepository", "UpgradeApply", "UpgradeBundle",
-                "UpgradeServer", "UpgradeClient", "UpgradeProtocol", "UpgradePeer",
+                "UpgradeServer", "UpgradeClient", "UpgradeProtocol", "UpgradePeer", "UpgradeFleet",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -137,6 +150,11 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "UpgradeTrustTests", dependencies: ["UpgradeTrust", "UpgradeCore"], swiftSettings: strict),
+        .testTarget(
+            name: "UpgradeFleetTests",
+            dependencies: ["UpgradeFleet", "UpgradeProtocol", "UpgradeTestSupport", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "UpgradeCLITests",
             dependencies: [

@@ -209,6 +209,13 @@ public struct SyncOutcome: Codable, Sendable {
     public var peerBytes: UInt64?
     /// Peers dropped for misbehaving, with the reason.
     public var badPeers: [String]?
+    /// SHA-256 hex of the signed header of the release installed after the run.
+    public var releaseDigest: String?
+    /// `offline` for a run that did not ask this server (a bundle, LAN peers): queued on the
+    /// device and sent with the next online sync. Absent: online.
+    public var via: String?
+    /// When the run ended (ISO 8601 UTC); queued reports carry it, the server's clock otherwise.
+    public var at: String?
 
     public init(
         product: String,

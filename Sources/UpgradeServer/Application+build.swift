@@ -55,6 +55,11 @@ public struct ServerConfiguration: Sendable {
     /// `missing-delta`, `stale-base` (deltas described with a base the client does not have),
     /// `padded-plan` (the plan response followed by endless whitespace).
     public var faults: Set<String> = []
+    /// The fleet store and its rules (nil: reports only counted and, with `reportsFile`, logged).
+    public var fleet: FleetConfiguration?
+    /// Per-device credentials: with them, plan requests and reports need
+    /// `Authorization: Bearer TOKEN` for the device id they name (else 401).
+    public var deviceTokens: DeviceTokens?
 
     public init(repository: String) {
         self.repository = repository

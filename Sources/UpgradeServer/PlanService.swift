@@ -32,6 +32,7 @@ final class PlanService: Sendable {
     /// Plans computed at once, and how many may wait (503 beyond).
     let planQueue: AdmissionQueue
     let reportLimiter: ReportRateLimiter
+    let fleet: FleetService?
 
     init(configuration: ServerConfiguration, logger: Logger) {
         self.configuration = configuration
@@ -49,6 +50,10 @@ final class PlanService: Sendable {
             keyRate: configuration.reportsPerDevicePerSecond,
             keyBurst: 10
         )
+        let metrics = metrics
+        fleet = configuration.fleet.map {
+            FleetService($0, layout: RepositoryLayout(root: configuration.repository), logger: logger, metrics: metrics)
+        }
     }
 
     deinit {
@@ -60,12 +65,14 @@ final class PlanService: Sendable {
     func addRoutes(to router: Router<BasicRequestContext>) {
         router.get("healthz") { _, _ in "ok\n" }
         router.get("metrics") { _, _ in
-            Response(
+            let fleetGauges = await self.fleet?.gauges() ?? ""
+            return Response(
                 status: .ok,
                 headers: [.contentType: "text/plain; version=0.0.4"],
-                body: .init(byteBuffer: ByteBuffer(string: self.metrics.render()))
+                body: .init(byteBuffer: ByteBuffer(string: self.metrics.render() + fleetGauges))
             )
         }
+        fleet?.addRoutes(to: router)
         router.post("v1/plan") { request, context in try await self.plan(request, context: context) }
         router.post("v1/reports") { request, context in try await self.report(request, context: context) }
         router.post(RouterPath(ObjectPack.path)) { request, context in try await self.pack(request, context: context) }
@@ -90,6 +97,7 @@ final class PlanService: Sendable {
             )
         }
         // The body is read only once the request has its turn: a queued request holds a socket.
+        let credential = try configuration.deviceTokens?.credential(request.headers[.authorization])
         let (planRequest, response) = try await planQueue.run {
             let body = try await collect(request)
             try requireEntryBound(body)
@@ -98,6 +106,10 @@ final class PlanService: Sendable {
                 planRequest = try JSONDecoder().decode(PlanRequest.self, from: body)
             } catch {
                 throw HTTPError(.badRequest, message: "malformed plan request: \(JSON.describe(error))")
+            }
+            try configuration.deviceTokens?.require(credential, for: planRequest.device.id)
+            if let fleet, Names.isValid(planRequest.product), ReportSchema.problem(planRequest.device) == nil {
+                await fleet.contact(planRequest)
             }
             return (planRequest, try await computePlan(planRequest))
         }
@@ -136,6 +148,14 @@ final class PlanService: Sendable {
         let targetVersion = request.version ?? record.version
         if let version = request.version, Version(version) == nil {
             throw HTTPError(.badRequest, message: "invalid version \(version.debugDescription)")
+        }
+        // Auto-halt: the channel's release, not one a device asks for by name (`--version`, a pin).
+        if request.version == nil {
+            try await fleet?.requireOffered(
+                product: request.product,
+                version: targetVersion,
+                installed: request.installed?.version
+            )
         }
         guard let headerBytes = read(layout.header(request.product, targetVersion)) else {
             if request.version != nil {
@@ -348,6 +368,7 @@ final class PlanService: Sendable {
     // MARK: Reports
 
     private func report(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let credential = try configuration.deviceTokens?.credential(request.headers[.authorization])
         let body = try await collect(request, limit: 64 << 10)
         let outcome: SyncOutcome
         do {
@@ -358,6 +379,7 @@ final class PlanService: Sendable {
         if let problem = ReportSchema.problem(outcome) {
             throw HTTPError(.badRequest, message: "report: \(problem)")
         }
+        try configuration.deviceTokens?.require(credential, for: outcome.device.id)
         guard reportLimiter.admit(outcome.device.id) else {
             metrics.countReportRefused()
             throw HTTPError(
@@ -383,6 +405,7 @@ final class PlanService: Sendable {
             line.append(0x0a)
             try appendReport(line, to: file)
         }
+        try await fleet?.record(outcome)
         return Response(status: .accepted)
     }
 

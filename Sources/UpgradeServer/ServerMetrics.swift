@@ -11,6 +11,7 @@ final class ServerMetrics: Sendable {
         var reports: [String: Int] = [:]
         var reportsRefused = 0
         var deltasOverBudget = 0
+        var fleetErrors = 0
     }
 
     private let counters = Mutex(Counters())
@@ -28,6 +29,7 @@ final class ServerMetrics: Sendable {
     func countReport(result: String) { counters.withLock { $0.reports[result, default: 0] += 1 } }
     func countReportRefused() { counters.withLock { $0.reportsRefused += 1 } }
     func countDeltaOverBudget() { counters.withLock { $0.deltasOverBudget += 1 } }
+    func countFleetError() { counters.withLock { $0.fleetErrors += 1 } }
 
     /// A label value as the exposition format wants it: backslash, quote and newline escaped.
     static func escape(_ value: String) -> String {
@@ -75,6 +77,8 @@ final class ServerMetrics: Sendable {
                 "# HELP upgrade_deltas_over_budget_total Files sent whole because the on-demand delta budget was spent.",
                 "# TYPE upgrade_deltas_over_budget_total counter",
                 "upgrade_deltas_over_budget_total \(c.deltasOverBudget)",
+                "# HELP upgrade_fleet_store_errors_total Fleet store operations that failed.",
+                "# TYPE upgrade_fleet_store_errors_total counter", "upgrade_fleet_store_errors_total \(c.fleetErrors)",
             ]
             return lines.joined(separator: "\n") + "\n"
         }

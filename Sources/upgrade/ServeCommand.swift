@@ -3,6 +3,7 @@ import Foundation
 import Hummingbird
 import Logging
 import NIOCore
+import UpgradeFleet
 import UpgradeServer
 
 /// `upgrade serve`.
@@ -32,6 +33,19 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "On-demand delta computations per minute over the whole server.") var deltasPerMinute = 120
     @Option(help: "Reports accepted per second from the whole fleet.") var reportsPerSecond = 500.0
     @Option(help: "Reports accepted per second from one device id (bursts of 10).") var reportsPerDevice = 1.0
+    @Option(
+        help: ArgumentHelp(
+            "Fleet store: a SQLite file, postgres://USER[:PASSWORD]@HOST[:PORT]/DB, or none.",
+            discussion: "Default: REPO-fleet.sqlite beside the repository directory.",
+            valueName: "path|url|none"
+        )
+    ) var database: String?
+    @Option(help: "Auto-halt: stop offering a release once more than this fraction of its first attempts failed (0-1).")
+    var haltAbove: Double?
+    @Option(help: "Auto-halt: how many first attempts at a release are counted.") var haltAfter = 20
+    @Option(help: "Days of device history kept; devices not seen for longer are forgotten.") var retentionDays = 90.0
+    @Option(help: "Require per-device tokens: a file of `DEVICE-ID SHA256-HEX` lines (see `upgrade fleet token`).")
+    var deviceTokens: String?
     @Option(help: .hidden) var fault: [String] = []
 
     func validate() throws {
@@ -52,6 +66,12 @@ struct ServeCommand: AsyncParsableCommand {
         ] where !(value > 0) {
             throw ValidationError("\(name) must be a positive number, not \(value)")
         }
+        if let haltAbove, !(haltAbove >= 0 && haltAbove < 1) {
+            throw ValidationError("--halt-above must be a fraction from 0 to below 1 (0.2 for 20%), not \(haltAbove)")
+        }
+        if haltAfter < 1 { throw ValidationError("--halt-after must be at least 1, not \(haltAfter)") }
+        if haltAbove != nil, database == "none" { throw ValidationError("--halt-above needs the fleet store (--database)") }
+        if !(retentionDays > 0) { throw ValidationError("--retention-days must be a positive number, not \(retentionDays)") }
         guard FileManager.default.fileExists(atPath: repo + "/upgrade-repository.json") else {
             throw ValidationError(
                 "\(repo) is not a repository (no upgrade-repository.json); create one with `upgrade publish`"
@@ -77,6 +97,15 @@ struct ServeCommand: AsyncParsableCommand {
         configuration.reportsPerSecond = reportsPerSecond
         configuration.reportsPerDevicePerSecond = reportsPerDevice
         if let tlsCert, let tlsKey { configuration.tls = (tlsCert, tlsKey) }
+        if let deviceTokens { configuration.deviceTokens = try DeviceTokens(contentsOf: deviceTokens) }
+        let store = try await openFleetStore(logger: logger)
+        if let store {
+            var fleet = FleetConfiguration(store: store)
+            fleet.halt = haltAbove.map { HaltRule(above: $0, after: haltAfter) }
+            fleet.retentionDays = retentionDays
+            configuration.fleet = fleet
+        }
+        defer { if let store { Task { await store.close() } } }
         let scheme = configuration.tls == nil ? "http" : "https"
         let host = configuration.host
         let app = try buildApplication(configuration, logger: logger) { port in
@@ -90,6 +119,30 @@ struct ServeCommand: AsyncParsableCommand {
             throw CommandFailure(description: "cannot listen on \(listen): \(why)", exitStatus: .failure)
         } catch let error as IOError {
             throw CommandFailure(description: "cannot listen on \(listen): \(error)", exitStatus: .failure)
+        }
+    }
+}
+
+extension ServeCommand {
+    /// The store `--database` names (nil for `none`).
+    func openFleetStore(logger: Logger) async throws -> (any FleetStore)? {
+        let location: String
+        switch database {
+        case "none": return nil
+        case let named?: location = named
+        case nil:
+            let repository = URL(fileURLWithPath: repo).standardizedFileURL
+            location = repository.deletingLastPathComponent().appendingPathComponent(
+                repository.lastPathComponent + "-fleet.sqlite"
+            ).path
+        }
+        do {
+            return try await FleetStores.open(location, attemptsCounted: haltAfter, logger: logger)
+        } catch {
+            throw CommandFailure(
+                description: "\(error); pass --database PATH or URL, or --database none",
+                exitStatus: .usage
+            )
         }
     }
 }
