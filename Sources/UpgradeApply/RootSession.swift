@@ -53,6 +53,11 @@ public final class RootSession: @unchecked Sendable {
         return (current.headerBytes, header, current.manifest)
     }
 
+    /// SHA-256 hex of the installed release's signed header (what fleet reports name).
+    public var installedDigest: String? {
+        store.current.map { SHA256Hash(bytes: Array(SHA256.hash(data: $0.headerBytes)))!.hex }
+    }
+
     /// Rolls back to the previous release under this session's lock (see
     /// ``Installer/rollback(root:stateDirectoryName:lockTimeout:observer:)``).
     public func rollback() throws -> InstallReport {
@@ -81,8 +86,7 @@ public final class RootSession: @unchecked Sendable {
 
     /// Puts the installed release on probation until `deadline`.
     public func startProbation(deadline: Int64) throws {
-        guard let id = store.currentID, let installed else { return }
-        let digest = SHA256Hash(bytes: Array(SHA256.hash(data: installed.headerBytes)))!.hex
+        guard let id = store.currentID, let installed, let digest = installedDigest else { return }
         try setValue(
             Self.probationFile,
             [id, installed.header.version, digest, String(deadline)].joined(separator: "\t")

@@ -19,13 +19,14 @@ extension SyncClient {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         var body = [UInt8](try encoder.encode(request))
-        var headers = [("Content-Type", "application/json")]
+        var headers = [("Content-Type", "application/json")] + authorization(options)
         if body.count > 16 << 10 {
             body = try Zstd.compress(body, level: 3)
             headers.append(("Content-Encoding", "zstd"))
         }
         let url = options.server.trimmingSuffix("/") + "/v1/plan"
         let sent = body
+        let halted = HaltedHead()
         let (status, bytes) = try await transport.retrying("POST \(url)") {
             let (status, bytes) = try await transport.fetch(
                 url,
@@ -34,14 +35,21 @@ extension SyncClient {
                 body: sent,
                 limit: 256 << 20,
                 limitFromHead: { head in
-                    try planResponseLimit(head, localEntries: localEntries, options: options)
+                    halted.version.withLock { $0 = head.first(name: FleetHeaders.halted) }
+                    return try planResponseLimit(head, localEntries: localEntries, options: options)
                 },
                 acceptZstd: true
             )
             if status >= 500 { throw SyncError.server(status: status, message: Self.message(bytes)) }
             return (status, bytes)
         }
+        if status == 409, halted.version.withLock({ $0 }) != nil { throw ReleaseHalted(reason: message(bytes)) }
         if status == 409 && request.delta != nil { return (nil, body.count, bytes.count) }
+        if status == 401 {
+            throw SyncError.refused(
+                "the server wants a device token for \(request.device.id) (\(message(bytes))); pass --token-file"
+            )
+        }
         if status == 404 { throw SyncError.notFound("\(options.server): \(message(bytes))") }
         guard status == 200 else { throw SyncError.server(status: status, message: message(bytes)) }
         do {

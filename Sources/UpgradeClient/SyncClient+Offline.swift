@@ -165,10 +165,42 @@ extension SyncClient {
         report.objectsDownloaded = fetched.count
         install.payloads = DownloadedObjects(directory: downloads, root: session.root, deltaBases: [:])
         defer { removeDownloads(needed, from: downloads) }
-        let result = try session.install(install)
+        let result: InstallReport
+        do {
+            result = try session.install(install)
+        } catch {
+            report.durationSeconds = Date().timeIntervalSince(started)
+            queueOfflineReport(
+                report,
+                result: "failed: \(error)".prefix(200).description,
+                options: options,
+                session: session
+            )
+            throw error
+        }
         report.result = result.result == .nothingToDo ? .upToDate : result.result
         report.localChanges = result.localChanges
         report.durationSeconds = Date().timeIntervalSince(started)
+        queueOfflineReport(report, result: report.result.rawValue, options: options, session: session)
         return report
+    }
+
+    /// An offline run's outcome, kept for the server until the next online sync.
+    private static func queueOfflineReport(
+        _ report: SyncReport,
+        result: String,
+        options: SyncOptions,
+        session: RootSession
+    ) {
+        queueReport(
+            outcome(
+                options: options,
+                device: thisDevice(options),
+                report: report,
+                result: result,
+                releaseDigest: session.installedDigest
+            ),
+            session: session
+        )
     }
 }

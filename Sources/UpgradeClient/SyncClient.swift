@@ -112,15 +112,7 @@ public enum SyncClient {
         let probationNote = try expireProbation(session: session, now: options.now)
         if probationNote != nil { local = try session.scan() }
         let installed = session.installed
-        var device = PlanRequest.Device(
-            os: "linux",
-            arch: PlanRequest.Device.hostArchitecture,
-            id: options.deviceID ?? PlanRequest.Device.localID()
-        )
-        device.platform = ReleaseHeader.hostPlatform
-        device.osVersion = PlanRequest.Device.hostOSVersion
-        device.model = PlanRequest.Device.hostModel
-        device.tags = options.tags.isEmpty ? nil : options.tags
+        let device = thisDevice(options)
         var report = SyncReport(
             result: .upToDate,
             product: options.product,
@@ -148,22 +140,33 @@ public enum SyncClient {
         } else {
             request.manifest = Data(local.canonicalEncoding()).base64EncodedString()
         }
-        var (response, requestBytes, planResponseBytes) = try await askForPlan(
-            request,
-            localEntries: local.entries.count,
-            options: options,
-            transport: transport
-        )
-        if response == nil {
-            // The server does not know our base release: send the whole tree.
-            request.delta = nil
-            request.manifest = Data(local.canonicalEncoding()).base64EncodedString()
+        var (response, requestBytes, planResponseBytes): (PlanResponse?, Int, Int)
+        do {
             (response, requestBytes, planResponseBytes) = try await askForPlan(
                 request,
                 localEntries: local.entries.count,
                 options: options,
                 transport: transport
             )
+            if response == nil {
+                // The server does not know our base release: send the whole tree.
+                request.delta = nil
+                request.manifest = Data(local.canonicalEncoding()).base64EncodedString()
+                (response, requestBytes, planResponseBytes) = try await askForPlan(
+                    request,
+                    localEntries: local.entries.count,
+                    options: options,
+                    transport: transport
+                )
+            }
+        } catch let halted as ReleaseHalted {
+            // The server's auto-halt: it does not offer the release; nothing is fetched.
+            report.result = .held
+            report.reason = halted.reason
+            report.toVersion = installed?.header.version
+            report.durationSeconds = Date().timeIntervalSince(started)
+            await sendQueuedReports(session: session, options: options, transport: transport, logger: logger)
+            return report
         }
         guard let response else { throw SyncError.server(status: 409, message: "the server refused the manifest") }
         report.requestBytes = requestBytes
@@ -393,14 +396,15 @@ public enum SyncClient {
         case .success(let result): said = result.rawValue
         case .failure(let error): said = "failed: \(error)".prefix(200).description
         }
-        await sendReport(
+        let outcomeToSend = Self.outcome(
             options: options,
             device: device,
             report: report,
             result: said,
-            transport: transport,
-            logger: logger
+            releaseDigest: session.installedDigest
         )
+        await sendReport(outcomeToSend, options: options, transport: transport, logger: logger)
+        await sendQueuedReports(session: session, options: options, transport: transport, logger: logger)
         report.result = try outcome.get()
         return report
     }
@@ -489,42 +493,6 @@ public enum SyncClient {
             }
         }
         return result
-    }
-
-    private static func sendReport(
-        options: SyncOptions,
-        device: PlanRequest.Device,
-        report: SyncReport,
-        result: String,
-        transport: HTTPTransport,
-        logger: Logger
-    ) async {
-        var outcome = SyncOutcome(
-            product: options.product,
-            device: device,
-            fromVersion: report.fromVersion,
-            toVersion: report.toVersion,
-            result: result,
-            bytesDownloaded: report.bytesDownloaded,
-            durationSeconds: report.durationSeconds
-        )
-        outcome.deltas = report.deltasUsed
-        outcome.fallbacks = report.fallbacks.isEmpty ? nil : Array(report.fallbacks.prefix(50))
-        if report.bytesFromPeers > 0 { outcome.peerBytes = report.bytesFromPeers }
-        let bad = report.peers.filter(\.dropped).map { "\($0.url): \($0.status)" }
-        if !bad.isEmpty { outcome.badPeers = Array(bad.prefix(20)) }
-        guard let body = try? JSONEncoder().encode(outcome) else { return }
-        do {
-            _ = try await transport.fetch(
-                options.server.trimmingSuffix("/") + "/v1/reports",
-                method: .POST,
-                headers: [("Content-Type", "application/json")],
-                body: [UInt8](body),
-                limit: 1 << 16
-            )
-        } catch {
-            logger.info("could not send the sync report", metadata: ["error": "\(error)"])
-        }
     }
 
     static func channelKey(_ options: SyncOptions) -> String {

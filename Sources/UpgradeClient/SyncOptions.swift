@@ -57,6 +57,8 @@ public struct SyncOptions: Sendable {
     /// Seconds a delta may take (download and decode) before its file is fetched whole instead.
     public var deltaTimeout: Double = 60
     public var deviceID: String?
+    /// Bearer token for the server's plan and report routes (`--token-file`), when it asks for one.
+    public var deviceToken: String?
     public var now: Int64 = Timestamps.now()
     /// LAN peers: never (the default), discovered by multicast, or these peer servers.
     public var peers = PeerMode.off

@@ -275,7 +275,11 @@ final class FleetLedger<Database: SQLDatabase>: FleetStore {
         var releases = [String: FleetSummary.Release]()
         func key(_ product: String, _ version: String?) -> String { product + "\n" + (version ?? "") }
         for row in counts {
-            var release = FleetSummary.Release(product: row[0].text ?? "", version: row[1].text, devices: Int(row[2].integer))
+            var release = FleetSummary.Release(
+                product: row[0].text ?? "",
+                version: row[1].text,
+                devices: Int(row[2].integer)
+            )
             release.failing = Int(row[3].integer)
             releases[key(release.product, release.version)] = release
         }

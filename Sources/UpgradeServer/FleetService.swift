@@ -52,7 +52,12 @@ final class FleetService: Sendable {
     func contact(_ request: PlanRequest) async {
         do {
             try await store.contact(
-                FleetContact(product: request.product, device: request.device, version: request.installed?.version, at: Date())
+                FleetContact(
+                    product: request.product,
+                    device: request.device,
+                    version: request.installed?.version,
+                    at: Date()
+                )
             )
         } catch {
             metrics.countFleetError()
@@ -230,7 +235,9 @@ final class FleetService: Sendable {
                 "# TYPE upgrade_release_halted gauge",
             ]
             for release in releases where release.attempts > 0 {
-                lines.append("upgrade_release_halted{\(labels(release))} \(rule.halted(failures: release.failures) ? 1 : 0)")
+                lines.append(
+                    "upgrade_release_halted{\(labels(release))} \(rule.halted(failures: release.failures) ? 1 : 0)"
+                )
             }
             lines += [
                 "# HELP upgrade_release_attempt_failures Failures among the attempts counted for auto-halt.",

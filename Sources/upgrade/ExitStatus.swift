@@ -159,6 +159,7 @@ enum ExitStatus: Int32, Error {
         ("root", [.success, .failure, .usage, .invalidInput, .verificationFailed, .refused]),
         ("channel", [.success, .failure, .usage, .invalidInput, .refused, .notFound]),
         ("confirm", [.success, .failure, .usage, .invalidInput, .busy]),
+        ("fleet", [.success, .failure, .usage, .verificationFailed, .network, .notFound]),
     ]
 
     /// The EXIT CODES section of `upgrade --help`, also in the README (a test compares them).

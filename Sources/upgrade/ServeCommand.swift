@@ -70,8 +70,12 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("--halt-above must be a fraction from 0 to below 1 (0.2 for 20%), not \(haltAbove)")
         }
         if haltAfter < 1 { throw ValidationError("--halt-after must be at least 1, not \(haltAfter)") }
-        if haltAbove != nil, database == "none" { throw ValidationError("--halt-above needs the fleet store (--database)") }
-        if !(retentionDays > 0) { throw ValidationError("--retention-days must be a positive number, not \(retentionDays)") }
+        if haltAbove != nil, database == "none" {
+            throw ValidationError("--halt-above needs the fleet store (--database)")
+        }
+        if !(retentionDays > 0) {
+            throw ValidationError("--retention-days must be a positive number, not \(retentionDays)")
+        }
         guard FileManager.default.fileExists(atPath: repo + "/upgrade-repository.json") else {
             throw ValidationError(
                 "\(repo) is not a repository (no upgrade-repository.json); create one with `upgrade publish`"
@@ -132,9 +136,10 @@ extension ServeCommand {
         case let named?: location = named
         case nil:
             let repository = URL(fileURLWithPath: repo).standardizedFileURL
-            location = repository.deletingLastPathComponent().appendingPathComponent(
-                repository.lastPathComponent + "-fleet.sqlite"
-            ).path
+            location =
+                repository.deletingLastPathComponent().appendingPathComponent(
+                    repository.lastPathComponent + "-fleet.sqlite"
+                ).path
         }
         do {
             return try await FleetStores.open(location, attemptsCounted: haltAfter, logger: logger)

@@ -44,6 +44,7 @@ struct SyncCommand: AsyncParsableCommand {
     @Option(help: "Seconds a binary delta may take before its file is fetched whole (default 60).")
     var deltaTimeout: Double?
     @Option(help: "Device id reported to the server (default: derived from /etc/machine-id).") var deviceId: String?
+    @Option(help: "File holding this device's token, for a server run with --device-tokens.") var tokenFile: String?
     @Flag(help: "Verify and show the plan and the bytes it would download; change nothing.") var dryRun = false
     @Flag(help: "Print one JSON document.") var json = false
     @Flag(help: "Install even if the release is older than the installed one.") var allowDowngrade = false
@@ -88,7 +89,7 @@ struct SyncCommand: AsyncParsableCommand {
 
     static let configKeys: Set<String> = [
         "server", "product", "root", "trust", "channel", "mirror", "ca-cert", "state-dir", "lock-timeout", "parallel",
-        "timeout", "min-rate", "rate-window", "delta-timeout", "device-id",
+        "timeout", "min-rate", "rate-window", "delta-timeout", "device-id", "token-file",
         "dry-run", "json", "allow-downgrade", "peers", "announce", "interface", "peer-wait", "peer-timeout", "offline",
         "version", "keep", "tag", "retry-failed", "window", "random-delay", "confirm-within", "rollback-points",
     ]
@@ -145,6 +146,18 @@ struct SyncCommand: AsyncParsableCommand {
             )
         }
         options.deviceID = try pick(deviceId, "device-id")
+        if let path = try pick(tokenFile, "token-file") {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8),
+                case let token = text.trimmingCharacters(in: .whitespacesAndNewlines), !token.isEmpty,
+                !token.contains(where: \.isNewline)
+            else {
+                throw CommandFailure(
+                    description: "--token-file \(path): cannot read a token (one line) from it",
+                    exitStatus: .usage
+                )
+            }
+            options.deviceToken = token
+        }
         options.dryRun = try dryRun || (file?.bool("dry-run") ?? false)
         options.allowDowngrade = try allowDowngrade || (file?.bool("allow-downgrade") ?? false)
         options.keep = try Output.keepPatterns(keep.isEmpty ? (try file?.strings("keep") ?? []) : keep)

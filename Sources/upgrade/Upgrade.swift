@@ -15,7 +15,7 @@ struct Upgrade: AsyncParsableCommand {
             ManifestCommand.self, DiffCommand.self, KeygenCommand.self, PublishCommand.self, ReleasesCommand.self,
             VerifyRepoCommand.self, BundleCommand.self, ApplyCommand.self, StatusCommand.self, VerifyCommand.self,
             RollbackCommand.self, RecoverCommand.self, ServeCommand.self, SyncCommand.self, ShareCommand.self,
-            RootCommand.self, ChannelCommand.self, ConfirmCommand.self,
+            RootCommand.self, ChannelCommand.self, ConfirmCommand.self, FleetCommand.self,
         ]
     )
 }

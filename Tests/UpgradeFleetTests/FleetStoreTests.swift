@@ -34,16 +34,24 @@ import UpgradeTestSupport
 
     @Test func stateHistoryAndHaltCounts() async throws {
         let tree = try TemporaryTree()
-        let store = try await FleetStores.open(tree.path("fleet.sqlite"), attemptsCounted: 4, logger: Logger(label: "t"))
+        let store = try await FleetStores.open(
+            tree.path("fleet.sqlite"),
+            attemptsCounted: 4,
+            logger: Logger(label: "t")
+        )
         let now = Date()
-        try await store.record(FleetReport(Self.outcome("a", from: "1.0", to: "2.0", result: "installed"), received: now))
+        try await store.record(
+            FleetReport(Self.outcome("a", from: "1.0", to: "2.0", result: "installed"), received: now)
+        )
         try await store.record(
             FleetReport(
                 Self.outcome("b", from: "1.0", to: "2.0", result: "failed: post-install exited 1", tags: ["lab"]),
                 received: now
             )
         )
-        try await store.record(FleetReport(Self.outcome("c", from: "1.0", to: "1.0", result: "up-to-date"), received: now))
+        try await store.record(
+            FleetReport(Self.outcome("c", from: "1.0", to: "1.0", result: "up-to-date"), received: now)
+        )
         // An older queued report of `a` arrives late: history only, the state stays 2.0.
         var late = Self.outcome("a", from: nil, to: "1.0", result: "installed", at: now.addingTimeInterval(-3600))
         late.via = "offline"
@@ -55,28 +63,34 @@ import UpgradeTestSupport
         #expect(releases[0].failing == 1)
         #expect(releases[1].attempts == 2 && releases[1].failures == 1)
 
-        let failing = try await store.devices({
-            var query = DeviceQuery(product: "app")
-            query.results = ["failing"]
-            return query
-        }())
+        let failing = try await store.devices(
+            {
+                var query = DeviceQuery(product: "app")
+                query.results = ["failing"]
+                return query
+            }()
+        )
         #expect(failing.devices.map(\.id) == ["b"])
         #expect(failing.devices[0].reason == "post-install exited 1")
         #expect(failing.devices[0].attempted == "2.0")
         #expect(failing.devices[0].version == "1.0")
-        let a = try await store.devices({
-            var query = DeviceQuery(product: "app")
-            query.version = "2.0"
-            return query
-        }())
+        let a = try await store.devices(
+            {
+                var query = DeviceQuery(product: "app")
+                query.version = "2.0"
+                return query
+            }()
+        )
         #expect(a.devices.map(\.id) == ["a"])
         #expect(a.devices[0].via == "online")
         #expect(a.devices[0].bytesFromServer == 2000)
-        let tagged = try await store.devices({
-            var query = DeviceQuery(product: "app")
-            query.tag = "lab"
-            return query
-        }())
+        let tagged = try await store.devices(
+            {
+                var query = DeviceQuery(product: "app")
+                query.tag = "lab"
+                return query
+            }()
+        )
         #expect(tagged.devices.map(\.id) == ["b"] && tagged.devices[0].tags == ["lab"])
 
         // Only the first 4 attempts count.
@@ -92,7 +106,11 @@ import UpgradeTestSupport
         await store.close()
 
         // Reopened: the schema is not applied twice and the data is there.
-        let again = try await FleetStores.open(tree.path("fleet.sqlite"), attemptsCounted: 4, logger: Logger(label: "t"))
+        let again = try await FleetStores.open(
+            tree.path("fleet.sqlite"),
+            attemptsCounted: 4,
+            logger: Logger(label: "t")
+        )
         #expect(try await again.devices(DeviceQuery(product: "app")).total == 9)
         // Retention: a device not seen for longer is forgotten, with its history.
         try await again.prune(before: now.addingTimeInterval(3600))
@@ -102,7 +120,11 @@ import UpgradeTestSupport
 
     @Test func contactsMarkDevicesSeen() async throws {
         let tree = try TemporaryTree()
-        let store = try await FleetStores.open(tree.path("fleet.sqlite"), attemptsCounted: 20, logger: Logger(label: "t"))
+        let store = try await FleetStores.open(
+            tree.path("fleet.sqlite"),
+            attemptsCounted: 20,
+            logger: Logger(label: "t")
+        )
         var device = PlanRequest.Device(os: "linux", arch: "x86_64", id: "quiet")
         device.tags = ["edge"]
         let old = Date().addingTimeInterval(-7200)
@@ -119,10 +141,18 @@ import UpgradeTestSupport
 
     @Test func badLocationsAreNamed() async throws {
         await #expect(throws: FleetStoreError.self) {
-            _ = try await FleetStores.open("/nonexistent/dir/fleet.sqlite", attemptsCounted: 20, logger: Logger(label: "t"))
+            _ = try await FleetStores.open(
+                "/nonexistent/dir/fleet.sqlite",
+                attemptsCounted: 20,
+                logger: Logger(label: "t")
+            )
         }
         do {
-            _ = try await FleetStores.open("postgres://host-without-user/db", attemptsCounted: 20, logger: Logger(label: "t"))
+            _ = try await FleetStores.open(
+                "postgres://host-without-user/db",
+                attemptsCounted: 20,
+                logger: Logger(label: "t")
+            )
             Issue.record("a URL without a user opened")
         } catch {
             #expect("\(error)".contains("is not postgres://USER"))
