@@ -192,15 +192,14 @@ extension SyncClient {
         options: SyncOptions,
         session: RootSession
     ) {
-        queueReport(
-            outcome(
-                options: options,
-                device: thisDevice(options),
-                report: report,
-                result: result,
-                releaseDigest: session.installedDigest
-            ),
-            session: session
+        var queued = outcome(
+            options: options,
+            device: thisDevice(options),
+            report: report,
+            result: result,
+            releaseDigest: session.installedDigest
         )
+        queued.via = "offline"
+        queueReport(queued, session: session)
     }
 }

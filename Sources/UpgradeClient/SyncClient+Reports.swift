@@ -55,7 +55,7 @@ extension SyncClient {
             device: device,
             fromVersion: report.fromVersion,
             toVersion: report.toVersion,
-            result: result,
+            result: oneLine(result),
             bytesDownloaded: report.bytesDownloaded,
             durationSeconds: report.durationSeconds
         )
@@ -69,16 +69,35 @@ extension SyncClient {
         return outcome
     }
 
-    /// Sends one report; true when the server took it. A report is best effort: the run's
-    /// result does not depend on it.
+    /// `text` on one line: a hook's output in an error message has newlines, which the server
+    /// refuses in a report (no control characters).
+    static func oneLine(_ text: String) -> String {
+        String(
+            String.UnicodeScalarView(
+                text.unicodeScalars.map { $0.properties.generalCategory == .control ? " " : $0 }
+            )
+        )
+    }
+
+    /// What became of a report.
+    enum ReportDelivery {
+        /// The server took it.
+        case taken
+        /// The server will never take it (a 4xx other than 401, 408 and 429): dropped.
+        case refused
+        /// Not now (no answer, 5xx, 401, 408, 429): kept for the next run.
+        case later
+    }
+
+    /// Sends one report. A report is best effort: the run's result does not depend on it.
     @discardableResult
     static func sendReport(
         _ outcome: SyncOutcome,
         options: SyncOptions,
         transport: HTTPTransport,
         logger: Logger
-    ) async -> Bool {
-        guard let body = try? JSONEncoder().encode(outcome) else { return false }
+    ) async -> ReportDelivery {
+        guard let body = try? JSONEncoder().encode(outcome) else { return .refused }
         do {
             let (status, bytes) = try await transport.fetch(
                 options.server.trimmingSuffix("/") + "/v1/reports",
@@ -87,25 +106,38 @@ extension SyncClient {
                 body: [UInt8](body),
                 limit: 1 << 16
             )
-            guard (200..<300).contains(status) else {
-                logger.info(
-                    "the server refused the sync report",
-                    metadata: ["status": "\(status)", "why": "\(message(bytes))"]
-                )
-                return false
-            }
-            return true
+            if (200..<300).contains(status) { return .taken }
+            let permanent = (400..<500).contains(status) && ![401, 408, 429].contains(status)
+            logger.log(
+                level: permanent ? .warning : .info,
+                "the server refused the sync report",
+                metadata: ["status": "\(status)", "why": "\(message(bytes))"]
+            )
+            return permanent ? .refused : .later
         } catch {
             logger.info("could not send the sync report", metadata: ["error": "\(error)"])
-            return false
+            return .later
         }
     }
 
-    /// Keeps an offline run's report (marked `via: offline`) in the state directory for the
-    /// next online sync; at most ``queuedReportLimit``, the oldest dropped.
+    /// Sends the queued reports, then the run's own (oldest first, so the device's state ends
+    /// at its newest run); one the server cannot take now is queued for the next run.
+    static func deliverReport(
+        _ outcome: SyncOutcome,
+        session: RootSession,
+        options: SyncOptions,
+        transport: HTTPTransport,
+        logger: Logger
+    ) async {
+        await sendQueuedReports(session: session, options: options, transport: transport, logger: logger)
+        if await sendReport(outcome, options: options, transport: transport, logger: logger) == .later {
+            queueReport(outcome, session: session)
+        }
+    }
+
+    /// Keeps a report in the state directory for the next online sync; at most
+    /// ``queuedReportLimit``, the oldest dropped.
     static func queueReport(_ outcome: SyncOutcome, session: RootSession) {
-        var outcome = outcome
-        outcome.via = "offline"
         guard let directory = try? session.directory("reports"), let bytes = try? JSONEncoder().encode(outcome) else {
             return
         }
@@ -118,8 +150,8 @@ extension SyncClient {
         for stale in queued.dropLast(queuedReportLimit) { unlink(directory + "/" + stale) }
     }
 
-    /// Sends the queued reports, oldest first, removing each the server took; stops at the
-    /// first it does not take (the rest wait for the next run).
+    /// Sends the queued reports, oldest first, removing each the server took or will never
+    /// take; stops at the first it cannot take now (the rest wait for the next run).
     static func sendQueuedReports(
         session: RootSession,
         options: SyncOptions,
@@ -135,7 +167,7 @@ extension SyncClient {
                 unlink(path)
                 continue
             }
-            guard await sendReport(outcome, options: options, transport: transport, logger: logger) else { return }
+            if await sendReport(outcome, options: options, transport: transport, logger: logger) == .later { return }
             unlink(path)
         }
     }

@@ -403,8 +403,7 @@ public enum SyncClient {
             result: said,
             releaseDigest: session.installedDigest
         )
-        await sendReport(outcomeToSend, options: options, transport: transport, logger: logger)
-        await sendQueuedReports(session: session, options: options, transport: transport, logger: logger)
+        await deliverReport(outcomeToSend, session: session, options: options, transport: transport, logger: logger)
         report.result = try outcome.get()
         return report
     }

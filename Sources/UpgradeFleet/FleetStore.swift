@@ -94,9 +94,12 @@ public struct FleetReport: Sendable {
     /// is (`failed`, `hook post-install exited 1`); clients before the hyphenated tokens sent
     /// `up to date`, `rolled back`.
     public static func classify(_ reported: String) -> (result: String, reason: String?) {
-        let normalized = reported.replacingOccurrences(of: "up to date", with: "up-to-date")
-            .replacingOccurrences(of: "rolled back", with: "rolled-back")
-            .replacingOccurrences(of: "dry run", with: "dry-run")
+        var normalized = reported
+        // Only the leading class is rewritten: a reason may say "rolled back" too.
+        for (old, new) in [("up to date", "up-to-date"), ("rolled back", "rolled-back"), ("dry run", "dry-run")]
+        where normalized.hasPrefix(old) {
+            normalized = new + normalized.dropFirst(old.count)
+        }
         for token in resultClasses where normalized == token || normalized.hasPrefix(token + ":") {
             let rest = normalized.dropFirst(token.count).drop { $0 == ":" || $0 == " " }
             return (token, rest.isEmpty ? nil : String(rest.prefix(512)))

@@ -32,10 +32,10 @@ func wheelTree(_ package: String, _ version: String, data: String) -> String {
 }
 
 /// Starts `upgrade serve` on a free loopback port; returns the process and its URL.
-func startServer(_ binary: String, repo: String) -> (Process, String) {
+func startServer(_ binary: String, repo: String, extra: [String] = []) -> (Process, String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: binary)
-    process.arguments = ["serve", "--repo", repo, "--listen", "127.0.0.1:0", "--log-level", "error"]
+    process.arguments = ["serve", "--repo", repo, "--listen", "127.0.0.1:0", "--log-level", "error"] + extra
     let pipe = Pipe()
     process.standardOutput = pipe
     process.standardError = FileHandle.nullDevice

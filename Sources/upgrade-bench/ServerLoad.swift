@@ -104,6 +104,26 @@ func serverLoad(_ pair: UpgradePair, data: String, upgrade: String, clients: Int
     server.terminate()
     server.waitUntilExit()
 
+    // The fleet store's cost: the same plan request at a steady 20 in flight, with the store on
+    // (each plan records a contact in SQLite) and off.
+    var storeRows = [String]()
+    for (what, extra) in [
+        ("fleet store on (SQLite)", ["--database", work + "/load-fleet.sqlite"]),
+        ("fleet store off", ["--database", "none"]),
+    ] {
+        try? FileManager.default.removeItem(atPath: work + "/load-fleet.sqlite")
+        let (server, url) = startServer(binary, repo: repo, extra: extra)
+        _ = hey(["-n", "200", "-c", "20", "-m", "POST", "-T", "application/json", "-D", body, url + "/v1/plan"])
+        let result = hey([
+            "-n", "4000", "-c", "20", "-t", "60", "-m", "POST", "-T", "application/json", "-D", body, url + "/v1/plan",
+        ])!
+        storeRows.append(
+            row("upgrade serve, 20 concurrent POST /v1/plan, \(what)", result, peak: peakKiB(server.processIdentifier))
+        )
+        server.terminate()
+        server.waitUntilExit()
+    }
+
     // nginx serving the same repository directory: the static-file reference.
     var nginxRow = "| load | nginx, GET the channel file (static reference) | — | — | — | nginx missing |"
     if FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx") {
@@ -140,5 +160,5 @@ func serverLoad(_ pair: UpgradePair, data: String, upgrade: String, clients: Int
         ),
         row("upgrade serve, \(clients) concurrent GET of the channel file", files, peak: serverPeak),
         nginxRow,
-    ]
+    ] + storeRows
 }

@@ -59,10 +59,10 @@ struct FleetTests {
         try bad.file("check.sh", "#!/bin/sh\necho broken >&2\nexit 1\n", mode: 0o755)
         try sync.fixture.publish("2.0", bad.root, extra: ["--health-check", "check.sh"])
         for index in 0..<2 {
-            let failed = try sync.sync(server, root: roots[index], ["--device-id", "dev-\(index)"])
+            let failed = try sync.sync(server, root: roots[index], ["--device-id", "dev-\(index)", "--tag", "lab"])
             #expect(failed.status == 8, "\(failed.stderr)")
         }
-        let held = try sync.sync(server, root: roots[2], ["--device-id", "dev-2", "--json"])
+        let held = try sync.sync(server, root: roots[2], ["--device-id", "dev-2", "--tag", "lab", "--json"])
         #expect(held.status == 0, "\(held.stderr)")
         let report = try Self.json(held)
         #expect(report["result"] as? String == "held", "\(report)")
@@ -116,13 +116,18 @@ struct FleetTests {
         let dom = loaded.text
         #expect(dom.contains("3 devices, 0 not seen for 24 h; auto-halt above 50% of the first 2 attempts"), "\(dom)")
         let releases = Chromium.rows(dom, table: "releases")
-        #expect(releases.contains("app | 1.0 | 3 | 2 | 0 | 0 | offered"), "\(releases)")
+        #expect(releases.contains("app | 1.0 | 3 | 2 | 2 | 0 | offered"), "\(releases)")
         #expect(releases.contains("app | 2.0 | 0 | 0 | 2 | 2 | halted"), "\(releases)")
         let channels = Chromium.rows(dom, table: "channels")
         #expect(channels.count == 1 && channels[0].hasPrefix("app | stable | 2.0 | 100% | 0 of 3"), "\(channels)")
         let failures = Chromium.rows(dom, table: "failures")
         #expect(failures.count == 2, "\(failures)")
-        #expect(failures.allSatisfy { $0.contains("| 1.0 | 2.0 |") && $0.contains("health") }, "\(failures)")
+        #expect(
+            failures.allSatisfy {
+                $0.contains("| 1.0 | 2.0 | failed | health-check hook failed") && $0.contains("rolled back")
+            },
+            "\(failures)"
+        )
         let devices = Chromium.rows(dom, table: "devices")
         #expect(devices.map { $0.components(separatedBy: " | ")[0] }.sorted() == ["dev-0", "dev-1", "dev-2"])
         #expect(devices.allSatisfy { $0.contains("lab") && $0.contains("linux") }, "\(devices)")

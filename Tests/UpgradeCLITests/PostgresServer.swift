@@ -76,13 +76,31 @@ final class PostgresServer: @unchecked Sendable {
 
     private var stopCommand: [String] { [bin + "/pg_ctl", "-D", directory + "/data", "-m", "immediate", "stop"] }
 
+    /// Runs `command` with its output in a file, not a pipe, and every descriptor above 2 closed:
+    /// the server `pg_ctl start` leaves running would otherwise inherit pipes (Foundation does
+    /// not mark its pipes close-on-exec), and whoever waits for such a pipe's end, this test or
+    /// another one running beside it, would wait until the server stops.
     private func run(_ command: [String]) throws {
-        let full = asUser + command
-        let result = try runProgram(full[0], Array(full.dropFirst()))
-        guard result.status == 0 else {
+        let closeAll = #"for f in /proc/$$/fd/*; do n=${f##*/}; [ "$n" -gt 2 ] && eval "exec $n>&-"; done; exec "$@""#
+        let full = ["/bin/bash", "-c", closeAll, "bash"] + asUser + command
+        let output = directory + "/command.out"
+        _ = FileManager.default.createFile(atPath: output, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+        defer { try? handle.close() }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: full[0])
+        process.arguments = Array(full.dropFirst())
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            let printed = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
             let log = (try? String(contentsOfFile: directory + "/log", encoding: .utf8)) ?? ""
             throw StartFailure(
-                description: "\(command[0]) exited \(result.status): \(result.stderr.suffix(400)) \(log.suffix(400))"
+                description:
+                    "\(command[0]) exited \(process.terminationStatus): \(printed.suffix(400)) \(log.suffix(400))"
             )
         }
     }

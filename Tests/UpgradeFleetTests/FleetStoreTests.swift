@@ -163,6 +163,7 @@ import UpgradeTestSupport
         #expect(FleetReport.classify("up to date") == ("up-to-date", nil))
         #expect(FleetReport.classify("failed: network: refused") == ("failed", "network: refused"))
         #expect(FleetReport.classify("rolled-back") == ("rolled-back", nil))
+        #expect(FleetReport.classify("failed: the tree was rolled back") == ("failed", "the tree was rolled back"))
         #expect(FleetReport.classify("whatever").result == "other")
     }
 }
