@@ -68,6 +68,11 @@ final class PostgresDatabase: SQLDatabase {
     func transaction(_ statements: [SQLStatement]) async throws {
         let logger = logger
         let queries = try statements.map(Self.query)
+        if queries.count == 1 {
+            // One statement is its own transaction: one round trip instead of BEGIN, it, COMMIT.
+            for try await _ in try await client.query(queries[0], logger: logger) {}
+            return
+        }
         try await client.withTransaction(logger: logger) { connection in
             for query in queries { try await connection.query(query, logger: logger) }
         }

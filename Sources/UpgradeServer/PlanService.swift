@@ -108,10 +108,20 @@ final class PlanService: Sendable {
                 throw HTTPError(.badRequest, message: "malformed plan request: \(JSON.describe(error))")
             }
             try configuration.deviceTokens?.require(credential, for: planRequest.device.id)
-            if let fleet, Names.isValid(planRequest.product), ReportSchema.problem(planRequest.device) == nil {
-                await fleet.contact(planRequest)
+            // The contact is written while the plan is computed; the answer waits for both, so
+            // a device's "last seen" is stored when it gets its plan.
+            let contactFleet =
+                Names.isValid(planRequest.product) && ReportSchema.problem(planRequest.device) == nil ? fleet : nil
+            async let contacted: Void? = contactFleet?.contact(planRequest)
+            let plan: PlanResponse
+            do {
+                plan = try await computePlan(planRequest)
+            } catch {
+                await contacted
+                throw error
             }
-            return (planRequest, try await computePlan(planRequest))
+            await contacted
+            return (planRequest, plan)
         }
         failed = false
         logger.info(
