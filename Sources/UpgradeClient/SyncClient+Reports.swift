@@ -120,8 +120,9 @@ extension SyncClient {
         }
     }
 
-    /// Sends the queued reports, then the run's own (oldest first, so the device's state ends
-    /// at its newest run); one the server cannot take now is queued for the next run.
+    /// Sends the run's own report (after the queued ones, sent once the server answered the
+    /// plan request, so the device's state ends at its newest run); one the server cannot take
+    /// now is queued for the next run.
     static func deliverReport(
         _ outcome: SyncOutcome,
         session: RootSession,
@@ -129,7 +130,6 @@ extension SyncClient {
         transport: HTTPTransport,
         logger: Logger
     ) async {
-        await sendQueuedReports(session: session, options: options, transport: transport, logger: logger)
         if await sendReport(outcome, options: options, transport: transport, logger: logger) == .later {
             queueReport(outcome, session: session)
         }

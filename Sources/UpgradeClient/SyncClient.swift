@@ -169,6 +169,9 @@ public enum SyncClient {
             return report
         }
         guard let response else { throw SyncError.server(status: 409, message: "the server refused the manifest") }
+        // The server answered: what earlier runs could not report goes now, whatever this run
+        // turns out to be (up to date, held and skipped runs send no report of their own).
+        await sendQueuedReports(session: session, options: options, transport: transport, logger: logger)
         report.requestBytes = requestBytes
         report.planBytes = planResponseBytes
 

@@ -187,10 +187,13 @@ struct FleetTests {
         #expect(devices.devices.map(\.id) == ["dev-a"], "\(devices)")
     }
 
-    @Test("an offline upgrade from a peer is reported with the next online sync, marked offline")
+    @Test(
+        "an offline upgrade from a peer is reported with the next online sync, marked offline; a report the store cannot take is kept and sent later"
+    )
     func queuedOfflineReports() async throws {
         let sync = try SyncFixture(releases: 2)
-        let server = try ServerProcess(repo: sync.repo, extra: ["--database", sync.fixture.work.path("f.sqlite")])
+        let database = sync.fixture.work.path("f.sqlite")
+        let server = try ServerProcess(repo: sync.repo, extra: ["--database", database])
         let holder = sync.fixture.work.path("holder")
         #expect(try sync.sync(server, root: holder, ["--device-id", "holder"]).status == 0)
         let share = try ListeningProcess([
@@ -209,18 +212,36 @@ struct FleetTests {
         let queue = root + "/.upgrade/reports"
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: queue)) ?? []).count == 1)
 
-        // The next online sync (up to date) sends the queued report.
-        try sync.publish(3)
+        // The next online sync is up to date and sends the queued report.
         #expect(try sync.sync(server, root: root, ["--device-id", "roamer"]).status == 0)
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: queue)) ?? []).isEmpty)
-        let list = try JSONDecoder().decode(
+        var list = try JSONDecoder().decode(DeviceList.self, from: try Self.get(server.url + "/v1/devices").body)
+        #expect(list.devices.map(\.id).sorted() == ["holder", "roamer"], "\(list)")
+        let roamer = list.devices.first { $0.id == "roamer" }
+        #expect(roamer?.version == "2.0" && roamer?.via == "offline" && roamer?.result == "installed", "\(list)")
+        #expect(roamer?.bytesFromPeers ?? 0 > 0, "the offline run's peer bytes count")
+
+        // A store that cannot take a report (503): the device keeps it and sends it next time.
+        try Self.sqlite(database, "ALTER TABLE history RENAME TO history_away")
+        try sync.publish(3)
+        #expect(try sync.sync(server, root: root, ["--device-id", "roamer"]).status == 0)
+        try await sync.expect(root, equals: 3)
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: queue)) ?? []).count == 1)
+        try Self.sqlite(database, "ALTER TABLE history_away RENAME TO history")
+        #expect(try sync.sync(server, root: root, ["--device-id", "roamer"]).status == 0)
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: queue)) ?? []).isEmpty)
+        list = try JSONDecoder().decode(
             DeviceList.self,
             from: try Self.get(server.url + "/v1/devices?version=3.0").body
         )
-        #expect(list.devices.map(\.id) == ["roamer"], "\(list)")
-        // The offline run is in the history but the device's state is its newest run.
-        #expect(list.devices.first?.via == "online")
-        #expect(list.devices.first?.bytesFromPeers ?? 0 > 0, "the offline run's peer bytes count")
+        #expect(list.devices.map(\.id) == ["roamer"] && list.devices.first?.via == "online", "\(list)")
+    }
+
+    /// Runs one SQL statement on a SQLite file (Python's sqlite3, beside the server's GRDB).
+    static func sqlite(_ path: String, _ sql: String) throws {
+        let script = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()"
+        let result = try runProgram("/usr/bin/env", ["python3", "-c", script, path, sql])
+        #expect(result.status == 0, "\(sql): \(result.stderr)")
     }
 
     /// Posts `count` simulated reports, alternating between `servers`: 60% installed 2.0,
