@@ -1,11 +1,6 @@
 // swift-tools-version: 6.2
 import PackageDescription
 
-/// Settings shared by every Swift target: Swift 6 mode is the package default; warnings fail the build.
-let strict: [SwiftSetting] = [
-    .treatAllWarnings(as: .error)
-]
-
 let package = Package(
     name: "upgrade",
     platforms: [.macOS(.v15)],
@@ -42,18 +37,16 @@ let package = Package(
         // Pure core: manifest, path rules, canonical encoding, diff, plan. No I/O.
         .target(
             name: "UpgradeCore",
-            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
-            swiftSettings: strict
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")]
         ),
         // XXH3-128 as a Swift value type (the only importer of CXXHash).
-        .target(name: "UpgradeHash", dependencies: ["CXXHash", "UpgradeCore"], swiftSettings: strict),
+        .target(name: "UpgradeHash", dependencies: ["CXXHash", "UpgradeCore"]),
         // zstd compression as a Swift value type (the only importer of CZstd).
-        .target(name: "UpgradeZstd", dependencies: ["CZstd"], swiftSettings: strict),
+        .target(name: "UpgradeZstd", dependencies: ["CZstd"]),
         // Keys, signed envelopes, release headers, channel records, versions: pure, clock injected.
         .target(
             name: "UpgradeTrust",
-            dependencies: ["UpgradeCore", .product(name: "Crypto", package: "swift-crypto")],
-            swiftSettings: strict
+            dependencies: ["UpgradeCore", .product(name: "Crypto", package: "swift-crypto")]
         ),
         // The release repository on disk: objects, publish, verify, catalog.
         .target(
@@ -61,15 +54,14 @@ let package = Package(
             dependencies: [
                 "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeZstd", "UpgradeBundle",
                 .product(name: "Crypto", package: "swift-crypto"),
-            ],
-            swiftSettings: strict
+            ]
         ),
         // Linux syscalls that need _GNU_SOURCE (renameat2, O_PATH, syncfs, spawn setsid).
         .target(name: "CUpgradeSys"),
         // The wire protocol between `upgrade sync` and `upgrade serve`: pure values.
-        .target(name: "UpgradeProtocol", dependencies: ["UpgradeCore"], swiftSettings: strict),
+        .target(name: "UpgradeProtocol", dependencies: ["UpgradeCore"]),
         // LAN peers: announcements (UDP multicast pinned to one interface, TTL 1) and discovery.
-        .target(name: "UpgradePeer", swiftSettings: strict),
+        .target(name: "UpgradePeer"),
         // The fleet store: devices, history, first attempts per release; SQLite (GRDB) or PostgreSQL.
         .target(
             name: "UpgradeFleet",
@@ -78,8 +70,7 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: strict
+            ]
         ),
         // `upgrade serve`: the plan server on Hummingbird (buildApplication apart from main).
         .target(
@@ -92,8 +83,7 @@ let package = Package(
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            ],
-            swiftSettings: strict
+            ]
         ),
         // `upgrade sync`: ask, verify, fetch (parallel, resumable), install through the engine, report.
         .target(
@@ -109,22 +99,20 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
-            ],
-            swiftSettings: strict
+            ]
         ),
         // Offline bundle container: writer and random-access reader.
-        .target(name: "UpgradeBundle", dependencies: ["UpgradeCore", "UpgradeScan"], swiftSettings: strict),
+        .target(name: "UpgradeBundle", dependencies: ["UpgradeCore", "UpgradeScan"]),
         // The transactional apply engine: staging, journal, commit, rollback, recovery, hooks.
         .target(
             name: "UpgradeApply",
             dependencies: [
                 "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeZstd", "UpgradeBundle", "CUpgradeSys",
                 .product(name: "Crypto", package: "swift-crypto"),
-            ],
-            swiftSettings: strict
+            ]
         ),
         // Tree scanner, stat cache, manifest files on disk.
-        .target(name: "UpgradeScan", dependencies: ["UpgradeCore", "UpgradeHash", "CUpgradeSys"], swiftSettings: strict),
+        .target(name: "UpgradeScan", dependencies: ["UpgradeCore", "UpgradeHash", "CUpgradeSys"]),
 
         // The command-line tool: wires library calls, renders results.
         .executableTarget(
@@ -135,25 +123,22 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
-            swiftSettings: strict
+            ]
         ),
         // `make bench`: compares the project with rsync, xxhsum, zstd on the same data.
-        .executableTarget(name: "upgrade-bench", dependencies: [], swiftSettings: strict),
+        .executableTarget(name: "upgrade-bench", dependencies: []),
 
         // Helpers shared by the test targets: scratch trees, deterministic bytes, running programs.
-        .target(name: "UpgradeTestSupport", path: "Tests/UpgradeTestSupport", swiftSettings: strict),
-        .testTarget(name: "UpgradeCoreTests", dependencies: ["UpgradeCore"], swiftSettings: strict),
+        .target(name: "UpgradeTestSupport", path: "Tests/UpgradeTestSupport"),
+        .testTarget(name: "UpgradeCoreTests", dependencies: ["UpgradeCore"]),
         .testTarget(
             name: "UpgradeScanTests",
-            dependencies: ["UpgradeScan", "UpgradeHash", "UpgradeZstd", "UpgradeCore", "UpgradeTestSupport"],
-            swiftSettings: strict
+            dependencies: ["UpgradeScan", "UpgradeHash", "UpgradeZstd", "UpgradeCore", "UpgradeTestSupport"]
         ),
-        .testTarget(name: "UpgradeTrustTests", dependencies: ["UpgradeTrust", "UpgradeCore"], swiftSettings: strict),
+        .testTarget(name: "UpgradeTrustTests", dependencies: ["UpgradeTrust", "UpgradeCore"]),
         .testTarget(
             name: "UpgradeFleetTests",
-            dependencies: ["UpgradeFleet", "UpgradeProtocol", "UpgradeTestSupport", .product(name: "Logging", package: "swift-log")],
-            swiftSettings: strict
+            dependencies: ["UpgradeFleet", "UpgradeProtocol", "UpgradeTestSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "UpgradeCLITests",
@@ -163,8 +148,14 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
-            ],
-            swiftSettings: strict
+            ]
         ),
     ]
 )
+
+// Settings for every Swift target, in one place (swift-log's Package.swift does the same):
+// Swift 6 mode is the package default; warnings fail the build. Undeclared imports fail it too,
+// through `--explicit-target-dependency-import-check error` (Makefile, SWIFT_BUILD_FLAGS).
+for target in package.targets where target.type != .system && target.name != "CUpgradeSys" {
+    target.swiftSettings = (target.swiftSettings ?? []) + [.treatAllWarnings(as: .error)]
+}

@@ -41,5 +41,7 @@ sync
 echo "== a second sync has nothing to do and prints nothing"
 sync
 "$upgrade" status --root "$work/installed" | grep -E '^(installed|last success):'
+echo "== the fleet view (the server's store, $work/repo-fleet.sqlite)"
+"$upgrade" fleet --server "$url"
 echo "== server metrics"
 curl -s "$url/metrics" 2>/dev/null | grep -E '^upgrade_(plans|sync_reports)_total' || true

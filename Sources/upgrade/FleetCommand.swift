@@ -60,7 +60,7 @@ struct FleetSummaryCommand: AsyncParsableCommand {
         let halt = summary.haltAbove.map {
             "auto-halt above \($0 * 100)% of the first \(summary.haltAfter ?? 0) attempts"
         }
-        print("\(summary.devices) devices; \(halt ?? "auto-halt off")")
+        print("\(summary.devices) device\(summary.devices == 1 ? "" : "s"); \(halt ?? "auto-halt off")")
         print("")
         print(pad(["PRODUCT", "RELEASE", "DEVICES", "FAILING", "ATTEMPTS", "FAILURES", "STATE"]))
         for release in summary.releases {
@@ -121,13 +121,17 @@ struct FleetDevicesCommand: AsyncParsableCommand {
             JSONOutput.print(command: "fleet devices", list)
             return
         }
-        print(pad(["DEVICE", "PRODUCT", "RELEASE", "RESULT", "LAST SEEN", "TAGS"]))
+        let widths = [24, 12, 10, 14, 22, 8]
+        print(pad(["DEVICE", "PRODUCT", "RELEASE", "RESULT", "LAST SEEN", "TAGS"], widths: widths))
         for device in list.devices {
             print(
-                pad([
-                    device.id, device.product, device.version ?? "-", device.result ?? "-", device.lastSeen,
-                    device.tags.joined(separator: ","),
-                ])
+                pad(
+                    [
+                        device.id, device.product, device.version ?? "-", device.result ?? "-", device.lastSeen,
+                        device.tags.joined(separator: ","),
+                    ],
+                    widths: widths
+                )
             )
         }
         if list.total > list.devices.count { print("(\(list.devices.count) of \(list.total))") }
@@ -169,9 +173,8 @@ struct FleetTokenCommand: ParsableCommand {
 }
 
 /// Columns of a plain table.
-private func pad(_ fields: [String]) -> String {
-    let widths = [24, 12, 10, 10, 22, 10, 8]
-    return zip(fields, widths + Array(repeating: 8, count: max(0, fields.count - widths.count))).map { field, width in
+private func pad(_ fields: [String], widths: [Int] = [24, 12, 10, 10, 10, 10, 8]) -> String {
+    zip(fields, widths + Array(repeating: 8, count: max(0, fields.count - widths.count))).map { field, width in
         field.count >= width ? field + " " : field + String(repeating: " ", count: width - field.count)
     }.joined().trimmingCharacters(in: .whitespaces)
 }
