@@ -6,6 +6,8 @@ SWIFT ?= swift
 DEB_PACKAGES := pkg-config libxxhash-dev libzstd-dev xxhash zstd rsync time strace openssl nginx-light curl iproute2 hey systemd man-db libcap2-bin libsqlite3-dev postgresql chromium
 # What `make bench` needs beyond that: pip fetches the numpy and scipy wheels it upgrades between.
 BENCH_PACKAGES := python3 python3-pip
+# Every build checks that a target imports only the targets it declares (issue 19).
+SWIFT_BUILD_FLAGS := --explicit-target-dependency-import-check error
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BENCH_DIR ?= $(CURDIR)/bench-data
 
@@ -27,21 +29,21 @@ bench-deps:
 	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(BENCH_PACKAGES)"
 
 build: deps
-	$(SWIFT) build
+	$(SWIFT) build $(SWIFT_BUILD_FLAGS)
 
 # The optimized build (what ships and what `make bench` measures). Not in `make test`: it takes
 # minutes more; CI runs it through `make ci`.
 release: deps
-	$(SWIFT) build -c release
+	$(SWIFT) build -c release $(SWIFT_BUILD_FLAGS)
 
 # The README's test command. Builds the binary and the tests, then runs every suite.
 test: deps
-	$(SWIFT) build --build-tests
+	$(SWIFT) build --build-tests $(SWIFT_BUILD_FLAGS)
 	$(SWIFT) test --skip-build
 
 # The long crash sweep: 300 SIGKILLed applies (the default suite runs 30).
 test-crash: deps
-	$(SWIFT) build --build-tests
+	$(SWIFT) build --build-tests $(SWIFT_BUILD_FLAGS)
 	UPGRADE_CRASH_RUNS=300 $(SWIFT) test --skip-build --filter CrashTests
 
 # The README's first command: the main job end to end on the example trees.
