@@ -159,8 +159,18 @@ final class PlanService: Sendable {
         if let version = request.version, Version(version) == nil {
             throw HTTPError(.badRequest, message: "invalid version \(version.debugDescription)")
         }
-        // Auto-halt: the channel's release, not one a device asks for by name (`--version`, a pin).
-        if request.version == nil {
+        // Auto-halt: the channel's release, not one a device asks for by name (`--version`) or
+        // that the record pins to another release (it asks again, by name, once it reads the pin).
+        let pinnedElsewhere: Bool
+        switch record.decision(
+            device: request.device.id,
+            tags: request.device.tags ?? [],
+            installed: request.installed?.version
+        ) {
+        case .pinned: pinnedElsewhere = true
+        case .take, .hold: pinnedElsewhere = false
+        }
+        if request.version == nil, !pinnedElsewhere {
             try await fleet?.requireOffered(
                 product: request.product,
                 version: targetVersion,

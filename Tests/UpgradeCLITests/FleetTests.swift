@@ -98,6 +98,21 @@ struct FleetTests {
         let wrong = try Upgrade.run(["fleet", "devices", "--server", server.url, "--result", "exploded"])
         #expect(wrong.status == 2 && wrong.stderr.contains("exploded"), "\(wrong.stderr)")
 
+        // A device the signed record pins to 1.0 is not held by 2.0's halt: it installs its pin.
+        let pin = try Upgrade.run([
+            "channel", "set", "--pin", "device:dev-3=1.0", "--repo", sync.repo, "--product", "app", "--key",
+            sync.fixture.key,
+        ])
+        #expect(pin.status == 0, "\(pin.stderr)")
+        let pinnedRoot = sync.fixture.work.path("root3")
+        let pinned = try sync.sync(server, root: pinnedRoot, ["--device-id", "dev-3", "--json"])
+        #expect(pinned.status == 0, "\(pinned.stderr)")
+        let pinnedReport = try Self.json(pinned)
+        #expect(pinnedReport["pinnedVersion"] as? String == "1.0", "\(pinnedReport)")
+        try await sync.expect(pinnedRoot, equals: 1, "the pinned release despite the halt")
+        let stillHeld = try Self.json(try sync.sync(server, root: roots[2], ["--device-id", "dev-2", "--json"]))
+        #expect(stillHeld["result"] as? String == "held", "an unpinned device is still held: \(stillHeld)")
+
         // A fixed release is offered again; the device that was held installs it.
         try sync.fixture.publish("3.0", sync.trees[2].root)
         #expect(try sync.sync(server, root: roots[2], ["--device-id", "dev-2"]).status == 0)
