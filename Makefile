@@ -3,7 +3,7 @@
 SWIFT ?= swift
 # Debian packages the build, the tests and the benchmarks need. CI starts from a machine with
 # only the toolchain, so `deps` installs them (apt-get update, then apt-get install -y).
-DEB_PACKAGES := pkg-config libxxhash-dev libzstd-dev xxhash zstd rsync time strace openssl nginx-light curl iproute2 hey systemd man-db libcap2-bin libsqlite3-dev postgresql chromium
+DEB_PACKAGES := pkg-config libxxhash-dev libzstd-dev xxhash zstd rsync time strace openssl nginx-light curl iproute2 hey systemd man-db libcap2-bin libsqlite3-dev sqlite3 postgresql chromium
 # What `make bench` needs beyond that: pip fetches the numpy and scipy wheels it upgrades between.
 BENCH_PACKAGES := python3 python3-pip
 # Every build checks that a target imports only the targets it declares (issue 19).

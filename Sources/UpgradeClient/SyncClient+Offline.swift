@@ -172,7 +172,7 @@ extension SyncClient {
             report.durationSeconds = Date().timeIntervalSince(started)
             queueOfflineReport(
                 report,
-                result: "failed: \(error)".prefix(200).description,
+                result: failed(error),
                 options: options,
                 session: session
             )

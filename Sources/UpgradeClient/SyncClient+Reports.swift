@@ -69,6 +69,11 @@ extension SyncClient {
         return outcome
     }
 
+    /// The reported result of a run that ended with `error`.
+    static func failed(_ error: any Error) -> String {
+        "failed: \(error)".prefix(200).description
+    }
+
     /// `text` on one line: a hook's output in an error message has newlines, which the server
     /// refuses in a report (no control characters).
     static func oneLine(_ text: String) -> String {

@@ -397,7 +397,7 @@ public enum SyncClient {
         let said: String
         switch outcome {
         case .success(let result): said = result.rawValue
-        case .failure(let error): said = "failed: \(error)".prefix(200).description
+        case .failure(let error): said = failed(error)
         }
         let outcomeToSend = Self.outcome(
             options: options,

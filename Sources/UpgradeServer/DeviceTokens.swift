@@ -33,6 +33,18 @@ public struct DeviceTokens: Sendable {
         self.devices = devices
     }
 
+    /// A new token for `device` (256 random bits, hex) and the line the tokens file gets for it.
+    public static func issue(for device: String) -> (token: String, line: String) {
+        var random = SystemRandomNumberGenerator()
+        let token = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &random)) }.joined()
+        return (token, "\(device) \(digest(token).hex)\n")
+    }
+
+    /// Whether `device` can be a tokens file's device id: 1-128 bytes, no white space.
+    public static func isValidDevice(_ device: String) -> Bool {
+        !device.isEmpty && device.utf8.count <= 128 && !device.contains(where: { $0.isWhitespace || $0.isNewline })
+    }
+
     /// The digest of a token as the file records it.
     public static func digest(_ token: String) -> SHA256Hash {
         SHA256Hash(bytes: Array(SHA256.hash(data: Data(token.utf8))))!

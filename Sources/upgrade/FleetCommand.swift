@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import UpgradeClient
 import UpgradeProtocol
+import UpgradeScan
 import UpgradeServer
 
 /// `upgrade fleet`: what the server's fleet store says (summary, devices), and device tokens.
@@ -148,26 +149,17 @@ struct FleetTokenCommand: ParsableCommand {
         String
 
     func validate() throws {
-        guard !device.isEmpty, device.utf8.count <= 128, !device.contains(where: { $0.isWhitespace || $0.isNewline })
-        else { throw ValidationError("the device id must be 1-128 bytes without spaces") }
+        guard DeviceTokens.isValidDevice(device) else {
+            throw ValidationError("the device id must be 1-128 bytes without spaces")
+        }
     }
 
     func run() throws {
-        var random = SystemRandomNumberGenerator()
-        let token = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &random)) }.joined()
-        let line = "\(device) \(DeviceTokens.digest(token).hex)\n"
+        let (token, line) = DeviceTokens.issue(for: device)
         let descriptor = open(tokens, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
-        guard descriptor >= 0 else {
-            throw CommandFailure(
-                description: "--tokens \(tokens): \(String(cString: strerror(errno)))",
-                exitStatus: .failure
-            )
-        }
+        guard descriptor >= 0 else { throw SystemCallError(call: "open --tokens \(tokens)", code: errno) }
         defer { close(descriptor) }
-        let written = line.utf8CString.withUnsafeBufferPointer { write(descriptor, $0.baseAddress, line.utf8.count) }
-        guard written == line.utf8.count else {
-            throw CommandFailure(description: "--tokens \(tokens): short write", exitStatus: .failure)
-        }
+        try AtomicFile.writeAll(descriptor, Array(line.utf8))
         print(token)
     }
 }

@@ -25,6 +25,16 @@ struct FleetTests {
         return (Int32(String(decoding: text[text.index(after: cut)...], as: UTF8.self)) ?? 0, Data(text[..<cut]))
     }
 
+    /// POSTs a JSON report to `server`'s `/v1/reports`; the HTTP status curl saw.
+    static func postReport(_ json: String, to server: String, headers: [String] = []) throws -> String {
+        let extra = headers.flatMap { ["-H", $0] }
+        return try runProgram(
+            "/usr/bin/curl",
+            ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json"] + extra
+                + ["-d", json, server + "/v1/reports"]
+        ).text
+    }
+
     static func summary(_ server: String) throws -> FleetSummary {
         let (status, body) = try get(server + "/v1/fleet")
         #expect(status == 200, "\(String(decoding: body, as: UTF8.self))")
@@ -182,22 +192,8 @@ struct FleetTests {
 
         let report =
             #"{"product":"app","device":{"os":"linux","arch":"x86_64","id":"dev-a"},"result":"installed","bytesDownloaded":0,"durationSeconds":1}"#
-        let unauthenticated = try runProgram(
-            "/usr/bin/curl",
-            [
-                "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json", "-d", report,
-                server.url + "/v1/reports",
-            ]
-        )
-        #expect(unauthenticated.text == "401")
-        let authenticated = try runProgram(
-            "/usr/bin/curl",
-            [
-                "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json",
-                "-H", "Authorization: Bearer \(token)", "-d", report, server.url + "/v1/reports",
-            ]
-        )
-        #expect(authenticated.text == "202")
+        #expect(try Self.postReport(report, to: server.url) == "401")
+        #expect(try Self.postReport(report, to: server.url, headers: ["Authorization: Bearer \(token)"]) == "202")
         let devices = try JSONDecoder().decode(DeviceList.self, from: try Self.get(server.url + "/v1/devices").body)
         #expect(devices.devices.map(\.id) == ["dev-a"], "\(devices)")
     }
@@ -252,10 +248,9 @@ struct FleetTests {
         #expect(list.devices.map(\.id) == ["roamer"] && list.devices.first?.via == "online", "\(list)")
     }
 
-    /// Runs one SQL statement on a SQLite file (Python's sqlite3, beside the server's GRDB).
+    /// Runs one SQL statement on a SQLite file (Debian's sqlite3 shell, beside the server's GRDB).
     static func sqlite(_ path: String, _ sql: String) throws {
-        let script = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()"
-        let result = try runProgram("/usr/bin/env", ["python3", "-c", script, path, sql])
+        let result = try runProgram("/usr/bin/sqlite3", [path, sql])
         #expect(result.status == 0, "\(sql): \(result.stderr)")
     }
 
@@ -360,14 +355,7 @@ struct FleetTests {
         // One more failure, through the first server, halts 2.0 for a device of the second.
         let failure =
             #"{"product":"app","device":{"os":"linux","arch":"x86_64","id":"one-more"},"fromVersion":"1.0","toVersion":"2.0","result":"rolled-back","bytesDownloaded":0,"durationSeconds":1}"#
-        let posted = try runProgram(
-            "/usr/bin/curl",
-            [
-                "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json", "-d", failure,
-                first.url + "/v1/reports",
-            ]
-        )
-        #expect(posted.text == "202")
+        #expect(try Self.postReport(failure, to: first.url) == "202")
         let held = try sync.sync(second, root: root, ["--device-id", "late", "--json"])
         #expect(held.status == 0, "\(held.stderr)")
         let report = try Self.json(held)
