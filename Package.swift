@@ -34,6 +34,9 @@ let package = Package(
             providers: [.apt(["libzstd-dev"])]
         ),
 
+        // The file-system floor: system-call errors, EINTR-safe reads and writes, atomic files,
+        // one file lock, file identity. Everything that touches a disk stands on it.
+        .target(name: "UpgradeSystem"),
         // Pure core: manifest, path rules, canonical encoding, diff, plan. No I/O.
         .target(
             name: "UpgradeCore",
@@ -52,7 +55,7 @@ let package = Package(
         .target(
             name: "UpgradeRepository",
             dependencies: [
-                "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeZstd", "UpgradeBundle",
+                "UpgradeCore", "UpgradeScan", "UpgradeSystem", "UpgradeTrust", "UpgradeZstd", "UpgradeBundle",
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
@@ -60,8 +63,16 @@ let package = Package(
         .target(name: "CUpgradeSys"),
         // The wire protocol between `upgrade sync` and `upgrade serve`: pure values.
         .target(name: "UpgradeProtocol", dependencies: ["UpgradeCore"]),
-        // LAN peers: announcements (UDP multicast pinned to one interface, TTL 1) and discovery.
-        .target(name: "UpgradePeer"),
+        // LAN peers: announcements (UDP multicast pinned to one interface, TTL 1), discovery, and
+        // the peer server of `upgrade share` (Hummingbird, reading the root through the engine).
+        .target(
+            name: "UpgradePeer",
+            dependencies: [
+                "UpgradeApply", "UpgradeCore", "UpgradeSystem", "UpgradeTrust",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The fleet store: devices, history, first attempts per release; SQLite (GRDB) or PostgreSQL.
         .target(
             name: "UpgradeFleet",
@@ -72,12 +83,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // `upgrade serve`: the plan server on Hummingbird (buildApplication apart from main).
+        // `upgrade serve`: the plan server on Hummingbird (buildApplication apart from main). It
+        // reads the repository, never a root: no dependency on the apply engine.
         .target(
             name: "UpgradeServer",
             dependencies: [
-                "UpgradeCore", "UpgradeProtocol", "UpgradeRepository", "UpgradeTrust", "UpgradeZstd", "UpgradeApply",
-                "UpgradePeer", "UpgradeFleet",
+                "UpgradeCore", "UpgradeProtocol", "UpgradeRepository", "UpgradeTrust", "UpgradeZstd", "UpgradeFleet",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -90,7 +101,7 @@ let package = Package(
             name: "UpgradeClient",
             dependencies: [
                 "UpgradeCore", "UpgradeProtocol", "UpgradeApply", "UpgradeTrust", "UpgradeZstd", "UpgradeScan",
-                "UpgradePeer",
+                "UpgradePeer", "UpgradeSystem",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -102,24 +113,25 @@ let package = Package(
             ]
         ),
         // Offline bundle container: writer and random-access reader.
-        .target(name: "UpgradeBundle", dependencies: ["UpgradeCore", "UpgradeScan"]),
+        .target(name: "UpgradeBundle", dependencies: ["UpgradeCore", "UpgradeSystem"]),
         // The transactional apply engine: staging, journal, commit, rollback, recovery, hooks.
         .target(
             name: "UpgradeApply",
             dependencies: [
-                "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeZstd", "UpgradeBundle", "CUpgradeSys",
+                "UpgradeCore", "UpgradeScan", "UpgradeSystem", "UpgradeTrust", "UpgradeZstd", "UpgradeBundle",
+                "CUpgradeSys",
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         // Tree scanner, stat cache, manifest files on disk.
-        .target(name: "UpgradeScan", dependencies: ["UpgradeCore", "UpgradeHash", "CUpgradeSys"]),
+        .target(name: "UpgradeScan", dependencies: ["UpgradeCore", "UpgradeHash", "UpgradeSystem", "CUpgradeSys"]),
 
         // The command-line tool: wires library calls, renders results.
         .executableTarget(
             name: "upgrade",
             dependencies: [
                 "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeRepository", "UpgradeApply", "UpgradeBundle",
-                "UpgradeServer", "UpgradeClient", "UpgradeProtocol", "UpgradePeer", "UpgradeFleet",
+                "UpgradeServer", "UpgradeClient", "UpgradeProtocol", "UpgradePeer", "UpgradeFleet", "UpgradeSystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

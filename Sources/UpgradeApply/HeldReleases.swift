@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 public import UpgradeCore
 import UpgradeScan
+import UpgradeSystem
 public import UpgradeTrust
 
 #if canImport(Glibc)

@@ -2,6 +2,7 @@ internal import CUpgradeSys
 import Foundation
 import UpgradeCore
 import UpgradeScan
+import UpgradeSystem
 import UpgradeTrust
 
 #if canImport(Glibc)
@@ -21,7 +22,7 @@ extension Installer {
         let root = try SafeTree(path: rootPath, observer: observer)
         let store = try openState(root: root, rootPath, name: stateDirectoryName)
         let lock = try store.lock(timeout: lockTimeout)
-        defer { close(lock) }
+        defer { withExtendedLifetime(lock) {} }
         let recovered = try recover(store: store, root: root)
         return try rollback(root: root, store: store, recovered: recovered)
     }

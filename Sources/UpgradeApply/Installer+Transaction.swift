@@ -2,6 +2,7 @@ internal import CUpgradeSys
 import Foundation
 import UpgradeCore
 import UpgradeScan
+import UpgradeSystem
 import UpgradeTrust
 
 #if canImport(Glibc)
@@ -259,7 +260,7 @@ extension Installer {
         guard let store = try? StateStore(root: root, name: stateDirectoryName, rootPath: rootPath, create: false)
         else { return nil }
         let lock = try store.lock(timeout: lockTimeout)
-        defer { close(lock) }
+        defer { withExtendedLifetime(lock) {} }
         return try recover(store: store, root: root)
     }
 

@@ -2,6 +2,7 @@ internal import CUpgradeSys
 import Foundation
 public import UpgradeCore
 public import UpgradeScan
+import UpgradeSystem
 public import UpgradeTrust
 
 #if canImport(Glibc)
@@ -359,7 +360,7 @@ public enum Installer {
         let root = try SafeTree(path: rootPath, observer: observer)
         let store = try openState(root: root, rootPath, name: stateDirectoryName)
         let lock = try store.lock(timeout: lockTimeout)
-        defer { close(lock) }
+        defer { withExtendedLifetime(lock) {} }
         return try recover(store: store, root: root)
     }
 
@@ -445,7 +446,7 @@ public enum Installer {
             throw ApplyError.notARoot(path: rootPath, "nothing is installed here (no \(stateDirectoryName) directory)")
         }
         let lock = try store.sharedLock(timeout: lockTimeout)
-        defer { if let lock { close(lock) } }
+        defer { withExtendedLifetime(lock) {} }
         if let journal = try? store.journal() {
             throw ApplyError.verification(
                 "an upgrade to \(journal.toVersion) was interrupted (\(journal.state.rawValue)); `upgrade recover` (or the next sync, apply or rollback) recovers it"

@@ -1,6 +1,7 @@
 internal import CUpgradeSys
 import UpgradeCore
 import UpgradeScan
+import UpgradeSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -135,7 +136,6 @@ enum MetadataPass {
         guard fd >= 0 else { throw SystemCallError(call: "open \(staging.display)/\(name)", code: errno) }
         defer { close(fd) }
         let block = 4096
-        var buffer = [UInt8](repeating: 0, count: 256 * block)
         var offset: off_t = 0
         var holeStart: off_t? = nil
         func flush(_ end: off_t) throws {
@@ -144,15 +144,11 @@ enum MetadataPass {
             }
             holeStart = nil
         }
-        while true {
-            let n = pread(fd, &buffer, buffer.count, offset)
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { throw SystemCallError(call: "read \(staging.display)/\(name)", code: errno) }
-            if n == 0 { break }
+        try Posix.readChunks(fd, from: 0, chunkSize: 256 * block, what: "\(staging.display)/\(name)") { chunk in
             var position = 0
-            while position < n {
-                let end = min(position + block, n)
-                let zero = buffer[position..<end].allSatisfy { $0 == 0 } && end - position == block
+            while position < chunk.count {
+                let end = min(position + block, chunk.count)
+                let zero = end - position == block && chunk[position..<end].allSatisfy { $0 == 0 }
                 let at = offset + off_t(position)
                 if zero {
                     if holeStart == nil { holeStart = at }
@@ -161,7 +157,7 @@ enum MetadataPass {
                 }
                 position = end
             }
-            offset += off_t(n)
+            offset += off_t(chunk.count)
         }
         try flush(offset)
     }

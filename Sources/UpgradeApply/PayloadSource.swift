@@ -1,7 +1,7 @@
 import Crypto
 import UpgradeBundle
 public import UpgradeCore
-import UpgradeScan
+import UpgradeSystem
 import UpgradeZstd
 
 #if canImport(Glibc)
@@ -69,7 +69,7 @@ public enum DeltaBase {
         }
         defer { close(fd) }
         var bytes = [UInt8]()
-        try readChunks(fd, what: path) { bytes += $0 }
+        try Posix.readChunks(fd, from: 0, what: path) { bytes += $0 }
         return bytes
     }
 }
@@ -87,7 +87,7 @@ struct FilePayloads: PayloadSource {
             let fd = openat(parentFD, last, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
             guard fd >= 0 else { throw SystemCallError(call: "open \(tree.display)/\(name)", code: errno) }
             defer { close(fd) }
-            try readChunks(fd, what: "\(tree.display)/\(name)", sink)
+            try Posix.readChunks(fd, from: 0, what: "\(tree.display)/\(name)", sink)
         }
     }
 }
@@ -121,13 +121,7 @@ enum Stager {
                 throw ApplyError.verification("payload for \(expected.hex) runs past its signed size \(content.size)")
             }
             hasher.update(bufferPointer: chunk)
-            var offset = 0
-            while offset < chunk.count {
-                let n = write(fd, chunk.baseAddress! + offset, chunk.count - offset)
-                if n < 0 && errno == EINTR { continue }
-                guard n >= 0 else { throw SystemCallError(call: "write \(staging.display)/\(name)", code: errno) }
-                offset += n
-            }
+            try Posix.writeAll(fd, chunk, what: "\(staging.display)/\(name)")
         }
         let actual = SHA256Hash(bytes: Array(hasher.finalize()))!
         guard written == content.size, actual == expected else {

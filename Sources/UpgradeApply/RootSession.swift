@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 public import UpgradeCore
 public import UpgradeScan
+import UpgradeSystem
 public import UpgradeTrust
 
 #if canImport(Glibc)
@@ -19,7 +20,7 @@ public final class RootSession: @unchecked Sendable {
     public let recovered: String?
     let tree: SafeTree
     let store: StateStore
-    private let lock: Int32
+    private let lock: FileLock
 
     public init(
         root path: String,
@@ -32,15 +33,8 @@ public final class RootSession: @unchecked Sendable {
         tree = try SafeTree(path: root, observer: observer)
         store = try Installer.openState(root: tree, root, name: stateDirectoryName)
         lock = try store.lock(timeout: lockTimeout)
-        do {
-            recovered = try Installer.recover(store: store, root: tree)
-        } catch {
-            close(lock)
-            throw error
-        }
+        recovered = try Installer.recover(store: store, root: tree)
     }
-
-    deinit { close(lock) }
 
     /// The state directory's path.
     public var stateDirectory: String { store.path }

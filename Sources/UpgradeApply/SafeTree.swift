@@ -1,6 +1,7 @@
 internal import CUpgradeSys
 import UpgradeCore
 import UpgradeScan
+import UpgradeSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -188,13 +189,8 @@ final class SafeTree: @unchecked Sendable {
             throw SystemCallError(call: "open a temporary file beside \(display)/\(path)", code: errno)
         }
         defer { close(copy) }
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let count = buffer.withUnsafeMutableBytes { read(source, $0.baseAddress, $0.count) }
-            if count < 0 && errno == EINTR { continue }
-            guard count >= 0 else { throw SystemCallError(call: "read \(display)/\(path)", code: errno) }
-            if count == 0 { break }
-            try AtomicFile.writeAll(copy, Array(buffer[0..<count]))
+        try Posix.readChunks(source, chunkSize: 1 << 16, what: "\(display)/\(path)") { chunk in
+            try Posix.writeAll(copy, chunk, what: "a copy of \(display)/\(path)")
         }
         guard fchmod(copy, mode_t(mode)) == 0 else {
             throw SystemCallError(call: "chmod a copy of \(display)/\(path)", code: errno)

@@ -1,7 +1,7 @@
 import Foundation
 import Synchronization
 import UpgradeCore
-import UpgradeScan
+import UpgradeSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -41,71 +41,27 @@ final class StateStore: @unchecked Sendable {
 
     /// Shares the lock (read-only commands) when a lock file exists, waiting up to `timeout`
     /// seconds for a holder of the exclusive lock; nil when there is no lock file. Writes nothing.
-    func sharedLock(timeout: Double) throws -> Int32? {
-        let fd = openat(tree.fd, "lock", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-        guard fd >= 0 else {
-            if errno == ENOENT { return nil }
-            throw SystemCallError(call: "open \(path)/lock", code: errno)
+    func sharedLock(timeout: Double) throws -> FileLock? {
+        do {
+            return try FileLock(directory: tree.fd, "lock", display: path + "/lock", mode: .shared, timeout: timeout)
+        } catch let error as SystemCallError where error.code == ENOENT {
+            return nil
+        } catch let busy as FileLock.Busy {
+            throw ApplyError.busy(pid: busy.pid, waited: busy.waited)
         }
-        let deadline = Date().addingTimeInterval(timeout)
-        while flock(fd, LOCK_SH | LOCK_NB) != 0 {
-            guard errno == EWOULDBLOCK || errno == EINTR else {
-                let code = errno
-                close(fd)
-                throw SystemCallError(call: "flock \(path)/lock", code: code)
-            }
-            if Date() >= deadline {
-                let pid = Self.holder(fd)
-                close(fd)
-                throw ApplyError.busy(pid: pid, waited: timeout)
-            }
-            usleep(50_000)
-        }
-        return fd
     }
 
-    /// The pid a lock holder wrote into the lock file, and whether the lock is held right now
-    /// (tested with a non-blocking shared lock, released at once). Writes nothing.
-    func lockHolder() -> (held: Bool, pid: Int32?) {
-        let fd = openat(tree.fd, "lock", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-        guard fd >= 0 else { return (false, nil) }
-        defer { close(fd) }
-        if flock(fd, LOCK_SH | LOCK_NB) == 0 {
-            flock(fd, LOCK_UN)
-            return (false, nil)
-        }
-        return (true, Self.holder(fd))
-    }
-
-    private static func holder(_ fd: Int32) -> Int32? {
-        var buffer = [UInt8](repeating: 0, count: 32)
-        let count = pread(fd, &buffer, 32, 0)
-        guard count > 0 else { return nil }
-        return Int32(String(decoding: buffer[..<count], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
-    }
+    /// The pid a lock holder wrote into the lock file, and whether the lock is held right now.
+    /// Writes nothing.
+    func lockHolder() -> (held: Bool, pid: Int32?) { FileLock.holder(directory: tree.fd, "lock") }
 
     /// Takes the exclusive lock, waiting up to `timeout` seconds; the lock file holds our pid.
-    func lock(timeout: Double) throws -> Int32 {
-        let fd = openat(tree.fd, "lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
-        guard fd >= 0 else { throw SystemCallError(call: "open \(path)/lock", code: errno) }
-        let deadline = Date().addingTimeInterval(timeout)
-        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            guard errno == EWOULDBLOCK || errno == EINTR else {
-                let code = errno
-                close(fd)
-                throw SystemCallError(call: "flock \(path)/lock", code: code)
-            }
-            if Date() >= deadline {
-                let pid = Self.holder(fd)
-                close(fd)
-                throw ApplyError.busy(pid: pid, waited: timeout)
-            }
-            usleep(50_000)
+    func lock(timeout: Double) throws -> FileLock {
+        do {
+            return try FileLock(directory: tree.fd, "lock", display: path + "/lock", mode: .exclusive, timeout: timeout)
+        } catch let busy as FileLock.Busy {
+            throw ApplyError.busy(pid: busy.pid, waited: busy.waited)
         }
-        let text = Array("\(getpid())\n".utf8)
-        _ = ftruncate(fd, 0)
-        _ = pwrite(fd, text, text.count, 0)
-        return fd
     }
 
     // MARK: Files
@@ -113,18 +69,9 @@ final class StateStore: @unchecked Sendable {
     func read(_ name: String) -> [UInt8]? {
         guard let info = tree.lstat(name), info.st_mode & S_IFMT == S_IFREG else { return nil }
         return try? tree.withParent(name) { parentFD, last -> [UInt8] in
-            let fd = openat(parentFD, last, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-            guard fd >= 0 else { throw SystemCallError(call: "open \(path)/\(name)", code: errno) }
+            let fd = try Posix.openAt(parentFD, last, O_RDONLY | O_NOFOLLOW, what: "\(path)/\(name)")
             defer { close(fd) }
-            var out = [UInt8]()
-            var chunk = [UInt8](repeating: 0, count: 1 << 16)
-            while true {
-                let n = Glibc.read(fd, &chunk, chunk.count)
-                if n < 0 && errno == EINTR { continue }
-                guard n >= 0 else { throw SystemCallError(call: "read \(path)/\(name)", code: errno) }
-                if n == 0 { return out }
-                out += chunk[..<n]
-            }
+            return try Posix.readAll(fd, what: "\(path)/\(name)")
         }
     }
 
@@ -136,7 +83,7 @@ final class StateStore: @unchecked Sendable {
             let fd = openat(parentFD, last, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o644)
             guard fd >= 0 else { throw SystemCallError(call: "open \(path)/\(temporary)", code: errno) }
             defer { close(fd) }
-            try AtomicFile.writeAll(fd, bytes)
+            try Posix.writeAll(fd, bytes, what: "\(path)/\(temporary)")
             guard fsync(fd) == 0 else { throw SystemCallError(call: "fsync \(path)/\(temporary)", code: errno) }
         }
         try tree.rename(from: temporary, in: tree, to: name, replace: true)

@@ -1,5 +1,5 @@
 import UpgradeCore
-import UpgradeScan
+import UpgradeSystem
 
 #if canImport(Glibc)
 import Glibc

@@ -1,5 +1,5 @@
 public import UpgradeCore
-import UpgradeScan
+import UpgradeSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -110,14 +110,14 @@ public struct BundleWriter {
         guard fd >= 0 else { throw SystemCallError(call: "open \(temporary)", code: errno) }
         do {
             defer { close(fd) }
-            try AtomicFile.writeAll(fd, index)
+            try Posix.writeAll(fd, index, what: temporary)
             for (_, _, source) in sections {
                 switch source {
-                case .bytes(let bytes): try AtomicFile.writeAll(fd, bytes)
+                case .bytes(let bytes): try Posix.writeAll(fd, bytes, what: temporary)
                 case .file(let file, let size):
                     let bytes = try AtomicFile.read(file)
                     guard UInt64(bytes.count) == size else { throw SystemCallError(call: "read \(file)", code: EIO) }
-                    try AtomicFile.writeAll(fd, bytes)
+                    try Posix.writeAll(fd, bytes, what: temporary)
                 }
             }
             guard fsync(fd) == 0 else { throw SystemCallError(call: "fsync \(temporary)", code: errno) }
@@ -226,18 +226,8 @@ public final class BundleReader: Sendable {
     /// Bytes of a section.
     public func read(_ entry: Entry, from start: UInt64, count: Int) throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
-        var done = 0
-        while done < count {
-            let n = bytes.withUnsafeMutableBytes {
-                pread(fd, $0.baseAddress! + done, count - done, off_t(entry.offset + start + UInt64(done)))
-            }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemCallError(call: "read \(path)", code: errno)
-            }
-            if n == 0 { throw BundleError.malformed(path: path, "section ends early") }
-            done += n
-        }
+        let done = try Posix.readFully(fd, into: &bytes, at: entry.offset + start, what: path)
+        if done < count { throw BundleError.malformed(path: path, "section ends early") }
         return bytes
     }
 }

@@ -4,6 +4,7 @@ import Synchronization
 import UpgradeApply
 import UpgradeCore
 import UpgradeProtocol
+import UpgradeSystem
 import UpgradeZstd
 
 #if canImport(Glibc)
@@ -40,7 +41,7 @@ struct DownloadedObjects: PayloadSource {
             let fd = open(directory + "/" + sha.hex + ".raw", O_RDONLY | O_CLOEXEC)
             if fd >= 0 {
                 defer { close(fd) }
-                try readChunks(fd, what: "payload \(sha.hex)", sink)
+                try Posix.readChunks(fd, from: 0, what: "payload \(sha.hex)", sink)
                 return
             }
         }

@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOSSL
+import UpgradeSystem
 import UpgradeZstd
 
 #if canImport(Glibc)
@@ -307,14 +308,10 @@ final class HTTPTransport: Sendable {
             guard size <= limit else {
                 throw SyncError.verification("\(url) sends more than the \(limit) bytes its signed size allows")
             }
-            try chunk.withUnsafeReadableBytes { raw in
-                var offset = 0
-                while offset < raw.count {
-                    let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
-                    if n < 0 && errno == EINTR { continue }
-                    guard n >= 0 else { throw Self.writeError("write", path) }
-                    offset += n
-                }
+            do {
+                try chunk.withUnsafeReadableBytes { try Posix.writeAll(fd, $0, what: path) }
+            } catch let error as SystemCallError {
+                throw Self.writeError(error)
             }
         }
         return (received, append)
@@ -322,10 +319,11 @@ final class HTTPTransport: Sendable {
 
     /// The error for a failed `open`/`write` of a download: out of space (or quota) is its own
     /// case, never retried; anything else is an I/O failure naming the path.
+    private static func writeError(_ error: SystemCallError) -> SyncError {
+        error.isNoSpace ? .noSpace(error.description) : .network(error.description)
+    }
+
     private static func writeError(_ call: String, _ path: String) -> SyncError {
-        let code = errno
-        let message = "\(call) \(path): \(String(cString: strerror(code)))"
-        if code == ENOSPC || code == EDQUOT { return .noSpace(message) }
-        return .network(message)
+        writeError(SystemCallError.last("\(call) \(path)"))
     }
 }

@@ -7,7 +7,6 @@ import UpgradeApply
 import UpgradeCore
 import UpgradePeer
 import UpgradeProtocol
-import UpgradeScan
 import UpgradeTrust
 import UpgradeZstd
 

@@ -1,7 +1,7 @@
 import Foundation
 import UpgradeBundle
 public import UpgradeCore
-import UpgradeScan
+import UpgradeSystem
 import UpgradeTrust
 
 /// Builds an offline bundle: the signed header, the target manifest, the plan from a base (an

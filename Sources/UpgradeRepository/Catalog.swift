@@ -1,5 +1,5 @@
 public import UpgradeCore
-import UpgradeScan
+import UpgradeSystem
 public import UpgradeTrust
 
 /// Reads what a repository holds. Decoding here checks no signature: it serves the publisher's

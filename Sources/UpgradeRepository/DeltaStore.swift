@@ -1,6 +1,6 @@
 import Foundation
 public import UpgradeCore
-import UpgradeScan
+import UpgradeSystem
 import UpgradeZstd
 
 #if canImport(Glibc)

@@ -1,4 +1,4 @@
-import UpgradeScan
+import UpgradeSystem
 public import UpgradeTrust
 
 #if canImport(Glibc)
@@ -24,7 +24,7 @@ public enum KeyFiles {
         guard fd >= 0 else { throw SystemCallError(call: "open \(temporary)", code: errno) }
         do {
             defer { close(fd) }
-            try AtomicFile.writeAll(fd, Array(key.text.utf8))
+            try Posix.writeAll(fd, Array(key.text.utf8), what: temporary)
             guard fsync(fd) == 0 else { throw SystemCallError(call: "fsync \(temporary)", code: errno) }
         } catch {
             unlink(temporary)

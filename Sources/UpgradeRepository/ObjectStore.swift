@@ -1,6 +1,6 @@
 import Crypto
 import UpgradeCore
-import UpgradeScan
+import UpgradeSystem
 import UpgradeZstd
 
 #if canImport(Glibc)
@@ -28,11 +28,9 @@ struct ObjectStore: Sendable {
         let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { throw SystemCallError(call: "open \(path)", code: errno) }
         defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
-
         // Pass 1: the SHA-256 names the object; existing content costs one read, no compression.
         var hasher = SHA256()
-        let total = try Self.readAll(fd, &buffer) { hasher.update(bufferPointer: $0) }
+        let total = try Posix.readChunks(fd, what: path) { hasher.update(bufferPointer: $0) }
         guard total == size else { throw PublishError.changedDuringPublish(path: path) }
         let sha = SHA256Hash(bytes: Array(hasher.finalize()))!
         let target = layout.object(sha)
@@ -55,10 +53,10 @@ struct ObjectStore: Sendable {
             compressor.setPledgedSize(size)
             var again = SHA256()
             let sink: ([UInt8]) throws -> Void = { chunk in
-                try AtomicFile.writeAll(out, chunk)
+                try Posix.writeAll(out, chunk, what: temporary)
                 written += UInt64(chunk.count)
             }
-            let count = try Self.readAll(fd, &buffer) { chunk in
+            let count = try Posix.readChunks(fd, what: path) { chunk in
                 again.update(bufferPointer: chunk)
                 try compressor.compress(chunk, end: false, sink: sink)
             }
@@ -96,8 +94,7 @@ struct ObjectStore: Sendable {
         do {
             let decompressor = try ZstdDecompressor(limit: size)
             var hasher = SHA256()
-            var buffer = [UInt8](repeating: 0, count: 1 << 20)
-            _ = try Self.readAll(fd, &buffer) { chunk in
+            try Posix.readChunks(fd, what: path) { chunk in
                 try decompressor.decompress(chunk) { hasher.update(bufferPointer: $0) }
             }
             guard decompressor.finished else { return "truncated zstd data" }
@@ -109,25 +106,6 @@ struct ObjectStore: Sendable {
             return nil
         } catch {
             return "\(error)"
-        }
-    }
-
-    /// Reads `fd` to the end in `buffer`-sized chunks; returns the byte count.
-    static func readAll(
-        _ fd: Int32,
-        _ buffer: inout [UInt8],
-        _ body: (UnsafeRawBufferPointer) throws -> Void
-    ) throws -> UInt64 {
-        var total: UInt64 = 0
-        while true {
-            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw SystemCallError(call: "read", code: errno)
-            }
-            if count == 0 { return total }
-            try buffer.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
-            total += UInt64(count)
         }
     }
 }

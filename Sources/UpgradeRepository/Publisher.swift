@@ -3,6 +3,7 @@ import Foundation
 import Synchronization
 public import UpgradeCore
 import UpgradeScan
+import UpgradeSystem
 public import UpgradeTrust
 import UpgradeZstd
 
@@ -146,7 +147,7 @@ public struct Publisher: Sendable {
         let authorized = try RootFiles.newest(layout.root)
         try RootFiles.requireAuthorized(keys, role: .release, root: authorized)
         try RootFiles.requireAuthorized(channelKeys, role: .channel, root: authorized)
-        let lock = try FileLock(path: layout.lockFile)
+        let lock = try FileLock(layout.lockFile, mode: .exclusive, timeout: nil)
         defer { withExtendedLifetime(lock) {} }
 
         let catalog = Catalog(layout: layout)
@@ -361,7 +362,7 @@ public struct Publisher: Sendable {
         guard Names.isValid(channel) else { throw PublishError.invalidName("channel", channel) }
         let authorized = try RootFiles.newest(layout.root)
         try RootFiles.requireAuthorized(channelKeys, role: .channel, root: authorized)
-        let lock = try FileLock(path: layout.lockFile)
+        let lock = try FileLock(layout.lockFile, mode: .exclusive, timeout: nil)
         defer { withExtendedLifetime(lock) {} }
         let catalog = Catalog(layout: layout)
         let current = catalog.channel(product, channel)

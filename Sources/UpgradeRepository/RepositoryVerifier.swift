@@ -1,6 +1,6 @@
 import Crypto
 import UpgradeCore
-import UpgradeScan
+import UpgradeSystem
 public import UpgradeTrust
 
 /// One thing wrong with a repository, named by its path relative to the repository root.

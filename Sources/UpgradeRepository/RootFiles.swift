@@ -1,5 +1,5 @@
 import Foundation
-import UpgradeScan
+import UpgradeSystem
 public import UpgradeTrust
 
 #if canImport(Glibc)
@@ -71,7 +71,7 @@ public enum RootFiles {
         if !FileSystem.exists(layout.marker) {
             try AtomicFile.write(Array("{\"format\":\"upgrade-repository/1\"}\n".utf8), to: layout.marker)
         }
-        let lock = try FileLock(path: layout.lockFile)
+        let lock = try FileLock(layout.lockFile, mode: .exclusive, timeout: nil)
         defer { withExtendedLifetime(lock) {} }
         guard !FileSystem.exists(layout.root(1)) else { throw RootFileError.exists(layout.relative(layout.root(1))) }
         if let problem = root.problem { throw RootFileError.rejected("the new root", problem) }
@@ -86,7 +86,7 @@ public enum RootFiles {
     ) throws -> Outcome {
         let layout = RepositoryLayout(root: repository)
         guard FileSystem.exists(layout.marker) else { throw RootFileError.notARepository(repository) }
-        let lock = try FileLock(path: layout.lockFile)
+        let lock = try FileLock(layout.lockFile, mode: .exclusive, timeout: nil)
         defer { withExtendedLifetime(lock) {} }
         guard let current = try chain(repository).last else { throw RootFileError.noRoot(repository) }
         let next = current.next(change)
@@ -98,7 +98,7 @@ public enum RootFiles {
     public static func sign(repository: String, key: PrivateKey) throws -> Outcome {
         let layout = RepositoryLayout(root: repository)
         guard FileSystem.exists(layout.marker) else { throw RootFileError.notARepository(repository) }
-        let lock = try FileLock(path: layout.lockFile)
+        let lock = try FileLock(layout.lockFile, mode: .exclusive, timeout: nil)
         defer { withExtendedLifetime(lock) {} }
         guard FileSystem.exists(layout.rootDraft) else {
             throw RootFileError.noDraft(layout.relative(layout.rootDraft))

@@ -1,6 +1,7 @@
 import Synchronization
 import UpgradeCore
 internal import UpgradeHash
+import UpgradeSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -94,20 +95,16 @@ enum FileHashing {
         if size < buffer.count {
             // Fits: one read, one-shot hash. A file that grows after the fstat is seen by its
             // new mtime on the next scan; one that shrinks fails the length check.
-            let (count, code) = buffer.withUnsafeMutableBytes { raw -> (Int, Int32) in
-                var total = 0
-                while total < size {
-                    let count = read(fd, raw.baseAddress! + total, raw.count - total)
-                    if count < 0 {
-                        if errno == EINTR { continue }
-                        return (total, errno)
-                    }
-                    if count == 0 { break }
-                    total += count
+            var count = 0
+            do throws(SystemCallError) {
+                while count < size {
+                    let read = try Posix.read(fd, into: &buffer, from: count, what: "")
+                    if read == 0 { break }
+                    count += read
                 }
-                return (total, 0)
+            } catch {
+                throw .unreadable(path: path, error)
             }
-            if code != 0 { throw .unreadable(path: path, SystemCallError(call: "read", code: code)) }
             guard count == size else { throw .changedDuringScan(path: path) }
             let digest = buffer.withUnsafeBytes {
                 XXH128Hasher.hash(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<count]))
@@ -118,19 +115,18 @@ enum FileHashing {
         _ = posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)
         hasher.pointee.reset()
         var total = 0
-        let code: Int32 = buffer.withUnsafeMutableBytes { raw in
+        do throws(SystemCallError) {
             while true {
-                let count = read(fd, raw.baseAddress, raw.count)
-                if count < 0 {
-                    if errno == EINTR { continue }
-                    return errno
+                let read = try Posix.read(fd, into: &buffer, what: "")
+                if read == 0 { break }
+                buffer.withUnsafeBytes {
+                    hasher.pointee.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<read]))
                 }
-                if count == 0 { return 0 }
-                hasher.pointee.update(bufferPointer: UnsafeRawBufferPointer(rebasing: raw[..<count]))
-                total += count
+                total += read
             }
+        } catch {
+            throw .unreadable(path: path, error)
         }
-        if code != 0 { throw .unreadable(path: path, SystemCallError(call: "read", code: code)) }
         guard total == size else { throw .changedDuringScan(path: path) }
         return Digest(xxh128: hasher.pointee.finalize(), identity: identity)
     }

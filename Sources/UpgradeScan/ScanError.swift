@@ -1,4 +1,5 @@
 public import UpgradeCore
+public import UpgradeSystem
 
 /// Why a scan failed. Every case names the path a person has to look at.
 public enum ScanError: Error, Hashable, Sendable, CustomStringConvertible {

@@ -1,4 +1,5 @@
 public import UpgradeCore
+import UpgradeSystem
 
 #if canImport(Glibc)
 import Glibc

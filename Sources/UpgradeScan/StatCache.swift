@@ -1,49 +1,12 @@
 public import UpgradeCore
 internal import UpgradeHash
+public import UpgradeSystem
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// What a file looked like when it was last hashed; equal metadata means equal content, as in
-/// git's index. The inode, device and ctime make a copy, a rename or a `touch -d` visible.
-public struct FileIdentity: Hashable, Sendable {
-    public var device: UInt64
-    public var inode: UInt64
-    public var size: UInt64
-    public var mtimeSeconds: Int64
-    public var mtimeNanoseconds: UInt32
-    public var ctimeSeconds: Int64
-    public var ctimeNanoseconds: UInt32
-
-    init(
-        device: UInt64,
-        inode: UInt64,
-        size: UInt64,
-        mtimeSeconds: Int64,
-        mtimeNanoseconds: UInt32,
-        ctimeSeconds: Int64,
-        ctimeNanoseconds: UInt32
-    ) {
-        self.device = device
-        self.inode = inode
-        self.size = size
-        self.mtimeSeconds = mtimeSeconds
-        self.mtimeNanoseconds = mtimeNanoseconds
-        self.ctimeSeconds = ctimeSeconds
-        self.ctimeNanoseconds = ctimeNanoseconds
-    }
-
-    public init(_ info: stat) {
-        device = UInt64(info.st_dev)
-        inode = UInt64(info.st_ino)
-        size = UInt64(info.st_size)
-        mtimeSeconds = Int64(info.st_mtim.tv_sec)
-        mtimeNanoseconds = UInt32(info.st_mtim.tv_nsec)
-        ctimeSeconds = Int64(info.st_ctim.tv_sec)
-        ctimeNanoseconds = UInt32(info.st_ctim.tv_nsec)
-    }
-
+extension FileIdentity {
     /// True when the later of mtime and ctime is at or after `time`.
     func changed(atOrAfter time: Timestamp) -> Bool {
         let modified = Timestamp(seconds: mtimeSeconds, nanoseconds: mtimeNanoseconds)

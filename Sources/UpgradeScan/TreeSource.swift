@@ -1,4 +1,5 @@
 public import UpgradeCore
+public import UpgradeSystem
 
 #if canImport(Glibc)
 import Glibc

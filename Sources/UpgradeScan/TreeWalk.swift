@@ -1,4 +1,5 @@
 import UpgradeCore
+import UpgradeSystem
 
 #if canImport(Glibc)
 import Glibc

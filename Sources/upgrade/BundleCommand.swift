@@ -2,6 +2,7 @@ import ArgumentParser
 import UpgradeCore
 import UpgradeRepository
 import UpgradeScan
+import UpgradeSystem
 
 /// `upgrade bundle`.
 struct BundleCommand: AsyncParsableCommand {

@@ -6,6 +6,7 @@ import UpgradePeer
 import UpgradeRepository
 import UpgradeScan
 import UpgradeServer
+import UpgradeSystem
 import UpgradeTrust
 
 #if canImport(Glibc)

@@ -2,8 +2,8 @@ import ArgumentParser
 import Foundation
 import UpgradeClient
 import UpgradeProtocol
-import UpgradeScan
 import UpgradeServer
+import UpgradeSystem
 
 /// `upgrade fleet`: what the server's fleet store says (summary, devices), and device tokens.
 struct FleetCommand: AsyncParsableCommand {
@@ -159,7 +159,7 @@ struct FleetTokenCommand: ParsableCommand {
         let descriptor = open(tokens, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
         guard descriptor >= 0 else { throw SystemCallError(call: "open --tokens \(tokens)", code: errno) }
         defer { close(descriptor) }
-        try AtomicFile.writeAll(descriptor, Array(line.utf8))
+        try Posix.writeAll(descriptor, Array(line.utf8), what: tokens)
         print(token)
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import UpgradeCore
 import UpgradeScan
+import UpgradeSystem
 
 /// `upgrade manifest DIR`: scan a tree and print or save its manifest.
 struct ManifestCommand: AsyncParsableCommand {

@@ -3,7 +3,6 @@ import Foundation
 import Hummingbird
 import Logging
 import UpgradePeer
-import UpgradeServer
 
 /// `upgrade share`.
 struct ShareCommand: AsyncParsableCommand {

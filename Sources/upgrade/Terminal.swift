@@ -1,5 +1,5 @@
 import Foundation
-import UpgradeScan
+import UpgradeSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -22,7 +22,7 @@ enum Terminal {
 
     /// Raw bytes on standard output.
     static func write(_ bytes: [UInt8]) throws {
-        try AtomicFile.writeAll(STDOUT_FILENO, bytes)
+        try Posix.writeAll(STDOUT_FILENO, bytes, what: "standard output")
     }
 
     /// Bytes for people: 1.5 MiB.

@@ -10,17 +10,7 @@ public enum AtomicFile {
     public static func read(_ path: String) throws(SystemCallError) -> [UInt8] {
         let fd = try Posix.openAt(AT_FDCWD, path, O_RDONLY)
         defer { close(fd) }
-        var out = [UInt8]()
-        var chunk = [UInt8](repeating: 0, count: 1 << 20)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw SystemCallError(call: "read \(path)", code: errno)
-            }
-            if count == 0 { return out }
-            out.append(contentsOf: chunk[..<count])
-        }
+        return try Posix.readAll(fd, what: path)
     }
 
     /// Replaces `path` with `bytes` atomically and durably; the file gets `mode`.
@@ -29,9 +19,9 @@ public enum AtomicFile {
         let temporary = "\(path).tmp-\(getpid())"
         let fd = try Posix.openAt(AT_FDCWD, temporary, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW)
         do throws(SystemCallError) {
-            try writeAll(fd, bytes)
-            guard fchmod(fd, mode) == 0 else { throw SystemCallError(call: "fchmod \(temporary)", code: errno) }
-            guard fsync(fd) == 0 else { throw SystemCallError(call: "fsync \(temporary)", code: errno) }
+            try Posix.writeAll(fd, bytes, what: temporary)
+            guard fchmod(fd, mode) == 0 else { throw .last("fchmod \(temporary)") }
+            guard fsync(fd) == 0 else { throw .last("fsync \(temporary)") }
             close(fd)
         } catch {
             close(fd)
@@ -46,23 +36,10 @@ public enum AtomicFile {
         try syncDirectory(directory.isEmpty ? "/" : directory)
     }
 
-    /// Writes to standard output or any open descriptor.
-    public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws(SystemCallError) {
-        var offset = 0
-        while offset < bytes.count {
-            let count = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw SystemCallError(call: "write", code: errno)
-            }
-            offset += count
-        }
-    }
-
     /// fsync of a directory, making a rename in it durable.
     public static func syncDirectory(_ path: String) throws(SystemCallError) {
         let fd = try Posix.openAt(AT_FDCWD, path, O_RDONLY | O_DIRECTORY)
         defer { close(fd) }
-        guard fsync(fd) == 0 else { throw SystemCallError(call: "fsync \(path)", code: errno) }
+        guard fsync(fd) == 0 else { throw .last("fsync \(path)") }
     }
 }

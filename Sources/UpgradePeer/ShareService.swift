@@ -4,8 +4,7 @@ public import Logging
 import Synchronization
 import UpgradeApply
 import UpgradeCore
-import UpgradePeer
-import UpgradeScan
+import UpgradeSystem
 import UpgradeTrust
 
 #if canImport(Glibc)
@@ -254,8 +253,9 @@ public final class ShareService: Sendable {
                         try await Task.sleep(for: .seconds(3600))
                     }
                     let limit = stall ? max(1, size / 2 - offset) : buffer.count
-                    let n = pread(handle.fd, &buffer, min(buffer.count, limit, size - offset), off_t(offset))
-                    if n < 0 && errno == EINTR { continue }
+                    let wanted = min(buffer.count, limit, size - offset)
+                    let n =
+                        (try? Posix.read(handle.fd, into: &buffer, count: wanted, at: UInt64(offset), what: "")) ?? 0
                     guard n > 0 else { throw HTTPError(.internalServerError) }
                     var chunk = ByteBuffer(bytes: buffer[..<n])
                     if corrupt && offset == 0 {
@@ -277,7 +277,7 @@ public final class ShareService: Sendable {
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var bytes = [UInt8]()
-        let read = try? readChunks(fd, what: path) { chunk in
+        let read = try? Posix.readChunks(fd, from: 0, what: path) { chunk in
             guard bytes.count + chunk.count <= limit else { throw HTTPError(.notFound) }
             bytes += chunk
         }
