@@ -143,6 +143,7 @@ let package = Package(
         // Helpers shared by the test targets: scratch trees, deterministic bytes, running programs.
         .target(name: "UpgradeTestSupport", path: "Tests/UpgradeTestSupport"),
         .testTarget(name: "UpgradeCoreTests", dependencies: ["UpgradeCore"]),
+        .testTarget(name: "UpgradeSystemTests", dependencies: ["UpgradeSystem", "UpgradeTestSupport"]),
         .testTarget(
             name: "UpgradeScanTests",
             dependencies: ["UpgradeScan", "UpgradeHash", "UpgradeZstd", "UpgradeCore", "UpgradeTestSupport"]
