@@ -10,56 +10,6 @@ import UpgradeTrust
 import Glibc
 #endif
 
-/// A peer that holds a release the client wants, checked: the signed header it serves is the
-/// one it announced.
-struct PeerSource: Sendable {
-    let url: String
-    /// Holds every file of the release (its installed one, verified); a 404 from it is a lie.
-    let complete: Bool
-}
-
-/// A signed release some peers hold, verified against the trusted keys.
-struct PeerRelease: Sendable {
-    let headerBytes: [UInt8]
-    let header: ReleaseHeader
-    let digest: String
-    var sources: [PeerSource]
-}
-
-/// The peers of one run: what each offered, what it delivered, and which were dropped.
-final class PeerBoard: Sendable {
-    private let state = Mutex<[String: PeerOutcome]>([:])
-    private let order = Mutex<[String]>([])
-
-    func note(_ url: String, version: String?, status: String) {
-        state.withLock { outcomes in
-            if outcomes[url] == nil { order.withLock { $0.append(url) } }
-            var outcome = outcomes[url] ?? PeerOutcome(url: url, version: version, status: status)
-            // A drop is final for the run.
-            if !outcome.dropped { outcome.status = status }
-            if version != nil { outcome.version = version }
-            outcomes[url] = outcome
-        }
-    }
-
-    func drop(_ url: String, _ reason: String) { note(url, version: nil, status: "dropped: \(reason)") }
-
-    func isDropped(_ url: String) -> Bool { state.withLock { $0[url]?.dropped ?? false } }
-
-    func delivered(_ url: String, bytes: UInt64) {
-        state.withLock { outcomes in
-            outcomes[url]?.bytes += bytes
-            outcomes[url]?.objects += 1
-            if outcomes[url]?.dropped == false { outcomes[url]?.status = "used" }
-        }
-    }
-
-    var outcomes: [PeerOutcome] {
-        let order = order.withLock { $0 }
-        return state.withLock { outcomes in order.compactMap { outcomes[$0] } }
-    }
-}
-
 extension SyncClient {
     // MARK: Finding peers
 
@@ -312,63 +262,6 @@ extension PeerRelease {
         copy.sources = []
         return copy
     }
-}
-
-/// The files to fetch from peers. Each file is some peer's share (round robin, so every peer
-/// that holds the release is asked); it moves to another peer only when its own peer failed it
-/// or was dropped. A file goes back to the queue when a peer fails it.
-final class PeerQueue: Sendable {
-    private struct State {
-        var pending: [Int]
-        var inFlight = 0
-        var failedBy: [Int: Set<String>] = [:]
-        var done: [Int] = []
-    }
-
-    enum Next {
-        case fetch(Int)
-        /// Nothing for this peer now, but files in flight may come back.
-        case wait
-        case finished
-    }
-
-    private let state: Mutex<State>
-    private let owners: [String]
-
-    init(count: Int, owners: [String]) {
-        state = Mutex(State(pending: Array(0..<count)))
-        self.owners = owners
-    }
-
-    func next(for url: String, isDropped: (String) -> Bool) -> Next {
-        state.withLock { state in
-            let available = state.pending.firstIndex { index in
-                let failed = state.failedBy[index] ?? []
-                let owner = owners[index % owners.count]
-                return !failed.contains(url) && (owner == url || isDropped(owner) || failed.contains(owner))
-            }
-            if let available {
-                state.inFlight += 1
-                return .fetch(state.pending.remove(at: available))
-            }
-            let someoneMayTakeIt = state.pending.contains { !(state.failedBy[$0]?.contains(url) ?? false) }
-            return state.inFlight > 0 || someoneMayTakeIt ? .wait : .finished
-        }
-    }
-
-    func finish(_ index: Int, source url: String, done: Bool) {
-        state.withLock { state in
-            state.inFlight -= 1
-            if done {
-                state.done.append(index)
-            } else {
-                state.failedBy[index, default: []].insert(url)
-                state.pending.append(index)
-            }
-        }
-    }
-
-    var doneIndices: [Int] { state.withLock { $0.done } }
 }
 
 extension HTTPTransport {
