@@ -31,7 +31,7 @@ final class PeerBoard: Sendable {
     let state = Mutex<[String: PeerOutcome]>([:])
     let order = Mutex<[String]>([])
 
-    func note(_ url: String, version: String?, status: String) {
+    func note(_ url: String, version: String?, status: PeerStatus) {
         state.withLock { outcomes in
             if outcomes[url] == nil { order.withLock { $0.append(url) } }
             var outcome = outcomes[url] ?? PeerOutcome(url: url, version: version, status: status)
@@ -42,7 +42,7 @@ final class PeerBoard: Sendable {
         }
     }
 
-    func drop(_ url: String, _ reason: String) { note(url, version: nil, status: "dropped: \(reason)") }
+    func drop(_ url: String, _ reason: String) { note(url, version: nil, status: .dropped(reason)) }
 
     func isDropped(_ url: String) -> Bool { state.withLock { $0[url]?.dropped ?? false } }
 
@@ -50,7 +50,7 @@ final class PeerBoard: Sendable {
         state.withLock { outcomes in
             outcomes[url]?.bytes += bytes
             outcomes[url]?.objects += 1
-            if outcomes[url]?.dropped == false { outcomes[url]?.status = "used" }
+            if outcomes[url]?.dropped == false { outcomes[url]?.status = .used }
         }
     }
 

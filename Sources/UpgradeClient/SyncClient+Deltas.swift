@@ -13,10 +13,52 @@ import Glibc
 /// How one file travels, for `--json` and dry runs.
 public struct FileTransfer: Codable, Sendable {
     public var path: String
-    /// `whole`, `delta from BASE`, or `whole (delta failed)`.
-    public var transfer: String
+    public var transfer: Transfer
     public var bytes: UInt64
     public var sha256: String
+}
+
+/// How a file's content arrives. In JSON (and on the terminal) it is one string: `whole`,
+/// `delta from BASE`, `whole from a peer`, `whole (delta failed)`.
+public enum Transfer: Sendable, Hashable, Codable, CustomStringConvertible {
+    /// The whole object, from the mirror or server.
+    case whole
+    /// A binary delta against the local file `base`.
+    case delta(from: String)
+    /// The whole file, from a LAN peer.
+    case wholeFromPeer
+    /// A delta was tried and failed; the whole object came instead.
+    case wholeAfterFailedDelta
+
+    public var isDelta: Bool { if case .delta = self { true } else { false } }
+
+    public var description: String {
+        switch self {
+        case .whole: "whole"
+        case .delta(let base): "delta from \(base)"
+        case .wholeFromPeer: "whole from a peer"
+        case .wholeAfterFailedDelta: "whole (delta failed)"
+        }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        switch text {
+        case "whole": self = .whole
+        case "whole from a peer": self = .wholeFromPeer
+        case "whole (delta failed)": self = .wholeAfterFailedDelta
+        case _ where text.hasPrefix("delta from "): self = .delta(from: String(text.dropFirst("delta from ".count)))
+        default:
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: decoder.codingPath, debugDescription: "transfer \(text)")
+            )
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
 }
 
 extension SyncClient {
@@ -40,7 +82,7 @@ extension SyncClient {
             guard let sha = content.sha256 else { continue }
             var transfer = FileTransfer(
                 path: operation.path,
-                transfer: "whole",
+                transfer: .whole,
                 bytes: response.objects[sha.hex] ?? content.size,
                 sha256: sha.hex
             )
@@ -50,7 +92,7 @@ extension SyncClient {
                     !choice.path.contains(".."), choice.path.hasPrefix("deltas/")
                 {
                     if usable[sha] == nil { usable[sha] = choice }
-                    transfer.transfer = "delta from \(choice.base)"
+                    transfer.transfer = .delta(from: choice.base)
                     transfer.bytes = choice.size
                 } else {
                     skipped.append(

@@ -18,21 +18,14 @@ extension SyncClient {
         guard options.peers != .off else {
             throw SyncError.network("--offline needs peers (--peers auto or --peers HOST:PORT,...)")
         }
-        let (session, discovery, local) = try openRoot(options, peers: peers)
-        let installed = session.installed
-        var report = SyncReport(
-            result: .upToDate,
-            product: options.product,
-            fromVersion: installed?.header.version,
-            recovered: session.recovered
-        )
-        let found = try await discovery?.value ?? []
+        var run = try SyncRun(options, peers: peers, started: started)
+        let found = try await run.discovery?.value ?? []
         // The root chain the peers verified: a rotation reaches machines without a server too.
-        var options = options
         let anchor = options
-        options.trusted = try await session.advanceTrust(anchor: anchor.trusted, now: anchor.now) { version in
+        run.options.trusted = try await run.session.advanceTrust(anchor: anchor.trusted, now: anchor.now) { version in
             await fetchRoot(version, peers: found, transport: peers.transport)
         }
+        let options = run.options
         let releases = await checkPeers(found, options: options, transport: peers.transport, board: peers.board)
         guard !releases.isEmpty else {
             throw SyncError.network(
@@ -51,45 +44,23 @@ extension SyncClient {
             }
         } else {
             chosen = candidates.first { release in
-                installed.map { release.header.sequence > $0.header.sequence } ?? true
+                run.installed.map { release.header.sequence > $0.header.sequence } ?? true
             }
         }
-        guard let target = chosen else {
-            report.durationSeconds = Date().timeIntervalSince(started)
-            return report
-        }
-        report.toVersion = target.header.version
+        guard let target = chosen else { return run.finished() }
+        run.report.toVersion = target.header.version
         if let mismatch = target.header.platformMismatch() { throw SyncError.refused(mismatch) }
         for (digest, release) in releases where digest != target.digest {
             for source in release.sources {
                 peers.board.note(
                     source.url,
                     version: release.header.version,
-                    status: "ignored: holds \(release.header.version), not the target"
+                    status: .ignored("holds \(release.header.version), not the target")
                 )
             }
         }
 
-        // The signed manifest, from the first peer that serves the bytes the header names.
-        var manifestBytes: [UInt8]?
-        for source in target.sources where manifestBytes == nil && !peers.board.isDropped(source.url) {
-            let url = source.url + PeerWire.releasePath(header: target.digest, file: "manifest")
-            do {
-                let (status, bytes) = try await peers.transport.fetch(url, limit: target.header.manifestByteLimit)
-                guard status == 200,
-                    SHA256Hash(bytes: Array(SHA256.hash(data: bytes)))!.hex == target.header.manifestSHA256
-                else {
-                    peers.board.drop(source.url, "serves a manifest that does not match the signed header")
-                    continue
-                }
-                manifestBytes = bytes
-            } catch {
-                peers.board.drop(source.url, "stalled or failed (\(error))")
-            }
-        }
-        guard let manifestBytes else {
-            throw SyncError.network("no peer served the signed manifest of \(options.product) \(target.header.version)")
-        }
+        let manifestBytes = try await manifest(of: target, peers: peers, product: options.product)
         let manifest: Manifest
         do {
             manifest = try Manifest(canonical: manifestBytes)
@@ -97,53 +68,31 @@ extension SyncClient {
         } catch {
             throw SyncError.verification("the manifest of \(target.header.version) from the peers: \(error)")
         }
-        var plan = Plan(from: local, to: manifest)
-        report.summary = plan.summary
-        if plan.isEmpty && installed?.header.manifestSHA256 == target.header.manifestSHA256 {
-            report.durationSeconds = Date().timeIntervalSince(started)
-            return report
+        let plan = Plan(from: run.local, to: manifest)
+        run.report.summary = plan.summary
+        if plan.isEmpty && run.installed?.header.manifestSHA256 == target.header.manifestSHA256 {
+            return run.finished()
         }
 
-        var install = installRequest(
-            options,
-            session: session,
-            header: target.headerBytes,
-            manifest: manifestBytes,
-            plan: plan
-        )
-        install.scanned = local
-        install.keep = options.keep
-        let (dry, checkedPlan) = try checkPlan(install, session: session)
-        plan = checkedPlan ?? plan
-        report.summary = plan.summary
-        report.localChanges = dry.localChanges
-        let needed = neededObjects(plan)
-        report.bytesToDownload = needed.reduce(0) { $0 + $1.size }
-        report.files = plan.operations.compactMap { operation in
+        let checked = try run.check(header: target.headerBytes, manifest: manifestBytes, plan: plan)
+        let needed = checked.needed
+        run.report.bytesToDownload = needed.reduce(0) { $0 + $1.size }
+        run.report.files = checked.plan.operations.compactMap { operation in
             switch operation {
             case .add(let path, _, let content), .replace(let path, _, let content):
                 FileTransfer(
                     path: path,
-                    transfer: "whole from a peer",
+                    transfer: .wholeFromPeer,
                     bytes: content.size,
                     sha256: content.sha256?.hex ?? ""
                 )
             default: nil
             }
         }
-        if options.dryRun {
-            report.result = .dryRun
-            report.operations = dry.operations
-            report.durationSeconds = Date().timeIntervalSince(started)
-            return report
-        }
-        try requireSpace(
-            session: session,
-            plan: plan,
-            downloading: needed.reduce(0) { $0 + $1.size }
-        )
+        if options.dryRun { return run.dryRun(checked) }
+        try run.requireSpace(checked, downloading: run.report.bytesToDownload)
 
-        let downloads = try session.directory("downloads")
+        let downloads = try run.session.directory("downloads")
         let fetched = await fetchFromPeers(
             needed,
             sources: target.sources,
@@ -159,47 +108,38 @@ extension SyncClient {
                 "\(missing.count) of \(needed.count) files of \(target.header.version) could not be fetched from any peer (first: \(missing[0].sha256!.hex.prefix(12))); nothing was changed"
             )
         }
-        report.bytesFromPeers = peers.bytes
-        report.bytesDownloaded = peers.bytes
-        report.objectsFromPeers = fetched.count
-        report.objectsDownloaded = fetched.count
-        install.payloads = DownloadedObjects(directory: downloads, root: session.root, deltaBases: [:])
+        run.report.bytesFromPeers = peers.bytes
+        run.report.bytesDownloaded = peers.bytes
+        run.report.objectsFromPeers = fetched.count
+        run.report.objectsDownloaded = fetched.count
         defer { removeDownloads(needed, from: downloads) }
-        let result: InstallReport
-        do {
-            result = try session.install(install)
-        } catch {
-            report.durationSeconds = Date().timeIntervalSince(started)
-            queueOfflineReport(
-                report,
-                result: failed(error),
-                options: options,
-                session: session
-            )
-            throw error
-        }
-        report.result = result.result == .nothingToDo ? .upToDate : result.result
-        report.localChanges = result.localChanges
-        report.durationSeconds = Date().timeIntervalSince(started)
-        queueOfflineReport(report, result: report.result.rawValue, options: options, session: session)
-        return report
+        let outcome = run.install(checked, downloads: downloads, deltaBases: [:])
+        run.report.durationSeconds = Date().timeIntervalSince(started)
+        // Kept for the server until the next online sync.
+        var queued = run.outcome(outcome)
+        queued.via = "offline"
+        queueReport(queued, session: run.session)
+        run.report.result = try outcome.get()
+        return run.report
     }
 
-    /// An offline run's outcome, kept for the server until the next online sync.
-    private static func queueOfflineReport(
-        _ report: SyncReport,
-        result: String,
-        options: SyncOptions,
-        session: RootSession
-    ) {
-        var queued = outcome(
-            options: options,
-            device: thisDevice(options),
-            report: report,
-            result: result,
-            releaseDigest: session.installedDigest
-        )
-        queued.via = "offline"
-        queueReport(queued, session: session)
+    /// The signed manifest of `target`, from the first peer that serves the bytes its header names.
+    private static func manifest(of target: PeerRelease, peers: PeerContext, product: String) async throws -> [UInt8] {
+        for source in target.sources where !peers.board.isDropped(source.url) {
+            let url = source.url + PeerWire.releasePath(header: target.digest, file: "manifest")
+            do {
+                let (status, bytes) = try await peers.transport.fetch(url, limit: target.header.manifestByteLimit)
+                guard status == 200,
+                    SHA256Hash(bytes: Array(SHA256.hash(data: bytes)))!.hex == target.header.manifestSHA256
+                else {
+                    peers.board.drop(source.url, "serves a manifest that does not match the signed header")
+                    continue
+                }
+                return bytes
+            } catch {
+                peers.board.drop(source.url, "stalled or failed (\(error))")
+            }
+        }
+        throw SyncError.network("no peer served the signed manifest of \(product) \(target.header.version)")
     }
 }

@@ -48,20 +48,20 @@ extension SyncClient {
                                 limit: 4096
                             )
                             guard status == 200, let announcement = PeerAnnouncement(datagram: bytes) else {
-                                board.note(url, version: nil, status: "ignored: no release to share (HTTP \(status))")
+                                board.note(url, version: nil, status: .ignored("no release to share (HTTP \(status))"))
                                 return nil
                             }
                             guard announcement.product == options.product else {
                                 board.note(
                                     url,
                                     version: announcement.version,
-                                    status: "ignored: shares \(announcement.product)"
+                                    status: .ignored("shares \(announcement.product)")
                                 )
                                 return nil
                             }
                             return DiscoveredPeer(url: url, announcement: announcement, datagrams: 1)
                         } catch {
-                            board.note(url, version: nil, status: "ignored: unreachable (\(error))")
+                            board.note(url, version: nil, status: .ignored("unreachable (\(error))"))
                             return nil
                         }
                     }
@@ -106,7 +106,7 @@ extension SyncClient {
         board: PeerBoard
     ) async -> [(PeerRelease, PeerSource)] {
         let announcement = peer.announcement
-        board.note(peer.url, version: announcement.version, status: "not needed")
+        board.note(peer.url, version: announcement.version, status: .notNeeded)
         var held = [(announcement.header, announcement.complete)]
         if let previous = announcement.previous { held.append((previous.header, false)) }
         var result = [(PeerRelease, PeerSource)]()

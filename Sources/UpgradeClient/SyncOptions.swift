@@ -158,12 +158,52 @@ public struct PeerOutcome: Codable, Sendable {
     public var url: String
     /// The release it announced.
     public var version: String?
-    /// `used`, `not needed`, `ignored: …` or `dropped: …` (misbehaved; not asked again this run).
-    public var status: String
+    public var status: PeerStatus
     public var bytes: UInt64 = 0
     public var objects = 0
 
-    public var dropped: Bool { status.hasPrefix("dropped") }
+    public var dropped: Bool { if case .dropped = status { true } else { false } }
+}
+
+/// What became of a peer in one run. In JSON it is one string: `used`, `not needed`,
+/// `ignored: REASON` or `dropped: REASON`.
+public enum PeerStatus: Sendable, Hashable, Codable, CustomStringConvertible {
+    /// It delivered files.
+    case used
+    /// It holds the release, but nothing was needed from it.
+    case notNeeded
+    /// Not asked: it holds something else, or was unreachable when checked.
+    case ignored(String)
+    /// It misbehaved; not asked again this run.
+    case dropped(String)
+
+    public var description: String {
+        switch self {
+        case .used: "used"
+        case .notNeeded: "not needed"
+        case .ignored(let why): "ignored: \(why)"
+        case .dropped(let why): "dropped: \(why)"
+        }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        switch text {
+        case "used": self = .used
+        case "not needed": self = .notNeeded
+        case _ where text.hasPrefix("ignored: "): self = .ignored(String(text.dropFirst("ignored: ".count)))
+        case _ where text.hasPrefix("dropped: "): self = .dropped(String(text.dropFirst("dropped: ".count)))
+        default:
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: decoder.codingPath, debugDescription: "peer status \(text)")
+            )
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
 }
 
 /// Why a sync stopped.
