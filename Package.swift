@@ -144,6 +144,7 @@ let package = Package(
         .target(name: "UpgradeTestSupport", path: "Tests/UpgradeTestSupport"),
         .testTarget(name: "UpgradeCoreTests", dependencies: ["UpgradeCore"]),
         .testTarget(name: "UpgradeSystemTests", dependencies: ["UpgradeSystem", "UpgradeTestSupport"]),
+        .testTarget(name: "UpgradeApplyTests", dependencies: ["UpgradeApply", "UpgradeCore"]),
         .testTarget(
             name: "UpgradeScanTests",
             dependencies: ["UpgradeScan", "UpgradeHash", "UpgradeZstd", "UpgradeCore", "UpgradeTestSupport"]

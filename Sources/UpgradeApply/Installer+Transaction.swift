@@ -266,12 +266,13 @@ extension Installer {
 
     /// Recovery of an interrupted transaction, under the lock.
     static func recover(store: StateStore, root: SafeTree) throws -> String? {
-        guard let journal = try store.journal() else { return nil }
-        switch journal.state {
-        case .committed:
+        switch Recovery.decide(try store.journal()) {
+        case .nothing:
+            return nil
+        case .rollForward(let journal):
             try finish(store: store, journal: journal)
             return "completed the interrupted upgrade to \(journal.toVersion)"
-        case .prepared:
+        case .rollBack(let journal):
             let staging = try store.tree.subdirectory("staging", create: true)
             let backup = try store.tree.subdirectory("state/\(journal.transaction)/undo", create: true)
             do {

@@ -40,54 +40,61 @@ struct TransactionDriver {
         try syncTouchedDirectories(journal)
     }
 
-    /// Undoes whatever part of the journal reached the disk, last step first.
+    /// Undoes whatever part of the journal reached the disk, last step first: the facts of each
+    /// step read from the disk, the decision ``Undo/action(for:facts:)``'s, then done here.
     func rollback(_ journal: Journal) throws {
         for step in journal.undoOrder {
-            switch step {
-            case .metadata(let path, let before, let after, let mode):
-                guard let before, root.exists(path) else { continue }
-                try root.restoreMetadata(path, before, replacing: after, mode: mode)
-            case .removeXattrs(let path, let removed):
-                guard root.exists(path) else { continue }
-                try root.setMetadata(path, EntryMetadata(xattrs: removed), mode: nil)
-            case .chmod(let path, let from, _):
-                if let info = root.lstat(path), info.st_mode & S_IFMT != S_IFLNK, info.st_mode & 0o7777 != from {
-                    try root.chmod(path, mode: from)
-                }
-            case .remove(let path, _, let backupName):
-                if backup.exists(backupName) {
-                    guard !root.exists(path) else {
-                        throw ApplyError.manualIntervention(
-                            "\(path) exists while its backup \(backup.display)/\(backupName) waits to be restored"
-                        )
-                    }
-                    try root.rename(from: backupName, in: backup, to: path, replace: false)
-                }
-            case .place(let path, let staged, let backupName):
-                let placed = !staging.exists(staged)
-                if !placed {
-                    // Never swapped in: drop the backup link, if it was made.
-                    if let backupName, backup.exists(backupName) { try backup.unlink(backupName) }
-                } else if let backupName {
-                    if backup.exists(backupName) {
-                        try root.rename(from: backupName, in: backup, to: path, replace: true)
-                    }
-                } else if root.exists(path) {
-                    try staging.rename(from: path, in: root, to: staged, replace: false)
-                }
-            case .mkdir(let path, _):
-                if let info = root.lstat(path), info.st_mode & S_IFMT == S_IFDIR {
-                    do {
-                        try root.unlink(path, directory: true)
-                    } catch let error as SystemCallError where error.code == ENOTEMPTY {
-                        throw ApplyError.manualIntervention(
-                            "directory \(path) created by the upgrade is not empty; something else wrote into it"
-                        )
-                    }
-                }
-            }
+            try perform(Undo.action(for: step, facts: facts(of: step)))
         }
         try syncTouchedDirectories(journal)
+    }
+
+    /// What the disk holds for `step`.
+    func facts(of step: Journal.Step) -> Undo.Facts {
+        let (backupName, staged) = Undo.names(of: step)
+        var facts = Undo.Facts()
+        if let info = root.lstat(step.path) {
+            let kind: EntryKind =
+                switch info.st_mode & S_IFMT {
+                case S_IFDIR: .directory
+                case S_IFLNK: .symlink
+                default: .file
+                }
+            facts.entry = Undo.Facts.Entry(kind: kind, permissions: UInt32(info.st_mode & 0o7777))
+        }
+        if let backupName { facts.backupExists = backup.exists(backupName) }
+        if let staged { facts.stagedExists = staging.exists(staged) }
+        return facts
+    }
+
+    private func perform(_ action: Undo.Action) throws {
+        switch action {
+        case .none: break
+        case .restoreMetadata(let path, let before, let after, let mode):
+            try root.restoreMetadata(path, before, replacing: after, mode: mode)
+        case .setXattrs(let path, let attributes):
+            try root.setMetadata(path, EntryMetadata(xattrs: attributes), mode: nil)
+        case .chmod(let path, let mode):
+            try root.chmod(path, mode: mode)
+        case .restoreBackup(let path, let backupName, let replace):
+            try root.rename(from: backupName, in: backup, to: path, replace: replace)
+        case .dropBackup(let backupName):
+            try backup.unlink(backupName)
+        case .unstage(let path, let staged):
+            try staging.rename(from: path, in: root, to: staged, replace: false)
+        case .removeDirectory(let path):
+            do {
+                try root.unlink(path, directory: true)
+            } catch let error as SystemCallError where error.code == ENOTEMPTY {
+                throw ApplyError.manualIntervention(
+                    "directory \(path) created by the upgrade is not empty; something else wrote into it"
+                )
+            }
+        case .backupBlocked(let path, let backupName):
+            throw ApplyError.manualIntervention(
+                "\(path) exists while its backup \(backup.display)/\(backupName) waits to be restored"
+            )
+        }
     }
 
     /// fsync of every directory the journal changes, so renames are durable before the commit

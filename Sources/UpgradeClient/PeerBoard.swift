@@ -44,6 +44,19 @@ final class PeerBoard: Sendable {
 
     func drop(_ url: String, _ reason: String) { note(url, version: nil, status: .dropped(reason)) }
 
+    /// Notes every peer holding a release other than the target one as ignored.
+    func ignore(_ releases: [String: PeerRelease], except target: String) {
+        for (digest, release) in releases where digest != target {
+            for source in release.sources {
+                note(
+                    source.url,
+                    version: release.header.version,
+                    status: .ignored("holds \(release.header.version), not the target")
+                )
+            }
+        }
+    }
+
     func isDropped(_ url: String) -> Bool { state.withLock { $0[url]?.dropped ?? false } }
 
     func delivered(_ url: String, bytes: UInt64) {

@@ -50,15 +50,7 @@ extension SyncClient {
         guard let target = chosen else { return run.finished() }
         run.report.toVersion = target.header.version
         if let mismatch = target.header.platformMismatch() { throw SyncError.refused(mismatch) }
-        for (digest, release) in releases where digest != target.digest {
-            for source in release.sources {
-                peers.board.note(
-                    source.url,
-                    version: release.header.version,
-                    status: .ignored("holds \(release.header.version), not the target")
-                )
-            }
-        }
+        peers.board.ignore(releases, except: target.digest)
 
         let manifestBytes = try await manifest(of: target, peers: peers, product: options.product)
         let manifest: Manifest

@@ -230,15 +230,7 @@ extension SyncRun {
             transport: peers.transport,
             board: peers.board
         )
-        for (digest, release) in releases where digest != offer.digest {
-            for source in release.sources {
-                peers.board.note(
-                    source.url,
-                    version: release.header.version,
-                    status: .ignored("holds \(release.header.version), not the target")
-                )
-            }
-        }
+        peers.board.ignore(releases, except: offer.digest)
         let fromPeers = await SyncClient.fetchFromPeers(
             needed,
             sources: releases[offer.digest]?.sources ?? [],
