@@ -83,21 +83,6 @@ public enum Posix {
 
     // MARK: Reading
 
-    /// One `read` (or `pread` at `offset`) into `buffer`, retried on EINTR; 0 at the end.
-    public static func read(
-        _ fd: Int32,
-        into buffer: UnsafeMutableRawBufferPointer,
-        at offset: UInt64? = nil,
-        what: String
-    ) throws(SystemCallError) -> Int {
-        guard let base = buffer.baseAddress, !buffer.isEmpty else { return 0 }
-        while true {
-            let count = readOnce(fd, base, buffer.count, offset)
-            if count >= 0 { return count }
-            if errno != EINTR { throw .last(named("read", what)) }
-        }
-    }
-
     /// One `read` (or `pread` at `offset`) into `buffer[start ..< start + count]` (to the end of
     /// the buffer when `count` is nil), retried on EINTR; 0 at the end of the file.
     public static func read(
