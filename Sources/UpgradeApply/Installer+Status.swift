@@ -99,7 +99,7 @@ extension Installer {
         root rootPath: String,
         stateDirectoryName: String = TreeSource.stateDirectoryName,
         lockTimeout: Double = 60
-    ) throws -> [Manifest.Difference] {
+    ) async throws -> [Manifest.Difference] {
         let root = try SafeTree(path: rootPath, observer: NoObserver())
         let store: StateStore
         do {
@@ -121,8 +121,7 @@ extension Installer {
         options.excluded = [String(store.path.split(separator: "/").last ?? ".upgrade")]
         let frozen = options
         let cache = store.path + "/statcache"
-        let local = try runBlocking { try await TreeSource.scan(rootPath, options: frozen, cache: .readOnly(cache)) }
-            .manifest
+        let local = try await TreeSource.scan(rootPath, options: frozen, cache: .readOnly(cache)).manifest
         let release = current.manifest
         let policy = release.policy
         // Unmanaged paths and the `.upgrade-new` files beside config files are not the release's.

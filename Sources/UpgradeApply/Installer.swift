@@ -225,13 +225,20 @@ public enum Installer {
         return store
     }
 
+    /// Blocks until the scan is done: for engine code that is not async. An async caller uses
+    /// ``RootSession/scan(options:)`` and keeps the thread it would block for the walk.
     static func scan(root: String, store: StateStore, options: ScanOptions) throws -> Manifest {
-        var scanOptions = options
-        scanOptions.excluded = [String(store.path.split(separator: "/").last ?? ".upgrade")]
-        let frozen = scanOptions
+        let frozen = scanOptions(options, store: store)
         let cache = store.path + "/statcache"
         let result = try runBlocking { try await TreeSource.scan(root, options: frozen, cache: .file(cache)) }
         return result.manifest
+    }
+
+    /// `options` with the state directory excluded.
+    static func scanOptions(_ options: ScanOptions, store: StateStore) -> ScanOptions {
+        var scanOptions = options
+        scanOptions.excluded = [String(store.path.split(separator: "/").last ?? ".upgrade")]
+        return scanOptions
     }
 
     static func encode(_ report: InstallReport) -> [UInt8] {

@@ -47,6 +47,33 @@ public final class RootSession: @unchecked Sendable {
         return (current.headerBytes, header, current.manifest)
     }
 
+    /// The installed release's signed header bytes and decoded header, without its manifest
+    /// (a million-entry manifest takes a second to read; ``installed`` reads it).
+    public var installedHeader: (headerBytes: [UInt8], header: ReleaseHeader)? {
+        guard let current = store.currentHeader,
+            let header = try? ReleaseHeader(unverified: SignedEnvelope(encoded: current.headerBytes))
+        else { return nil }
+        return (current.headerBytes, header)
+    }
+
+    static let fingerprintFile = "fingerprint"
+
+    /// The installed manifest's ``Manifest/scanFingerprint``, when a run recorded it.
+    public var installedFingerprint: String? {
+        guard let id = store.currentID, let bytes = store.read("state/\(id)/\(Self.fingerprintFile)") else {
+            return nil
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Records the installed manifest's ``Manifest/scanFingerprint`` beside it, so the next run
+    /// that scans the same tree need not read the manifest. A cache: a failure to write it only
+    /// costs the next run that read.
+    public func recordFingerprint() {
+        guard let current = store.current else { return }
+        try? store.write("state/\(current.id)/\(Self.fingerprintFile)", Array(current.manifest.scanFingerprint.utf8))
+    }
+
     /// SHA-256 hex of the installed release's signed header (what fleet reports name).
     public var installedDigest: String? {
         store.current.map { SHA256Hash(bytes: Array(SHA256.hash(data: $0.headerBytes)))!.hex }
@@ -92,9 +119,16 @@ public final class RootSession: @unchecked Sendable {
         if store.tree.exists(Self.probationFile) { try store.tree.unlink(Self.probationFile) }
     }
 
-    /// The tree as it is now (stat cache in the state directory).
-    public func scan(options: ScanOptions = ScanOptions()) throws -> Manifest {
-        try Installer.scan(root: root, store: store, options: options)
+    /// The tree as it is now (stat cache in the state directory). Async, so the walk has every
+    /// thread of the pool: a caller on the pool that blocked while waiting for it would take
+    /// one of them away (on two cores, half the walk).
+    public func scan(options: ScanOptions = ScanOptions()) async throws -> Manifest {
+        try await TreeSource.scan(
+            root,
+            options: Installer.scanOptions(options, store: store),
+            cache: .file(store.path + "/statcache")
+        )
+        .manifest
     }
 
     /// Installs under this session's lock (see ``Installer/install(_:)``). A request that

@@ -27,10 +27,11 @@ import Glibc
 final class StateStore: @unchecked Sendable {
     let tree: SafeTree
     let path: String
-    /// Manifests already decoded, by state id, with the bytes they came from: one run asks for
-    /// the installed state several times, and decoding (with its path checks) is the expensive
-    /// part; the file is still read each time, so a changed state is never served stale.
-    private let decoded = Mutex<[String: (bytes: [UInt8], manifest: Manifest)]>([:])
+    /// Manifests already decoded, by state id, with the identity of the file they came from: one
+    /// run asks for the installed state several times, and reading and decoding a million-entry
+    /// manifest is the expensive part. State files are only ever replaced by rename, so a file
+    /// with the same device, inode, size and timestamps holds the same bytes.
+    private let decoded = Mutex<[String: (file: FileIdentity, manifest: Manifest)]>([:])
 
     init(root: SafeTree, name: String, rootPath: String, create: Bool = true) throws {
         tree = try root.subdirectory(name, create: create)
@@ -106,17 +107,19 @@ final class StateStore: @unchecked Sendable {
     }
 
     func state(_ id: String) -> InstalledState? {
-        guard let header = read("state/\(id)/header"), let bytes = read("state/\(id)/manifest") else { return nil }
+        let manifestFile = "state/\(id)/manifest"
+        guard let header = read("state/\(id)/header"), let info = tree.lstat(manifestFile) else { return nil }
+        let file = FileIdentity(info)
         let manifest: Manifest
-        if let memo = decoded.withLock({ $0[id] }), memo.bytes == bytes {
+        if let memo = decoded.withLock({ $0[id] }), memo.file == file {
             manifest = memo.manifest
         } else {
-            guard let fresh = try? Manifest(canonical: bytes) else { return nil }
+            guard let bytes = read(manifestFile), let fresh = try? Manifest(canonical: bytes) else { return nil }
             manifest = fresh
             // Two at most (the installed state and the one before it): bounded memory.
             decoded.withLock { memo in
                 if memo.count >= 2 { memo.removeAll() }
-                memo[id] = (bytes, fresh)
+                memo[id] = (file, fresh)
             }
         }
         let previous = read("state/\(id)/previous").map { String(decoding: $0, as: UTF8.self) }.flatMap {
@@ -126,6 +129,12 @@ final class StateStore: @unchecked Sendable {
     }
 
     var current: InstalledState? { currentID.flatMap(state) }
+
+    /// The installed state's id and signed header, without reading its manifest.
+    var currentHeader: (id: String, headerBytes: [UInt8])? {
+        guard let id = currentID, let header = read("state/\(id)/header") else { return nil }
+        return (id, header)
+    }
 
     /// The previous release's files that the transaction which installed `state` backed up:
     /// content → (path in the previous release, backup path inside the state directory). Nil when

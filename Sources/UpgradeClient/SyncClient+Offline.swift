@@ -18,7 +18,7 @@ extension SyncClient {
         guard options.peers != .off else {
             throw SyncError.network("--offline needs peers (--peers auto or --peers HOST:PORT,...)")
         }
-        var run = try SyncRun(options, peers: peers, started: started)
+        var run = try await SyncRun(options, peers: peers, started: started)
         let found = try await run.discovery?.value ?? []
         // The root chain the peers verified: a rotation reaches machines without a server too.
         let anchor = options

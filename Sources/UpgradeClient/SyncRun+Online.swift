@@ -31,8 +31,8 @@ extension SyncRun {
             try await SyncClient.fetchRoot(version, options: anchor, transport: transport)
         }
         let probationNote = try SyncClient.expireProbation(session: session, now: options.now)
-        if probationNote != nil { local = try session.scan() }
-        installed = session.installed
+        if probationNote != nil { local = try await session.scan() }
+        installed = session.installedHeader
         report.fromVersion = installed?.header.version
         report.recovered = [session.recovered, probationNote].compactMap { $0 }.joined(separator: "; ")
         if report.recovered?.isEmpty == true { report.recovered = nil }
@@ -44,18 +44,15 @@ extension SyncRun {
         var request = PlanRequest(product: options.product, channel: options.channel, installed: nil, device: device)
         request.accepts = ["inline-plan", "local-plan"]
         request.version = options.targetVersion
-        if let installed, installed.header.product == options.product {
+        if let installed, installed.header.product == options.product,
+            let delta = delta(base: installed.header.manifestSHA256)
+        {
             request.installed = .init(
                 version: installed.header.version,
                 sequence: installed.header.sequence,
                 manifestSHA256: installed.header.manifestSHA256
             )
-            // The installed manifest matched the signed digest when it was installed.
-            request.delta = ManifestDelta(
-                from: installed.manifest,
-                to: local,
-                baseDigest: installed.header.manifestSHA256
-            )
+            request.delta = delta
         } else {
             request.manifest = Data(local.canonicalEncoding()).base64EncodedString()
         }
@@ -92,6 +89,22 @@ extension SyncRun {
         report.requestBytes = requestBytes
         report.planBytes = planResponseBytes
         return response
+    }
+
+    /// The tree's changes from the installed release (`base`, its signed manifest digest). When
+    /// the scan's fingerprint is the one recorded for the installed manifest there are none, and
+    /// the manifest is not read at all; otherwise the delta is computed from it and its
+    /// fingerprint recorded for the next run.
+    /// Nil when the installed manifest cannot be read (the whole tree is sent instead).
+    private func delta(base: String) -> ManifestDelta? {
+        if let recorded = session.installedFingerprint, recorded == local.scanFingerprint {
+            return ManifestDelta(base: base, changed: [], removed: [])
+        }
+        guard let manifest = installedManifest else { return nil }
+        // The installed manifest matched the signed digest when it was installed.
+        let delta = ManifestDelta(from: manifest, to: local, baseDigest: base)
+        if !options.dryRun { session.recordFingerprint() }
+        return delta
     }
 
     /// Verifies what is signed (the channel record, then the header it names) and decides: nil
@@ -164,7 +177,9 @@ extension SyncRun {
     /// The signed manifest (from the mirror when there is one), a first install's plan computed
     /// from it, and the check against the tree.
     mutating func check(_ offer: Offer, transport: HTTPTransport) async throws -> Checked {
-        let base = installed.map { ($0.header.manifestSHA256, $0.manifest.canonicalEncoding()) }
+        let base = installed.flatMap { installed in
+            installedManifest.map { (installed.header.manifestSHA256, $0.canonicalEncoding()) }
+        }
         let (manifestBytes, manifestForm, manifestReceived) = try await SyncClient.fetchManifest(
             offer.response.manifestPath,
             header: offer.header,

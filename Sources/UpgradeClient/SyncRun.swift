@@ -23,26 +23,27 @@ struct SyncRun {
     let discovery: Task<[DiscoveredPeer], any Error>?
     let started: Date
     let device: PlanRequest.Device
-    /// The installed release, as the run last read it.
-    var installed: (headerBytes: [UInt8], header: ReleaseHeader, manifest: Manifest)?
+    /// The installed release, as the run last read it (its manifest is read only when needed:
+    /// ``installedManifest``).
+    var installed: (headerBytes: [UInt8], header: ReleaseHeader)?
     /// The tree, scanned once: the plan request, the plan check and the install all use it.
     var local: Manifest
     var report: SyncReport
 
     /// Opens the root (lock, recovery), starts listening for peers, and scans the tree.
-    init(_ options: SyncOptions, peers: PeerContext, started: Date) throws {
+    init(_ options: SyncOptions, peers: PeerContext, started: Date) async throws {
         session = try RootSession(
             root: options.root,
             stateDirectoryName: options.stateDirectoryName,
             lockTimeout: options.lockTimeout
         )
         discovery = peers.startDiscovery(options)
-        local = try session.scan()
+        local = try await session.scan()
         self.options = options
         self.peers = peers
         self.started = started
         device = SyncClient.thisDevice(options)
-        installed = session.installed
+        installed = session.installedHeader
         report = SyncReport(
             result: .upToDate,
             product: options.product,
@@ -50,6 +51,9 @@ struct SyncRun {
             recovered: session.recovered
         )
     }
+
+    /// The installed release's manifest (read once, then kept by the state store).
+    var installedManifest: Manifest? { session.installed?.manifest }
 
     /// The report as it stands, with the run's duration.
     func finished() -> SyncReport {

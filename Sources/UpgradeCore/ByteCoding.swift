@@ -3,6 +3,8 @@ struct ByteWriter {
     private(set) var bytes: [UInt8] = []
 
     mutating func reserve(_ count: Int) { bytes.reserveCapacity(count) }
+    /// Empties the buffer, keeping its storage.
+    mutating func removeAll() { bytes.removeAll(keepingCapacity: true) }
     mutating func u8(_ value: UInt8) { bytes.append(value) }
     mutating func u16(_ value: UInt16) { bytes.appendBigEndian(value) }
     mutating func u32(_ value: UInt32) { bytes.appendBigEndian(value) }

@@ -246,31 +246,54 @@ public struct Manifest: Hashable, Sendable {
     }
 
     static func validate(sorted entries: [ManifestEntry], hooks: Hooks) throws(PathError) {
-        var kinds = [String: EntryKind](minimumCapacity: entries.count)
+        // Only directories can be parents, and parents sort before their children; most entries
+        // share their predecessor's parent, which is then checked with one byte comparison.
+        var directories = Set<String>()
+        var checkedParent: String?
         var previous: String?
         for entry in entries {
             try PathRules.validate(entry.path)
-            if let previous, previous == entry.path { throw PathError(path: entry.path, rule: .duplicate) }
+            // By bytes: `==` on strings is canonical equivalence, and two spellings of "é" are two files.
+            if let previous, previous.utf8.elementsEqual(entry.path.utf8) {
+                throw PathError(path: entry.path, rule: .duplicate)
+            }
             previous = entry.path
             if case .symlink(let target) = entry.content {
                 try PathRules.validateSymlinkTarget(target, of: entry.path)
             }
-            // Parents sort before their children, so the parent's kind is already known.
-            if let parent = PathRules.parent(of: entry.path) {
-                switch kinds[parent] {
-                case .directory: break
-                case .symlink: throw PathError(path: entry.path, rule: .beneathSymlink(parent))
-                case .file: throw PathError(path: entry.path, rule: .parentNotDirectory(parent))
-                case nil: throw PathError(path: entry.path, rule: .parentMissing(parent))
+            let utf8 = entry.path.utf8
+            if let slash = utf8.lastIndex(of: UInt8(ascii: "/")) {
+                let parent = entry.path[..<slash]
+                if checkedParent.map({ !$0.utf8.elementsEqual(parent.utf8) }) ?? true {
+                    let parent = String(parent)
+                    guard directories.contains(parent) else {
+                        switch Self.kind(at: parent, in: entries) {
+                        case .symlink: throw PathError(path: entry.path, rule: .beneathSymlink(parent))
+                        case .file: throw PathError(path: entry.path, rule: .parentNotDirectory(parent))
+                        case .directory, nil: throw PathError(path: entry.path, rule: .parentMissing(parent))
+                        }
+                    }
+                    checkedParent = parent
                 }
             }
-            kinds[entry.path] = entry.kind
+            if case .directory = entry.content { directories.insert(entry.path) }
         }
         for (kind, path) in hooks.scripts.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
             try PathRules.validate(path)
-            guard kinds[path] == .file else {
+            guard Self.kind(at: path, in: entries) == .file else {
                 throw PathError(path: path, rule: .hookNotAFile(kind.description))
             }
         }
+    }
+
+    /// The kind of the entry at `path` in `sorted`, by binary search.
+    private static func kind(at path: String, in sorted: [ManifestEntry]) -> EntryKind? {
+        var low = 0
+        var high = sorted.count
+        while low < high {
+            let middle = (low + high) / 2
+            if PathRules.byteOrder(sorted[middle].path, path) { low = middle + 1 } else { high = middle }
+        }
+        return low < sorted.count && sorted[low].path.utf8.elementsEqual(path.utf8) ? sorted[low].kind : nil
     }
 }

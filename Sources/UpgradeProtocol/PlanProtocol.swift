@@ -99,6 +99,13 @@ public struct ManifestDelta: Codable, Sendable, Equatable {
     /// Paths of the base that are gone.
     public var removed: [String]
 
+    /// A delta from its parts.
+    public init(base: String, changed: [EntryJSON], removed: [String]) {
+        self.base = base
+        self.changed = changed
+        self.removed = removed
+    }
+
     /// The changes that turn `base` into `tree`.
     /// One merge walk of the two sorted lists; an entry of `tree` whose size and XXH3-128 match
     /// `base` takes base's SHA-256 (what ``Manifest/adoptingDigests(from:)`` does) before the

@@ -83,13 +83,17 @@ public struct Scanner: Sendable {
         var walk: Subtree
         do {
             walk = try await TreeWalk(rootFD: rootFD, options: options, cache: cache).walk()
-            let jobs = walk.pending.map {
-                HashJob(record: $0, path: walk.records[$0].path, identity: walk.records[$0].identity)
+            var jobs = [HashJob]()
+            for (chunk, run) in walk.chunks.enumerated() {
+                for record in run.pending {
+                    let found = run.records[record]
+                    jobs.append(HashJob(chunk: chunk, record: record, path: found.path, identity: found.identity))
+                }
             }
             let hashes = try await ParallelHasher(rootFD: rootFD, options: options).hash(jobs)
             for (job, digest) in zip(jobs, hashes) {
-                walk.records[job.record].xxh128 = digest.xxh128
-                walk.records[job.record].identity = digest.identity
+                walk.chunks[job.chunk].records[job.record].xxh128 = digest.xxh128
+                walk.chunks[job.chunk].records[job.record].identity = digest.identity
                 walk.filesHashed += 1
                 walk.bytesHashed += digest.identity.size
             }
@@ -108,7 +112,7 @@ public struct Scanner: Sendable {
         statistics.bytesHashed = walk.bytesHashed
 
         var entries = [ManifestEntry]()
-        entries.reserveCapacity(walk.records.count)
+        entries.reserveCapacity(walk.count)
         var fileCount = 0
         for record in walk.records {
             switch record.kind {
@@ -123,11 +127,16 @@ public struct Scanner: Sendable {
             }
         }
         // Every file a cache hit and no cached file gone: the old cache is still exact.
-        let unchanged = walk.filesHashed == 0 && fileCount == cache.records.count
+        // (A tree with hard links has more files than cached inodes: its cache is rewritten.)
+        let unchanged = walk.filesHashed == 0 && fileCount == cache.count
         let newCache =
             unchanged
             ? cache
-            : Self.cache(of: walk.records, racyLimit: started.subtracting(nanoseconds: options.racyWindowNanoseconds))
+            : Self.cache(
+                of: walk.records,
+                count: fileCount,
+                racyLimit: started.subtracting(nanoseconds: options.racyWindowNanoseconds)
+            )
         statistics.entries = entries.count
         let manifest: Manifest
         do {
@@ -148,12 +157,12 @@ public struct Scanner: Sendable {
 
 extension Scanner {
     /// The records worth caching: files not changed within the racy window before the scan.
-    static func cache(of records: [WalkRecord], racyLimit: Timestamp) -> StatCache {
-        var cached = [String: StatCache.Record](minimumCapacity: records.count)
+    static func cache(of records: some Sequence<WalkRecord>, count: Int, racyLimit: Timestamp) -> StatCache {
+        var cache = StatCache(minimumCapacity: count)
         for record in records where record.kind == .file && !record.identity.changed(atOrAfter: racyLimit) {
-            cached[record.path] = StatCache.Record(identity: record.identity, xxh128: record.xxh128)
+            cache.insert(record.identity, xxh128: record.xxh128)
         }
-        return StatCache(records: cached)
+        return cache
     }
 }
 

@@ -15,27 +15,135 @@ extension FileIdentity {
     }
 }
 
-/// Path → (identity, XXH3-128): lets a rescan of an unchanged tree hash nothing.
+/// Inode → (identity, XXH3-128): lets a rescan of an unchanged tree hash nothing.
+///
+/// Keyed by inode, not by path: equal device, inode, size, mtime and ctime mean equal content
+/// whatever the path (a hard link or a rename shows the same bytes), and a lookup hashes one
+/// integer instead of a path. Records are 56 bytes in one array with an open-addressing index
+/// beside it, so a million files cost ~64 MB and no string. Files on another device than the
+/// first one cached are not cached (they are hashed each scan).
 ///
 /// Stored as a small binary file (see docs/format.md, "Stat cache") with a trailing XXH3-128 of
-/// its body; a damaged or foreign file reads as an empty cache, which costs time, never
+/// its body; a damaged, older or foreign file reads as an empty cache, which costs time, never
 /// correctness.
 public struct StatCache: Sendable {
-    /// Cached records by path.
-    public private(set) var records: [String: Record]
+    /// One cached file: its identity on the cache's device and its hash.
+    struct Record: Hashable, Sendable {
+        var inode: UInt64
+        var size: UInt64
+        var mtimeSeconds: Int64
+        var ctimeSeconds: Int64
+        /// mtime nanoseconds in the high half, ctime nanoseconds in the low half.
+        var nanoseconds: UInt64
+        var xxh128: XXH128Digest
 
-    /// One cached file.
-    public struct Record: Hashable, Sendable {
-        public var identity: FileIdentity
-        public var xxh128: XXH128Digest
+        init(_ identity: FileIdentity, xxh128: XXH128Digest) {
+            inode = identity.inode
+            size = identity.size
+            mtimeSeconds = identity.mtimeSeconds
+            ctimeSeconds = identity.ctimeSeconds
+            nanoseconds = UInt64(identity.mtimeNanoseconds) << 32 | UInt64(identity.ctimeNanoseconds)
+            self.xxh128 = xxh128
+        }
+
+        init(
+            inode: UInt64,
+            size: UInt64,
+            mtimeSeconds: Int64,
+            ctimeSeconds: Int64,
+            nanoseconds: UInt64,
+            xxh128: XXH128Digest
+        ) {
+            self.inode = inode
+            self.size = size
+            self.mtimeSeconds = mtimeSeconds
+            self.ctimeSeconds = ctimeSeconds
+            self.nanoseconds = nanoseconds
+            self.xxh128 = xxh128
+        }
+
+        func matches(_ identity: FileIdentity) -> Bool {
+            inode == identity.inode && size == identity.size && mtimeSeconds == identity.mtimeSeconds
+                && ctimeSeconds == identity.ctimeSeconds
+                && nanoseconds == UInt64(identity.mtimeNanoseconds) << 32 | UInt64(identity.ctimeNanoseconds)
+        }
     }
 
-    static let magic: [UInt8] = Array("UPGSTC".utf8) + [0x00, 0x01]
+    /// The device every record lives on (set by the first record).
+    private(set) var device: UInt64?
+    /// The records, in insertion order.
+    private(set) var records: [Record] = []
+    /// Open addressing by inode: index into `records` + 1, 0 for an empty slot; a power of two
+    /// at least twice the record count.
+    private var slots: [Int32] = []
+
+    static let magic: [UInt8] = Array("UPGSTC".utf8) + [0x00, 0x02]
+    static let recordSize = 56
 
     /// An empty cache.
-    public init() { records = [:] }
+    public init() {}
 
-    init(records: [String: Record]) { self.records = records }
+    /// An empty cache with room for `capacity` records.
+    init(minimumCapacity capacity: Int) {
+        records.reserveCapacity(capacity)
+        grow(to: capacity)
+    }
+
+    /// Records cached.
+    public var count: Int { records.count }
+
+    /// The cached hash when `identity` is unchanged.
+    func hash(for identity: FileIdentity) -> XXH128Digest? {
+        guard identity.device == device, let index = index(of: identity.inode) else { return nil }
+        let record = records[index]
+        return record.matches(identity) ? record.xxh128 : nil
+    }
+
+    /// Caches `xxh128` as the content of the file `identity` names, replacing what the cache
+    /// held for its inode. A file on another device than the cache's is left out.
+    mutating func insert(_ identity: FileIdentity, xxh128: XXH128Digest) {
+        if device == nil { device = identity.device }
+        guard identity.device == device else { return }
+        let record = Record(identity, xxh128: xxh128)
+        if let index = index(of: identity.inode) {
+            records[index] = record
+            return
+        }
+        if (records.count + 1) * 2 > slots.count { grow(to: records.count + 1) }
+        records.append(record)
+        place(records.count - 1)
+    }
+
+    private func index(of inode: UInt64) -> Int? {
+        guard !slots.isEmpty else { return nil }
+        let mask = slots.count - 1
+        var slot = Self.slot(inode, mask: mask)
+        while true {
+            let entry = Int(slots[slot])
+            if entry == 0 { return nil }
+            if records[entry - 1].inode == inode { return entry - 1 }
+            slot = (slot + 1) & mask
+        }
+    }
+
+    private static func slot(_ inode: UInt64, mask: Int) -> Int {
+        Int(truncatingIfNeeded: (inode &* 0x9E37_79B9_7F4A_7C15) >> 32) & mask
+    }
+
+    /// Rebuilds the index for at least `count` records.
+    private mutating func grow(to count: Int) {
+        var size = 16
+        while size < count * 2 { size <<= 1 }
+        slots = [Int32](repeating: 0, count: size)
+        for index in records.indices { place(index) }
+    }
+
+    private mutating func place(_ index: Int) {
+        let mask = slots.count - 1
+        var slot = Self.slot(records[index].inode, mask: mask)
+        while slots[slot] != 0 { slot = (slot + 1) & mask }
+        slots[slot] = Int32(index + 1)
+    }
 
     /// The identities of `paths` (root-relative files) now, leaving out any whose timestamps are
     /// not at least `racyNanoseconds` old (a write in the same clock tick would not change them).
@@ -55,51 +163,40 @@ public struct StatCache: Sendable {
 
     /// After an install: `previous` with a record for every file the install placed, with the
     /// hash the signed manifest (`tree`) gives, when its identity is still the one it had right
-    /// after placement (`placed`; a hook that rewrote it changed that). Records of other paths are
-    /// kept as they are: a scan checks every record's identity before trusting it, so a stale one
-    /// only costs a hash (and the next scan writes a clean cache).
+    /// after placement (`placed`; a hook that rewrote it changed that). Other records are kept:
+    /// a lookup checks the whole identity, so the record of a replaced file's old inode is never
+    /// matched again and only takes room until the next scan writes a clean cache.
     public static func afterInstall(
         of tree: Manifest,
         placed: [String: FileIdentity],
         previous: StatCache,
         rootFD: Int32
     ) -> StatCache {
-        var records = previous.records
+        var cache = previous
         for (path, identity) in placed {
-            records[path] = nil
             guard let content = tree.entry(at: path)?.file else { continue }
             var info = stat()
             guard fstatat(rootFD, path, &info, AT_SYMLINK_NOFOLLOW) == 0, FileIdentity(info) == identity,
                 identity.size == content.size
             else { continue }
-            records[path] = Record(identity: identity, xxh128: content.xxh128)
+            cache.insert(identity, xxh128: content.xxh128)
         }
-        return StatCache(records: records)
-    }
-
-    /// The cached hash when `identity` is unchanged.
-    func hash(for path: String, identity: FileIdentity) -> XXH128Digest? {
-        guard let record = records[path], record.identity == identity else { return nil }
-        return record.xxh128
+        return cache
     }
 
     /// The encoded file.
     public func encoded() -> [UInt8] {
         var out = [UInt8]()
-        out.reserveCapacity(16 + records.count * 96)
+        out.reserveCapacity(Self.magic.count + 16 + records.count * Self.recordSize + 16)
         out += Self.magic
+        append(device ?? 0, to: &out)
         append(UInt64(records.count), to: &out)
-        for (path, record) in records {
-            append(UInt16(path.utf8.count), to: &out)
-            out += path.utf8
-            let id = record.identity
-            append(id.device, to: &out)
-            append(id.inode, to: &out)
-            append(id.size, to: &out)
-            append(UInt64(bitPattern: id.mtimeSeconds), to: &out)
-            append(id.mtimeNanoseconds, to: &out)
-            append(UInt64(bitPattern: id.ctimeSeconds), to: &out)
-            append(id.ctimeNanoseconds, to: &out)
+        for record in records {
+            append(record.inode, to: &out)
+            append(record.size, to: &out)
+            append(UInt64(bitPattern: record.mtimeSeconds), to: &out)
+            append(UInt64(bitPattern: record.ctimeSeconds), to: &out)
+            append(record.nanoseconds, to: &out)
             append(record.xxh128.high, to: &out)
             append(record.xxh128.low, to: &out)
         }
@@ -111,67 +208,43 @@ public struct StatCache: Sendable {
 
     /// Decodes a cache file; nil when it is damaged, truncated or of another format.
     public init?(encoded bytes: [UInt8]) {
-        guard bytes.count >= Self.magic.count + 8 + 16, bytes.starts(with: Self.magic) else { return nil }
+        let header = Self.magic.count + 16
+        guard bytes.count >= header + 16, bytes.starts(with: Self.magic) else { return nil }
         let body = bytes.count - 16
-        let check = bytes.withUnsafeBytes {
-            XXH128Hasher.hash(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<body]))
-        }
-        var reader = FastReader(bytes: bytes, offset: Self.magic.count, end: body)
-        guard check == XXH128Digest(high: FastReader.load(bytes, body), low: FastReader.load(bytes, body + 8)),
-            let count = reader.u64(), count <= UInt64(body / 70)
-        else { return nil }
-        var records = [String: Record](minimumCapacity: Int(count))
-        for _ in 0..<count {
-            guard let length = reader.u16(), let path = reader.string(Int(length)),
-                let device = reader.u64(), let inode = reader.u64(), let size = reader.u64(),
-                let mtime = reader.u64(), let mtimeNanos = reader.u32(),
-                let ctime = reader.u64(), let ctimeNanos = reader.u32(),
-                let high = reader.u64(), let low = reader.u64()
+        let decoded: (UInt64, [Record])? = bytes.withUnsafeBytes { raw in
+            func load(_ at: Int) -> UInt64 { UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: at, as: UInt64.self)) }
+            let check = XXH128Hasher.hash(bufferPointer: UnsafeRawBufferPointer(rebasing: raw[..<body]))
+            let count = load(Self.magic.count + 8)
+            guard check == XXH128Digest(high: load(body), low: load(body + 8)),
+                count <= UInt64(body), header + Int(count) * Self.recordSize == body
             else { return nil }
-            let identity = FileIdentity(
-                device: device,
-                inode: inode,
-                size: size,
-                mtimeSeconds: Int64(bitPattern: mtime),
-                mtimeNanoseconds: mtimeNanos,
-                ctimeSeconds: Int64(bitPattern: ctime),
-                ctimeNanoseconds: ctimeNanos
-            )
-            records[path] = Record(identity: identity, xxh128: XXH128Digest(high: high, low: low))
+            var records = [Record]()
+            records.reserveCapacity(Int(count))
+            var at = header
+            for _ in 0..<Int(count) {
+                records.append(
+                    Record(
+                        inode: load(at),
+                        size: load(at + 8),
+                        mtimeSeconds: Int64(bitPattern: load(at + 16)),
+                        ctimeSeconds: Int64(bitPattern: load(at + 24)),
+                        nanoseconds: load(at + 32),
+                        xxh128: XXH128Digest(high: load(at + 40), low: load(at + 48))
+                    )
+                )
+                at += Self.recordSize
+            }
+            return (load(Self.magic.count), records)
         }
-        guard reader.offset == body else { return nil }
+        guard let (device, records) = decoded else { return nil }
+        self.device = records.isEmpty ? nil : device
         self.records = records
+        grow(to: records.count)
+        // One record per inode: a file with two would be ambiguous.
+        for record in records where records[index(of: record.inode)!] != record { return nil }
     }
 
     private func append<T: FixedWidthInteger>(_ value: T, to out: inout [UInt8]) {
         withUnsafeBytes(of: value.bigEndian) { out.append(contentsOf: $0) }
-    }
-}
-
-/// Bounds-checked big-endian reads for the cache file's hot loop.
-private struct FastReader {
-    let bytes: [UInt8]
-    var offset: Int
-    let end: Int
-
-    static func load(_ bytes: [UInt8], _ at: Int) -> UInt64 {
-        bytes.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt64.self)) }
-    }
-
-    mutating func read<T: FixedWidthInteger>(_: T.Type) -> T? {
-        let size = MemoryLayout<T>.size
-        guard end - offset >= size else { return nil }
-        defer { offset += size }
-        return bytes.withUnsafeBytes { T(bigEndian: $0.loadUnaligned(fromByteOffset: offset, as: T.self)) }
-    }
-
-    mutating func u16() -> UInt16? { read(UInt16.self) }
-    mutating func u32() -> UInt32? { read(UInt32.self) }
-    mutating func u64() -> UInt64? { read(UInt64.self) }
-
-    mutating func string(_ length: Int) -> String? {
-        guard end - offset >= length else { return nil }
-        defer { offset += length }
-        return String(validating: bytes[offset..<offset + length], as: UTF8.self)
     }
 }

@@ -17,27 +17,40 @@ struct WalkRecord: Sendable {
 
 /// A file whose content is read after the walk, by the parallel hasher.
 struct HashJob: Sendable {
-    /// Index into the walk's records.
+    /// Where its record is: chunk, then index in the chunk.
+    var chunk: Int
     var record: Int
     var path: String
     var identity: FileIdentity
 }
 
+/// A run of the walk order: one directory's own entries up to (and including) a subdirectory,
+/// or after its last one.
+struct Chunk: Sendable {
+    var records: [WalkRecord]
+    /// Indices into `records` of files too large to hash inline.
+    var pending: [Int]
+}
+
 /// A directory's subtree, in walk order: each directory's record is followed by its subtree,
 /// siblings in name-byte order (nearly the canonical order, so building the manifest rarely sorts).
+/// Held as chunks, so a parent splices its children in by reference and a record is copied
+/// once however deep it lies.
 struct Subtree: Sendable {
-    var records: [WalkRecord] = []
-    /// Indices into `records` of files too large to hash inline.
-    var pending: [Int] = []
+    var chunks: [Chunk] = []
     var warnings: [ScanWarning] = []
     var cacheHits = 0
     var filesHashed = 0
     var bytesHashed: UInt64 = 0
 
+    /// Records in the subtree.
+    var count: Int { chunks.reduce(0) { $0 + $1.records.count } }
+
+    /// The records in walk order.
+    var records: some Sequence<WalkRecord> { chunks.lazy.flatMap(\.records) }
+
     mutating func append(_ child: Subtree) {
-        let offset = records.count
-        records += child.records
-        pending += child.pending.map { $0 + offset }
+        chunks += child.chunks
         warnings += child.warnings
         cacheHits += child.cacheHits
         filesHashed += child.filesHashed
@@ -74,6 +87,8 @@ struct TreeWalk: Sendable {
             throw ScanError.unreadable(path: prefix, error)
         }
         var local = Subtree()
+        var records = [WalkRecord]()
+        var pending = [Int]()
         var directories = [(slot: Int, path: String, identity: FileIdentity)]()
         do {
             defer { close(fd) }
@@ -87,16 +102,17 @@ struct TreeWalk: Sendable {
             names.sort { $0.lexicographicallyPrecedes($1) }
             var buffer = [UInt8]()
             for rawName in names {
-                guard let record = try entry(rawName, in: fd, prefix: prefix, depth: depth, into: &local) else {
+                guard let record = try entry(rawName, in: fd, prefix: prefix, depth: depth, into: &local.warnings)
+                else {
                     continue
                 }
                 switch record.kind {
                 case .directory:
-                    directories.append((local.records.count, record.path, record.identity))
-                    local.records.append(record)
+                    directories.append((records.count, record.path, record.identity))
+                    records.append(record)
                 case .file:
                     var record = record
-                    if let hash = cache.hash(for: record.path, identity: record.identity) {
+                    if let hash = cache.hash(for: record.identity) {
                         record.xxh128 = hash
                         local.cacheHits += 1
                     } else if record.identity.size <= UInt64(Self.inlineLimit) {
@@ -115,11 +131,11 @@ struct TreeWalk: Sendable {
                         local.filesHashed += 1
                         local.bytesHashed += digest.identity.size
                     } else {
-                        local.pending.append(local.records.count)
+                        pending.append(records.count)
                     }
-                    local.records.append(record)
+                    records.append(record)
                 case .symlink:
-                    local.records.append(record)
+                    records.append(record)
                 }
             }
         } catch let error as ScanError {
@@ -127,7 +143,10 @@ struct TreeWalk: Sendable {
         } catch let error as SystemCallError {
             throw ScanError.unreadable(path: prefix.isEmpty ? "." : prefix, error)
         }
-        guard !directories.isEmpty else { return local }
+        guard !directories.isEmpty else {
+            local.chunks = [Chunk(records: records, pending: pending)]
+            return local
+        }
 
         // Children in parallel, then splice each subtree in after its directory's record.
         let children = try await withThrowingTaskGroup(of: (Int, Subtree).self) { group in
@@ -146,18 +165,21 @@ struct TreeWalk: Sendable {
         var assembled = Subtree()
         assembled.warnings = local.warnings
         var next = 0
-        for (directory, child) in zip(directories, children) {
-            var head = Subtree()
-            head.records = Array(local.records[next...directory.slot])
-            head.pending = local.pending.filter { $0 >= next && $0 <= directory.slot }.map { $0 - next }
-            assembled.append(head)
-            assembled.append(child)
-            next = directory.slot + 1
+        var nextPending = 0
+        func chunk(through last: Int) -> Chunk {
+            var mine = [Int]()
+            while nextPending < pending.count, pending[nextPending] <= last {
+                mine.append(pending[nextPending] - next)
+                nextPending += 1
+            }
+            defer { next = last + 1 }
+            return Chunk(records: Array(records[next...last]), pending: mine)
         }
-        var tail = Subtree()
-        tail.records = Array(local.records[next...])
-        tail.pending = local.pending.filter { $0 >= next }.map { $0 - next }
-        assembled.append(tail)
+        for (directory, child) in zip(directories, children) {
+            assembled.chunks.append(chunk(through: directory.slot))
+            assembled.append(child)
+        }
+        if next < records.count { assembled.chunks.append(chunk(through: records.count - 1)) }
         assembled.cacheHits += local.cacheHits
         assembled.filesHashed += local.filesHashed
         assembled.bytesHashed += local.bytesHashed
@@ -170,7 +192,7 @@ struct TreeWalk: Sendable {
         in fd: Int32,
         prefix: String,
         depth: Int,
-        into local: inout Subtree
+        into warnings: inout [ScanWarning]
     ) throws -> WalkRecord? {
         guard let name = String(validating: rawName, as: UTF8.self) else {
             let shown = (prefix.isEmpty ? "" : prefix + "/") + String(decoding: rawName, as: UTF8.self)
@@ -214,7 +236,7 @@ struct TreeWalk: Sendable {
             let kind = Self.describe(info.fileType)
             switch options.specialFiles {
             case .reject: throw ScanError.specialFile(path: path, kind: kind)
-            case .skip: local.warnings.append(ScanWarning(path: path, reason: "it is a \(kind)"))
+            case .skip: warnings.append(ScanWarning(path: path, reason: "it is a \(kind)"))
             }
             return nil
         }

@@ -92,6 +92,7 @@ struct ApplyCommand: AsyncParsableCommand {
             }
             request.rollbackPoints = points
         }
+        request.scanned = try await session.scan(options: request.scanOptions)
         return try session.install(request)
     }
 }

@@ -62,7 +62,7 @@ struct VerifyCommand: AsyncParsableCommand {
 
     func run() async throws {
         if json { JSONOutput.request(command: "verify") }
-        let differences = try Installer.verify(
+        let differences = try await Installer.verify(
             root: root.root,
             stateDirectoryName: root.stateDir,
             lockTimeout: root.lockTimeout

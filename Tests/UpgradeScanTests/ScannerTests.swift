@@ -146,7 +146,59 @@ struct ScannerTests {
         let tree = try TemporaryTree()
         try tree.file("fresh", "just written")
         let result = try await Scanner().scan(root: tree.root)
-        #expect(result.statCache.records.isEmpty)
+        #expect(result.statCache.count == 0)
+    }
+
+    @Test("the stat cache is keyed by inode: renamed, linked and copied files hash right, hard links share a record")
+    func cacheByInode() async throws {
+        let tree = try TemporaryTree()
+        for i in 0..<4 { try tree.file("d/f\(i)", noise(300 + i, seed: UInt64(i))) }
+        let scanner = Scanner(options: Self.quick)
+        let cold = try await scanner.scan(root: tree.root)
+        #expect(cold.statistics.filesHashed == 4)
+        #expect(cold.statCache.count == 4)
+
+        #expect(rename(tree.path("d/f0"), tree.path("d/moved")) == 0)
+        #expect(link(tree.path("d/f1"), tree.path("d/linked")) == 0)
+        try FileManager.default.copyItem(atPath: tree.path("d/f2"), toPath: tree.path("d/copied"))
+        let warm = try await scanner.scan(root: tree.root, cache: StatCache(encoded: cold.statCache.encoded())!)
+        // Rename and link move the inode's ctime, so those are hashed again, like the copy.
+        #expect(warm.statistics.filesHashed >= 1)
+        #expect(warm.statistics.cacheHits + warm.statistics.filesHashed == 6)
+        let index = warm.manifest.index()
+        #expect(index["d/moved"]?.file?.xxh128 == XXH128Hasher.hash(data: noise(300, seed: 0)))
+        #expect(index["d/linked"]?.file == index["d/f1"]?.file)
+        #expect(index["d/copied"]?.file == index["d/f2"]?.file)
+        // Hard-linked paths share one record.
+        #expect(warm.statCache.count == 5)
+        let again = try await scanner.scan(root: tree.root, cache: warm.statCache)
+        #expect(again.statistics.filesHashed == 0)
+        #expect(again.statistics.cacheHits == 6)
+        #expect(again.manifest == warm.manifest)
+    }
+
+    @Test("a stat cache with two records for one inode, or of the older path-keyed format, reads as empty")
+    func ambiguousCache() async throws {
+        let tree = try TemporaryTree()
+        try tree.file("a", "first")
+        try tree.file("b", "second")
+        var bytes = try await Scanner(options: Self.quick).scan(root: tree.root).statCache.encoded()
+        #expect(StatCache(encoded: bytes)?.count == 2)
+        // Record 2's inode (header 24 bytes, records 56) set to record 1's, checksum redone.
+        for offset in 0..<8 { bytes[24 + 56 + offset] = bytes[24 + offset] }
+        let body = bytes.count - 16
+        let check = bytes.withUnsafeBytes {
+            XXH128Hasher.hash(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<body]))
+        }
+        withUnsafeBytes(of: check.high.bigEndian) { bytes.replaceSubrange(body..<body + 8, with: $0) }
+        withUnsafeBytes(of: check.low.bigEndian) { bytes.replaceSubrange(body + 8..<body + 16, with: $0) }
+        #expect(StatCache(encoded: bytes) == nil)
+
+        var older = Array("UPGSTC".utf8) + [0x00, 0x01] + [UInt8](repeating: 0, count: 8)
+        let olderCheck = older.withUnsafeBytes { XXH128Hasher.hash(bufferPointer: $0) }
+        withUnsafeBytes(of: olderCheck.high.bigEndian) { older += $0 }
+        withUnsafeBytes(of: olderCheck.low.bigEndian) { older += $0 }
+        #expect(StatCache(encoded: older) == nil)
     }
 
     @Test("a damaged stat cache reads as empty")
