@@ -132,6 +132,7 @@ let package = Package(
             dependencies: [
                 "UpgradeCore", "UpgradeScan", "UpgradeTrust", "UpgradeRepository", "UpgradeApply", "UpgradeBundle",
                 "UpgradeServer", "UpgradeClient", "UpgradeProtocol", "UpgradePeer", "UpgradeFleet", "UpgradeSystem",
+                "CUpgradeSys",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

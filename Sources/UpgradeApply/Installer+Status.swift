@@ -86,8 +86,9 @@ extension Installer {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
         guard let bytes = try? encoder.encode(record) else { return }
-        try? store.write(RunRecord.attemptFile, [UInt8](bytes))
-        if record.exitCode == 0 { try? store.write(RunRecord.successFile, [UInt8](bytes)) }
+        // What the last run did, for `upgrade status`: a crash may lose it, not worth two fsyncs.
+        try? store.write(RunRecord.attemptFile, [UInt8](bytes), durable: false)
+        if record.exitCode == 0 { try? store.write(RunRecord.successFile, [UInt8](bytes), durable: false) }
     }
 
     /// How the tree differs from the installed release (locally modified, added or removed).

@@ -71,12 +71,16 @@ public final class RootSession: @unchecked Sendable {
     /// costs the next run that read.
     public func recordFingerprint() {
         guard let current = store.current else { return }
-        try? store.write("state/\(current.id)/\(Self.fingerprintFile)", Array(current.manifest.scanFingerprint.utf8))
+        try? store.write(
+            "state/\(current.id)/\(Self.fingerprintFile)",
+            Array(current.manifest.scanFingerprint.utf8),
+            durable: false
+        )
     }
 
     /// SHA-256 hex of the installed release's signed header (what fleet reports name).
     public var installedDigest: String? {
-        store.current.map { SHA256Hash(bytes: Array(SHA256.hash(data: $0.headerBytes)))!.hex }
+        store.currentHeader.map { SHA256Hash(bytes: Array(SHA256.hash(data: $0.headerBytes)))!.hex }
     }
 
     /// Rolls back to the previous release under this session's lock (see
@@ -193,7 +197,10 @@ public final class RootSession: @unchecked Sendable {
 
     /// Stores a small named value durably.
     public func setValue(_ name: String, _ value: String) throws {
-        try store.write(name, Array((value + "\n").utf8))
+        let bytes = Array((value + "\n").utf8)
+        // A cron run that changes nothing writes nothing (and waits for no fsync).
+        if store.read(name) == bytes { return }
+        try store.write(name, bytes)
     }
 
     /// Throws ``ApplyError/noSpace(needed:available:path:)`` unless the state directory's

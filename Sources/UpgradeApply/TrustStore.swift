@@ -126,7 +126,8 @@ extension RootSession {
     /// release whose keys were revoked sets no floor: the next trusted release may have a lower
     /// sequence and is installed without `--allow-downgrade`.
     public func installedReleaseIsTrusted(by root: RootDocument) -> Bool {
-        guard let installed, let envelope = try? SignedEnvelope(encoded: installed.headerBytes) else { return true }
+        guard let installed = installedHeader, let envelope = try? SignedEnvelope(encoded: installed.headerBytes)
+        else { return true }
         return envelope.validSigners(among: root.keys(for: .release)).count >= root.threshold(for: .release)
     }
 }

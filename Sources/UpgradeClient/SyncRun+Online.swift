@@ -4,6 +4,7 @@ import Logging
 import UpgradeApply
 import UpgradeCore
 import UpgradeProtocol
+import UpgradeScan
 import UpgradeTrust
 
 /// The online run's own steps: trust, ask, verify the offer, fetch (peers, deltas, objects),

@@ -1,15 +1,9 @@
-import Crypto
-
 extension Manifest {
-    /// SHA-256 (hex) of the tree as a scan sees it: every entry's path, kind, mode, size,
-    /// XXH3-128 and symlink target, in canonical order; no SHA-256s, hooks, policy or metadata.
-    ///
-    /// Two manifests with the same fingerprint differ in nothing a scan records, so a scanned
-    /// tree whose fingerprint is the installed release's has no changes to report: the client
-    /// sends an empty delta without decoding the installed manifest (see docs/design.md,
-    /// "No-op at scale").
-    public var scanFingerprint: String {
-        var hasher = SHA256()
+    /// Calls `body` with the tree as a scan sees it, in chunks of about 64 KiB: every entry's
+    /// path, kind, mode, size, XXH3-128 and symlink target in canonical order; no SHA-256s,
+    /// hooks, policy or metadata. Two manifests with the same projection differ in nothing a scan
+    /// records (`scanFingerprint` in UpgradeScan hashes it).
+    public func forEachScanProjectionChunk(_ body: (UnsafeRawBufferPointer) -> Void) {
         var buffer = ByteWriter()
         buffer.reserve(1 << 16 + 4096)
         for entry in entries {
@@ -27,11 +21,10 @@ extension Manifest {
                 buffer.string16(target)
             }
             if buffer.bytes.count >= 1 << 16 {
-                hasher.update(data: buffer.bytes)
+                buffer.bytes.withUnsafeBytes(body)
                 buffer.removeAll()
             }
         }
-        hasher.update(data: buffer.bytes)
-        return SHA256Hash(bytes: Array(hasher.finalize()))!.hex
+        buffer.bytes.withUnsafeBytes(body)
     }
 }

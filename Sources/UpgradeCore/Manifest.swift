@@ -174,6 +174,20 @@ public struct Manifest: Hashable, Sendable {
         self.metadata = metadata
     }
 
+    /// A tree read by a directory walk, which keeps the path rules by construction: components
+    /// from readdir (non-empty, no `/` or NUL, not `.` or `..`, unique within their directory),
+    /// UTF-8, length and depth checked by the walk, symlink targets checked, and every entry
+    /// listed after its parent directory. `inOrder` says whether the walk's order is already
+    /// canonical (else they are sorted: a sibling such as `a.b` sorts before `a/`'s subtree).
+    /// For the scanner, which builds trees of a million entries; every other source goes
+    /// through ``init(entries:hooks:policy:metadata:)``.
+    @_spi(Walk) public init(walked entries: [ManifestEntry], inOrder: Bool) {
+        self.init(
+            trustedSorted: inOrder ? entries : entries.sorted { PathRules.byteOrder($0.path, $1.path) },
+            hooks: Hooks()
+        )
+    }
+
     /// The empty tree.
     public static let empty = Manifest(trustedSorted: [], hooks: Hooks())
 

@@ -1,4 +1,4 @@
-public import UpgradeCore
+@_spi(Walk) public import UpgradeCore
 import UpgradeSystem
 
 #if canImport(Glibc)
@@ -85,15 +85,20 @@ public struct Scanner: Sendable {
             walk = try await TreeWalk(rootFD: rootFD, options: options, cache: cache).walk()
             var jobs = [HashJob]()
             for (chunk, run) in walk.chunks.enumerated() {
-                for record in run.pending {
-                    let found = run.records[record]
-                    jobs.append(HashJob(chunk: chunk, record: record, path: found.path, identity: found.identity))
+                for index in run.pending {
+                    let path = run.entries[index].path
+                    jobs.append(HashJob(chunk: chunk, record: index, path: path, identity: run.identities[index]))
                 }
             }
             let hashes = try await ParallelHasher(rootFD: rootFD, options: options).hash(jobs)
             for (job, digest) in zip(jobs, hashes) {
-                walk.chunks[job.chunk].records[job.record].xxh128 = digest.xxh128
-                walk.chunks[job.chunk].records[job.record].identity = digest.identity
+                let entry = walk.chunks[job.chunk].entries[job.record]
+                walk.chunks[job.chunk].entries[job.record] = .file(
+                    entry.path,
+                    mode: entry.mode,
+                    FileContent(size: digest.identity.size, xxh128: digest.xxh128)
+                )
+                walk.chunks[job.chunk].identities[job.record] = digest.identity
                 walk.filesHashed += 1
                 walk.bytesHashed += digest.identity.size
             }
@@ -111,21 +116,20 @@ public struct Scanner: Sendable {
         statistics.filesHashed = walk.filesHashed
         statistics.bytesHashed = walk.bytesHashed
 
+        // The directory tasks built each chunk's entries and checked their order; here they are
+        // joined, and the order checked where one chunk meets the next.
         var entries = [ManifestEntry]()
         entries.reserveCapacity(walk.count)
-        var fileCount = 0
-        for record in walk.records {
-            switch record.kind {
-            case .directory:
-                entries.append(.directory(record.path, mode: record.mode))
-            case .symlink:
-                entries.append(.symlink(record.path, target: record.target))
-            case .file:
-                fileCount += 1
-                let content = FileContent(size: record.identity.size, xxh128: record.xxh128)
-                entries.append(.file(record.path, mode: record.mode, content))
+        var inOrder = true
+        for index in walk.chunks.indices {
+            let chunk = walk.chunks[index].entries
+            if let last = entries.last, let first = chunk.first, PathRules.byteOrder(first.path, last.path) {
+                inOrder = false
             }
+            inOrder = inOrder && walk.chunks[index].inOrder
+            entries += chunk
         }
+        let fileCount = walk.chunks.reduce(0) { $0 + $1.files }
         // Every file a cache hit and no cached file gone: the old cache is still exact.
         // (A tree with hard links has more files than cached inodes: its cache is rewritten.)
         let unchanged = walk.filesHashed == 0 && fileCount == cache.count
@@ -133,17 +137,12 @@ public struct Scanner: Sendable {
             unchanged
             ? cache
             : Self.cache(
-                of: walk.records,
+                of: walk.chunks,
                 count: fileCount,
                 racyLimit: started.subtracting(nanoseconds: options.racyWindowNanoseconds)
             )
         statistics.entries = entries.count
-        let manifest: Manifest
-        do {
-            manifest = try Manifest(entries: entries)
-        } catch {
-            throw .invalidPath(error)
-        }
+        let manifest = Manifest(walked: entries, inOrder: inOrder)
         return ScanResult(
             manifest: manifest,
             warnings: walk.warnings,
@@ -157,10 +156,13 @@ public struct Scanner: Sendable {
 
 extension Scanner {
     /// The records worth caching: files not changed within the racy window before the scan.
-    static func cache(of records: some Sequence<WalkRecord>, count: Int, racyLimit: Timestamp) -> StatCache {
+    static func cache(of chunks: [Chunk], count: Int, racyLimit: Timestamp) -> StatCache {
         var cache = StatCache(minimumCapacity: count)
-        for record in records where record.kind == .file && !record.identity.changed(atOrAfter: racyLimit) {
-            cache.insert(record.identity, xxh128: record.xxh128)
+        for chunk in chunks {
+            for (entry, identity) in zip(chunk.entries, chunk.identities) {
+                guard let file = entry.file, !identity.changed(atOrAfter: racyLimit) else { continue }
+                cache.insert(identity, xxh128: file.xxh128)
+            }
         }
         return cache
     }

@@ -111,7 +111,7 @@ public struct StatCache: Sendable {
         }
         if (records.count + 1) * 2 > slots.count { grow(to: records.count + 1) }
         records.append(record)
-        place(records.count - 1)
+        _ = place(records.count - 1)
     }
 
     private func index(of inode: UInt64) -> Int? {
@@ -126,23 +126,35 @@ public struct StatCache: Sendable {
         }
     }
 
+    /// Sixteen consecutive inodes (files a directory got one after another) share one cache
+    /// line of the index; groups are spread by a multiplicative hash. A lookup per file was a
+    /// cache miss per file before (3/4 of the walk's own time at a million files).
     private static func slot(_ inode: UInt64, mask: Int) -> Int {
-        Int(truncatingIfNeeded: (inode &* 0x9E37_79B9_7F4A_7C15) >> 32) & mask
+        let group = ((inode >> 4) &* 0x9E37_79B9_7F4A_7C15) >> 32
+        return Int(truncatingIfNeeded: group << 4 | inode & 15) & mask
     }
 
-    /// Rebuilds the index for at least `count` records.
-    private mutating func grow(to count: Int) {
+    /// Rebuilds the index for at least `count` records; false when two records share an inode.
+    @discardableResult
+    private mutating func grow(to count: Int) -> Bool {
         var size = 16
         while size < count * 2 { size <<= 1 }
         slots = [Int32](repeating: 0, count: size)
-        for index in records.indices { place(index) }
+        for index in records.indices where !place(index) { return false }
+        return true
     }
 
-    private mutating func place(_ index: Int) {
+    /// Indexes `records[index]`; false when a record of the same inode is indexed already.
+    private mutating func place(_ index: Int) -> Bool {
         let mask = slots.count - 1
-        var slot = Self.slot(records[index].inode, mask: mask)
-        while slots[slot] != 0 { slot = (slot + 1) & mask }
+        let inode = records[index].inode
+        var slot = Self.slot(inode, mask: mask)
+        while slots[slot] != 0 {
+            if records[Int(slots[slot]) - 1].inode == inode { return false }
+            slot = (slot + 1) & mask
+        }
         slots[slot] = Int32(index + 1)
+        return true
     }
 
     /// The identities of `paths` (root-relative files) now, leaving out any whose timestamps are
@@ -239,9 +251,8 @@ public struct StatCache: Sendable {
         guard let (device, records) = decoded else { return nil }
         self.device = records.isEmpty ? nil : device
         self.records = records
-        grow(to: records.count)
         // One record per inode: a file with two would be ambiguous.
-        for record in records where records[index(of: record.inode)!] != record { return nil }
+        guard grow(to: records.count) else { return nil }
     }
 
     private func append<T: FixedWidthInteger>(_ value: T, to out: inout [UInt8]) {

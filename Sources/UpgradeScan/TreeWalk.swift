@@ -27,9 +27,36 @@ struct HashJob: Sendable {
 /// A run of the walk order: one directory's own entries up to (and including) a subdirectory,
 /// or after its last one.
 struct Chunk: Sendable {
-    var records: [WalkRecord]
-    /// Indices into `records` of files too large to hash inline.
+    /// The paths as manifest entries, built by the directory's task (in parallel with the rest
+    /// of the walk); a pending file's hash is filled in after the hasher ran.
+    var entries: [ManifestEntry]
+    /// What each entry's path looked like (for the stat cache), index for index.
+    var identities: [FileIdentity]
+    /// Indices into `entries` of files too large to hash inline.
     var pending: [Int]
+    /// Whether `entries` are in canonical (path-byte) order.
+    var inOrder: Bool
+    /// Regular files among the entries.
+    var files: Int
+
+    init(records: ArraySlice<WalkRecord>, pending: [Int]) {
+        self.pending = pending
+        entries = records.map(\.entry)
+        identities = records.map(\.identity)
+        files = records.count { $0.kind == .file }
+        inOrder = zip(entries, entries.dropFirst()).allSatisfy { !PathRules.byteOrder($1.path, $0.path) }
+    }
+}
+
+extension WalkRecord {
+    /// What the manifest says of this path.
+    var entry: ManifestEntry {
+        switch kind {
+        case .directory: .directory(path, mode: mode)
+        case .symlink: .symlink(path, target: target)
+        case .file: .file(path, mode: mode, FileContent(size: identity.size, xxh128: xxh128))
+        }
+    }
 }
 
 /// A directory's subtree, in walk order: each directory's record is followed by its subtree,
@@ -44,10 +71,7 @@ struct Subtree: Sendable {
     var bytesHashed: UInt64 = 0
 
     /// Records in the subtree.
-    var count: Int { chunks.reduce(0) { $0 + $1.records.count } }
-
-    /// The records in walk order.
-    var records: some Sequence<WalkRecord> { chunks.lazy.flatMap(\.records) }
+    var count: Int { chunks.reduce(0) { $0 + $1.entries.count } }
 
     mutating func append(_ child: Subtree) {
         chunks += child.chunks
@@ -98,11 +122,24 @@ struct TreeWalk: Sendable {
                     throw ScanError.changedDuringScan(path: prefix)
                 }
             }
-            var names = try Posix.listDirectory(fd)
-            names.sort { $0.lexicographicallyPrecedes($1) }
+            var names = [String]()
+            var invalid: [UInt8]?
+            try Posix.forEachName(fd) { raw in
+                // Names of up to 15 bytes are stored inline: listing allocates nothing for them.
+                if let name = String(validating: raw, as: UTF8.self) {
+                    names.append(name)
+                } else if invalid == nil {
+                    invalid = Array(raw)
+                }
+            }
+            if let invalid {
+                let shown = (prefix.isEmpty ? "" : prefix + "/") + String(decoding: invalid, as: UTF8.self)
+                throw ScanError.invalidPath(PathError(path: shown, rule: .invalidUTF8))
+            }
+            names.sort(by: PathRules.byteOrder)
             var buffer = [UInt8]()
-            for rawName in names {
-                guard let record = try entry(rawName, in: fd, prefix: prefix, depth: depth, into: &local.warnings)
+            for name in names {
+                guard let record = try entry(name, in: fd, prefix: prefix, depth: depth, into: &local.warnings)
                 else {
                     continue
                 }
@@ -117,7 +154,6 @@ struct TreeWalk: Sendable {
                         local.cacheHits += 1
                     } else if record.identity.size <= UInt64(Self.inlineLimit) {
                         if buffer.isEmpty { buffer = [UInt8](repeating: 0, count: Self.inlineLimit + 1) }
-                        let name = String(decoding: rawName, as: UTF8.self)
                         let digest = try FileHashing.hash(
                             directoryFD: fd,
                             name: name,
@@ -144,7 +180,7 @@ struct TreeWalk: Sendable {
             throw ScanError.unreadable(path: prefix.isEmpty ? "." : prefix, error)
         }
         guard !directories.isEmpty else {
-            local.chunks = [Chunk(records: records, pending: pending)]
+            local.chunks = [Chunk(records: records[...], pending: pending)]
             return local
         }
 
@@ -173,7 +209,7 @@ struct TreeWalk: Sendable {
                 nextPending += 1
             }
             defer { next = last + 1 }
-            return Chunk(records: Array(records[next...last]), pending: mine)
+            return Chunk(records: records[next...last], pending: mine)
         }
         for (directory, child) in zip(directories, children) {
             assembled.chunks.append(chunk(through: directory.slot))
@@ -188,21 +224,19 @@ struct TreeWalk: Sendable {
 
     /// Stats one name; nil when it is excluded, vanished or skipped.
     private func entry(
-        _ rawName: [UInt8],
+        _ name: String,
         in fd: Int32,
         prefix: String,
         depth: Int,
         into warnings: inout [ScanWarning]
     ) throws -> WalkRecord? {
-        guard let name = String(validating: rawName, as: UTF8.self) else {
-            let shown = (prefix.isEmpty ? "" : prefix + "/") + String(decoding: rawName, as: UTF8.self)
-            throw ScanError.invalidPath(PathError(path: shown, rule: .invalidUTF8))
-        }
         let path = prefix.isEmpty ? name : prefix + "/" + name
         if options.excluded.contains(path) { return nil }
-        // readdir names are non-empty, slash-free and not `.`/`..`; the full path rules run once,
-        // in Manifest.init. Length and depth are checked here so the walk itself cannot run away.
-        if rawName.count > PathRules.maxComponentBytes || path.utf8.count > PathRules.maxPathBytes {
+        // readdir names are non-empty, slash-free, NUL-free and not `.`/`..`, and the listing
+        // checked their UTF-8; length and depth are checked here. So every path the walk records
+        // keeps the path rules, and its parent is the directory being walked: the scanner builds
+        // its manifest without checking them again (``Manifest/init(walked:)``).
+        if name.utf8.count > PathRules.maxComponentBytes || path.utf8.count > PathRules.maxPathBytes {
             try PathRules.validate(path)
         }
         if depth >= PathRules.maxDepth { throw ScanError.invalidPath(PathError(path: path, rule: .tooDeep(depth + 1))) }

@@ -55,6 +55,17 @@ public enum Posix {
     /// Reads the names of a directory's entries (not `.` or `..`) as raw bytes. Takes ownership
     /// of `fd` only through `fdopendir`'s duplicate; the caller keeps and closes `fd`.
     public static func listDirectory(_ fd: Int32) throws(SystemCallError) -> [[UInt8]] {
+        var names = [[UInt8]]()
+        try forEachName(fd) { names.append(Array($0)) }
+        return names
+    }
+
+    /// Calls `body` with each name of the directory `fd` (not `.` and `..`), in readdir order,
+    /// as bytes valid only during the call: listing allocates nothing per name.
+    public static func forEachName(
+        _ fd: Int32,
+        _ body: (UnsafeBufferPointer<UInt8>) throws(SystemCallError) -> Void
+    ) throws(SystemCallError) {
         let duplicate = dup(fd)
         guard duplicate >= 0 else { throw .last("dup") }
         guard let stream = fdopendir(duplicate) else {
@@ -63,22 +74,21 @@ public enum Posix {
             throw SystemCallError(call: "opendir", code: code)
         }
         defer { closedir(stream) }
-        var names = [[UInt8]]()
         while true {
             errno = 0
             guard let entry = readdir(stream) else {
                 if errno != 0 { throw .last("readdir") }
                 break
             }
-            let name: [UInt8] = withUnsafeBytes(of: &entry.pointee.d_name) { raw in
-                let bytes = raw.bindMemory(to: UInt8.self)
-                let length = bytes.firstIndex(of: 0) ?? bytes.count
-                return Array(bytes[..<length])
+            let length = strlen(&entry.pointee.d_name.0)
+            try withUnsafeBytes(of: &entry.pointee.d_name) { (raw) throws(SystemCallError) in
+                let name = UnsafeBufferPointer(start: raw.bindMemory(to: UInt8.self).baseAddress, count: length)
+                if name.count == 1 && name[0] == 0x2e || name.count == 2 && name[0] == 0x2e && name[1] == 0x2e {
+                    return
+                }
+                try body(name)
             }
-            if name == [0x2e] || name == [0x2e, 0x2e] { continue }
-            names.append(name)
         }
-        return names
     }
 
     // MARK: Reading
@@ -141,7 +151,22 @@ public enum Posix {
 
     /// Everything from the file position to the end.
     public static func readAll(_ fd: Int32, what: String) throws(SystemCallError) -> [UInt8] {
-        var out = [UInt8]()
+        // A regular file is read straight into one buffer of its size (a 56 MB stat cache in
+        // ~1 ms instead of 900 appends and a doubling copy); what it grew by since, in chunks.
+        var info = Glibc.stat()
+        let expected = fstat(fd, &info) == 0 && info.st_mode & S_IFMT == S_IFREG ? Int(info.st_size) : 0
+        var failure: SystemCallError?
+        var out = [UInt8](unsafeUninitializedCapacity: expected) { buffer, initialized in
+            while initialized < expected {
+                let count = readOnce(fd, buffer.baseAddress! + initialized, expected - initialized, nil)
+                if count < 0 && errno == EINTR { continue }
+                if count < 0 { failure = .last(named("read", what)) }
+                if count <= 0 { return }
+                initialized += count
+            }
+        }
+        if let failure { throw failure }
+        guard out.count == expected else { return out }
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
         while true {
             let count = try read(fd, into: &chunk, what: what)

@@ -37,6 +37,7 @@ struct ApplyCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        Main.keepFreedMemory()
         Main.stopOnSignals()
         if json { JSONOutput.request(command: "apply") }
         let report = try await RunLog.around(command: "apply", root: root.root, stateDirectory: root.stateDir) {

@@ -28,6 +28,7 @@ struct ManifestCommand: AsyncParsableCommand {
     @OptionGroup var scan: ScanFlags
 
     func run() async throws {
+        Main.keepFreedMemory()
         let (manifest, result) = try await TreeSource.load(dir, options: scan.options, cache: scan.cacheLocation)
         for warning in result?.warnings ?? [] { Terminal.warning("\(warning)") }
 

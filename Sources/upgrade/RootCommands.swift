@@ -61,6 +61,7 @@ struct VerifyCommand: AsyncParsableCommand {
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
+        Main.keepFreedMemory()
         if json { JSONOutput.request(command: "verify") }
         let differences = try await Installer.verify(
             root: root.root,

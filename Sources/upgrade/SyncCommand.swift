@@ -96,6 +96,7 @@ struct SyncCommand: AsyncParsableCommand {
 
     func run() async throws {
         Main.stopOnSignals()
+        Main.keepFreedMemory()
         let file = try config.map { path throws -> ConfigFile in
             let file = try ConfigFile(path: path)
             let unknown = file.unknownKeys(Self.configKeys)

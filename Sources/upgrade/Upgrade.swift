@@ -1,4 +1,5 @@
 import ArgumentParser
+import CUpgradeSys
 import UpgradeApply
 
 #if canImport(Glibc)
@@ -85,6 +86,15 @@ enum Main {
         Terminal.error("\(error)")
         if JSONOutput.requested { JSONOutput.printError(.failure, message: "\(error)") }
         return .failure
+    }
+
+    /// For one-shot commands that scan a whole tree (a million entries is ~450 MB of arrays that
+    /// come and go): big arrays from the heap instead of fresh mmaps, and memory freed mid-run
+    /// kept for the next allocation instead of returned and faulted in again (a no-op sync of a
+    /// million files: 2.07 s -> 1.98 s, mostly kernel page-clearing saved). Not for `serve`,
+    /// whose footprint should follow its load.
+    static func keepFreedMemory() {
+        upgrade_keep_freed_memory()
     }
 
     /// For commands that change a root: SIGTERM/SIGINT end the run safely (see ``Interruption``)

@@ -108,6 +108,13 @@ struct SyncTests {
         let noop = try sync.sync(server, root: a)
         #expect(noop.status == 0)
         #expect(noop.text.isEmpty && noop.stderr.isEmpty, "\(noop.text)\(noop.stderr)")
+        // The no-op read the installed manifest and recorded its scan fingerprint beside it:
+        // the next run compares fingerprints instead of reading the manifest.
+        let current = try String(contentsOfFile: a + "/.upgrade/current", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let fingerprint = try String(contentsOfFile: a + "/.upgrade/state/\(current)/fingerprint", encoding: .utf8)
+        #expect(fingerprint == (try await ApplyFixture.scan(a)).scanFingerprint)
+        #expect(try sync.sync(server, root: a).status == 0)
 
         // Local damage is repaired: modified, deleted and added files.
         try "tampered".write(toFile: a + "/share/common.txt", atomically: false, encoding: .utf8)

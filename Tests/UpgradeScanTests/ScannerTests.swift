@@ -201,6 +201,20 @@ struct ScannerTests {
         #expect(StatCache(encoded: older) == nil)
     }
 
+    @Test("a walk whose order is not canonical (a.b before a/'s subtree) yields the validated, sorted manifest")
+    func walkOrder() async throws {
+        let tree = try TemporaryTree()
+        try tree.file("a/x", "in a")
+        try tree.file("a.b", "dot")
+        try tree.file("a-c", "dash")
+        try tree.file("a/big", noise(200_000, seed: 3))
+        let scanned = try await Scanner(options: Self.quick).scan(root: tree.root).manifest
+        #expect(scanned.entries.map(\.path) == ["a", "a-c", "a.b", "a/big", "a/x"])
+        // The same entries through the validating initializer: same tree.
+        #expect(try Manifest(entries: scanned.entries.reversed()) == scanned)
+        #expect(scanned.entry(at: "a/big")?.file?.xxh128 == XXH128Hasher.hash(data: noise(200_000, seed: 3)))
+    }
+
     @Test("a damaged stat cache reads as empty")
     func damagedCache() async throws {
         let tree = try TemporaryTree()

@@ -25,6 +25,8 @@ ssize_t upgrade_llistxattr(const char *path, char *list, size_t size);
 ssize_t upgrade_lgetxattr(const char *path, const char *name, void *value, size_t size);
 int upgrade_lsetxattr(const char *path, const char *name, const void *value, size_t size);
 int upgrade_lremovexattr(const char *path, const char *name);
+/// mallopt: big allocations from the heap, freed memory kept for reuse (see Main.keepFreedMemory).
+void upgrade_keep_freed_memory(void);
 /// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE): frees the blocks of a range.
 int upgrade_punch_hole(int fd, off_t offset, off_t length);
 
