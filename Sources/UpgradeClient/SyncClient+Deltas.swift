@@ -132,8 +132,19 @@ extension SyncClient {
         var applied = [SHA256Hash: String]()
         var bytes: UInt64 = 0
         var fallbacks = [String]()
+        var single = deltas
+        // From the server, small deltas travel in packs; a mirror (static files) is asked for
+        // each, as before. What a pack does not deliver, checked, goes the single way.
+        if options.mirror == nil, deltas.count > 1 {
+            let packed = try await fetchDeltaPacks(deltas, sizes: sizes, job: job, options: options)
+            for (sha, base) in packed.applied {
+                applied[sha] = base
+                single[sha] = nil
+            }
+            bytes += packed.bytes
+        }
         try await withThrowingTaskGroup(of: (SHA256Hash, DeltaChoice, DeltaOutcome).self) { group in
-            var pending = deltas.sorted(by: { $0.key < $1.key }).makeIterator()
+            var pending = single.sorted(by: { $0.key < $1.key }).makeIterator()
             func start(_ next: (key: SHA256Hash, value: DeltaChoice)?) {
                 guard let (sha, choice) = next else { return }
                 let size = sizes[sha] ?? 0
@@ -153,6 +164,116 @@ extension SyncClient {
             }
         }
         return (applied, bytes, fallbacks.sorted())
+    }
+}
+
+extension SyncClient {
+    /// Fetches the small ones of `deltas` from the server in packs of up to
+    /// ``DeltaPack/maximumCount`` deltas and 4 MiB, as many packs at once as parallel downloads;
+    /// each delta is applied to its base and checked like a single one before it is kept. A pack
+    /// that fails (an older server answers 404) leaves its deltas to the single path.
+    static func fetchDeltaPacks(
+        _ deltas: [SHA256Hash: DeltaChoice],
+        sizes: [SHA256Hash: UInt64],
+        job: DeltaJob,
+        options: SyncOptions
+    ) async throws -> (applied: [SHA256Hash: String], bytes: UInt64) {
+        var packs = [[(SHA256Hash, DeltaChoice)]]()
+        var current = [(SHA256Hash, DeltaChoice)]()
+        var packBytes: UInt64 = 0
+        for (sha, choice) in deltas.sorted(by: { $0.key < $1.key }) where choice.size <= DeltaPack.smallDelta {
+            if FileManager.default.fileExists(atPath: job.directory + "/" + sha.hex + ".delta") { continue }
+            if current.count == DeltaPack.maximumCount || packBytes + choice.size > 4 << 20, !current.isEmpty {
+                packs.append(current)
+                current = []
+                packBytes = 0
+            }
+            current.append((sha, choice))
+            packBytes += choice.size
+        }
+        if !current.isEmpty { packs.append(current) }
+        guard !packs.isEmpty else { return ([:], 0) }
+        let url = options.server.trimmingSuffix("/") + "/" + DeltaPack.path
+        let queue = DownloadCounters()
+        let frozen = packs
+        return try await withThrowingTaskGroup(of: ([SHA256Hash: String], UInt64).self) { group in
+            for _ in 0..<max(1, min(options.parallelDownloads, frozen.count)) {
+                group.addTask {
+                    var applied = [SHA256Hash: String]()
+                    var bytes: UInt64 = 0
+                    while true {
+                        let index = queue.takeIndex()
+                        guard index < frozen.count else { return (applied, bytes) }
+                        let one = try await job.fetchPack(frozen[index], url: url, sizes: sizes)
+                        applied.merge(one.applied) { first, _ in first }
+                        bytes += one.bytes
+                    }
+                }
+            }
+            var applied = [SHA256Hash: String]()
+            var bytes: UInt64 = 0
+            for try await (some, count) in group {
+                applied.merge(some) { first, _ in first }
+                bytes += count
+            }
+            return (applied, bytes)
+        }
+    }
+}
+
+extension DeltaJob {
+    /// One pack: request, frames, each delta checked against its base and kept as
+    /// `<target>.delta`. Deltas the pack lacks or spoiled are left out of the result.
+    func fetchPack(
+        _ deltas: [(SHA256Hash, DeltaChoice)],
+        url: String,
+        sizes: [SHA256Hash: UInt64]
+    ) async throws -> (applied: [SHA256Hash: String], bytes: UInt64) {
+        let names = deltas.map { sha, choice in choice.baseSHA256 + "-" + sha.hex }
+        let body = try JSONEncoder().encode(DeltaPack.Request(deltas: names))
+        let limit = deltas.reduce(0) { $0 + DeltaPack.headSize + Int($1.1.size + $1.1.size / 128 + 1024) }
+        let received: (status: Int, bytes: [UInt8])
+        do {
+            received = try await transport.retrying("POST \(url)") {
+                try await transport.fetch(
+                    url,
+                    method: .POST,
+                    headers: [("Content-Type", "application/json")],
+                    body: [UInt8](body),
+                    limit: limit
+                )
+            }
+        } catch {
+            try transport.limits.checkDeadline("fetching deltas")
+            if case .noSpace = error as? SyncError { throw error }
+            return ([:], 0)
+        }
+        let bytes = received.bytes
+        guard received.status == 200 else { return ([:], UInt64(bytes.count)) }
+        var applied = [SHA256Hash: String]()
+        var offset = 0
+        for (sha, choice) in deltas {
+            guard offset + DeltaPack.headSize <= bytes.count else { break }
+            let named = Array(bytes[offset..<offset + 64])
+            let found = bytes[offset + 64] == 0
+            let length = bytes[offset + 65..<offset + 73].reduce(0) { $0 << 8 | Int($1) }
+            offset += DeltaPack.headSize
+            // Frames come in request order, each naming its pair: anything else ends the pack.
+            let expected = (SHA256Hash(hex: choice.baseSHA256)?.bytes ?? []) + sha.bytes
+            guard named == expected, length >= 0, offset + length <= bytes.count else { break }
+            defer { offset += length }
+            guard found, let base = try? DeltaBase.read(root: root, path: choice.base) else { continue }
+            let delta = bytes[offset..<offset + length]
+            guard Self.check(Array(delta), base: base, sha: sha, size: sizes[sha] ?? 0) == nil else { continue }
+            let file = directory + "/" + sha.hex + ".delta"
+            let part = file + ".pack"
+            guard DownloadedObjects.keep(delta, at: part), rename(part, file) == 0 else {
+                unlink(part)
+                continue
+            }
+            applied[sha] = choice.base
+        }
+        return (applied, UInt64(bytes.count))
     }
 }
 
@@ -187,7 +308,7 @@ struct DeltaJob: Sendable {
         }
         // Kept from an earlier run that was interrupted after this delta arrived.
         if let kept = FileManager.default.contents(atPath: file) {
-            if check([UInt8](kept), base: base, sha: sha, size: size) == nil { return DeltaOutcome(bytes: 0) }
+            if Self.check([UInt8](kept), base: base, sha: sha, size: size) == nil { return DeltaOutcome(bytes: 0) }
             unlink(file)
         }
         // zstd's worst case for incompressible data, so an endless body is cut off.
@@ -227,7 +348,7 @@ struct DeltaJob: Sendable {
                     continue
                 }
                 let delta = [UInt8](FileManager.default.contents(atPath: part) ?? Data())
-                if let why = check(delta, base: base, sha: sha, size: size) {
+                if let why = Self.check(delta, base: base, sha: sha, size: size) {
                     unlink(part)
                     failure = why
                     break
@@ -245,7 +366,7 @@ struct DeltaJob: Sendable {
 
     /// Nil when `delta` applied to `base` gives exactly the signed content (at most `size`
     /// bytes are ever produced); otherwise why not.
-    private func check(_ delta: [UInt8], base: [UInt8], sha: SHA256Hash, size: UInt64) -> String? {
+    static func check(_ delta: [UInt8], base: [UInt8], sha: SHA256Hash, size: UInt64) -> String? {
         do {
             let result = try ZstdDelta.decode(delta, base: base, maxSize: Int(size))
             guard result.count == Int(size), SHA256Hash(bytes: Array(SHA256.hash(data: result)))! == sha else {

@@ -196,9 +196,7 @@ extension SyncClient {
             guard found else { continue }
             let final = directory + "/" + content.sha256!.hex
             let part = final + ".pack"
-            guard FileManager.default.createFile(atPath: part, contents: Data(bytes[offset..<offset + length])) else {
-                continue
-            }
+            guard DownloadedObjects.keep(bytes[offset..<offset + length], at: part) else { continue }
             // Checked like any download: decompressed and hashed against the signed SHA-256.
             guard verifyObject(part, content), rename(part, final) == 0 else {
                 unlink(part)

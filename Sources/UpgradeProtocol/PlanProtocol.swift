@@ -304,6 +304,30 @@ public enum RepositoryPaths {
     }
 }
 
+/// `POST /v1/deltas`: many small deltas in one response, as ``ObjectPack`` does for objects. The
+/// request is `{"deltas": ["<base SHA-256>-<target SHA-256>", ...]}` (the names of
+/// `deltas/ab/<base>-<target>`, at most ``maximumCount``); the response is one frame per
+/// requested delta, in request order: 32 bytes of base SHA-256, 32 of target SHA-256, one status
+/// byte (0: found, 1: missing or too large), a big-endian u64 length and that many bytes of the
+/// delta, which the client applies to its own base and checks against the signed SHA-256 like
+/// any delta. Mirrors have no such endpoint; clients fetch deltas one by one there.
+public enum DeltaPack {
+    public static let path = "v1/deltas"
+    public static let contentType = "application/x-upgrade-pack"
+    /// Deltas per request.
+    public static let maximumCount = 1024
+    /// Deltas at most this large travel in packs; larger ones alone.
+    public static let smallDelta: UInt64 = 64 << 10
+
+    public struct Request: Codable, Sendable {
+        public var deltas: [String]
+        public init(deltas: [String]) { self.deltas = deltas }
+    }
+
+    /// Frame head: base SHA-256, target SHA-256, status, length.
+    public static let headSize = 64 + 1 + 8
+}
+
 /// `POST /v1/objects`: many small objects in one response, so a change of 1,500 small files is
 /// not 1,500 round trips. The request is `{"objects": [SHA-256 hex, ...]}` (at most
 /// ``maximumCount``); the response (`application/x-upgrade-pack`) is one frame per requested

@@ -139,6 +139,7 @@ public struct Scanner: Sendable {
             : Self.cache(
                 of: walk.chunks,
                 count: fileCount,
+                device: (try? Posix.stat(rootFD)).map { UInt64($0.st_dev) },
                 racyLimit: started.subtracting(nanoseconds: options.racyWindowNanoseconds)
             )
         statistics.entries = entries.count
@@ -156,8 +157,9 @@ public struct Scanner: Sendable {
 
 extension Scanner {
     /// The records worth caching: files not changed within the racy window before the scan.
-    static func cache(of chunks: [Chunk], count: Int, racyLimit: Timestamp) -> StatCache {
-        var cache = StatCache(minimumCapacity: count)
+    /// The root's `device`: files on another one are not cached.
+    static func cache(of chunks: [Chunk], count: Int, device: UInt64?, racyLimit: Timestamp) -> StatCache {
+        var cache = StatCache(minimumCapacity: count, device: device)
         for chunk in chunks {
             for (entry, identity) in zip(chunk.entries, chunk.identities) {
                 guard let file = entry.file, !identity.changed(atOrAfter: racyLimit) else { continue }

@@ -83,8 +83,9 @@ public struct StatCache: Sendable {
     /// An empty cache.
     public init() {}
 
-    /// An empty cache with room for `capacity` records.
-    init(minimumCapacity capacity: Int) {
+    /// An empty cache for files on `device` with room for `capacity` records.
+    init(minimumCapacity capacity: Int, device: UInt64?) {
+        self.device = device
         records.reserveCapacity(capacity)
         grow(to: capacity)
     }

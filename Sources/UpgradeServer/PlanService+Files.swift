@@ -70,6 +70,58 @@ extension PlanService {
         )
     }
 
+    /// `POST /v1/deltas`: small deltas in one streamed response (``DeltaPack``), read from disk
+    /// as each frame is sent. The test faults that spoil single deltas spoil these the same way.
+    func deltaPack(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        let body = try await request.body.collect(upTo: 256 << 10)
+        let list: DeltaPack.Request
+        do {
+            list = try JSONDecoder().decode(DeltaPack.Request.self, from: body)
+        } catch {
+            throw HTTPError(.badRequest, message: "malformed delta list: \(JSON.describe(error))")
+        }
+        guard list.deltas.count <= DeltaPack.maximumCount else {
+            throw HTTPError(.contentTooLarge, message: "at most \(DeltaPack.maximumCount) deltas per pack")
+        }
+        var pairs = [(base: SHA256Hash, target: SHA256Hash)]()
+        for name in list.deltas {
+            let parts = name.split(separator: "-")
+            guard parts.count == 2, let base = SHA256Hash(hex: parts[0]), let target = SHA256Hash(hex: parts[1]),
+                base.hex == parts[0], target.hex == parts[1]
+            else {
+                throw HTTPError(.badRequest, message: "not a delta name: \(String(name.prefix(140)).debugDescription)")
+            }
+            pairs.append((base, target))
+        }
+        let store = DeltaStore(repository: configuration.repository)
+        let missing = configuration.faults.contains("missing-delta")
+        let corrupt = configuration.faults.contains("corrupt-delta")
+        let wanted = pairs
+        return Response(
+            status: .ok,
+            headers: [.contentType: DeltaPack.contentType, .cacheControl: "no-store"],
+            body: .init { writer in
+                for (base, target) in wanted {
+                    let path = store.path(base: base, target: target)
+                    let small = self.fileSize(path).map { $0 > 0 && $0 <= DeltaPack.smallDelta } ?? false
+                    var bytes = small && !missing ? self.read(path) : nil
+                    if corrupt, var spoiled = bytes, !spoiled.isEmpty {
+                        spoiled[spoiled.count / 2] ^= 0x10
+                        bytes = spoiled
+                    }
+                    var head = base.bytes + target.bytes
+                    head.append(bytes == nil ? 1 : 0)
+                    let length = UInt64(bytes?.count ?? 0)
+                    for shift in stride(from: 56, through: 0, by: -8) {
+                        head.append(UInt8(truncatingIfNeeded: length >> shift))
+                    }
+                    try await writer.write(ByteBuffer(bytes: head + (bytes ?? [])))
+                }
+                try await writer.finish(nil)
+            }
+        )
+    }
+
     /// `GET /deltas/ab/<base>-<target>`: an immutable delta, served like an object.
     func delta(_ request: Request, context: BasicRequestContext) async throws -> Response {
         let fanout = context.parameters.get("fanout") ?? ""

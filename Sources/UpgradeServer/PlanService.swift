@@ -76,6 +76,9 @@ final class PlanService: Sendable {
         router.post("v1/plan") { request, context in try await self.plan(request, context: context) }
         router.post("v1/reports") { request, context in try await self.report(request, context: context) }
         router.post(RouterPath(ObjectPack.path)) { request, context in try await self.pack(request, context: context) }
+        router.post(RouterPath(DeltaPack.path)) { request, context in
+            try await self.deltaPack(request, context: context)
+        }
         router.get("objects/:fanout/:sha") { request, context in try await self.object(request, context: context) }
         router.get("deltas/:fanout/:name") { request, context in try await self.delta(request, context: context) }
         router.get("releases/:product/:version/:file") { request, context in try self.releaseFile(context) }

@@ -52,16 +52,9 @@ public enum Posix {
         return Array(buffer[..<count])
     }
 
-    /// Reads the names of a directory's entries (not `.` or `..`) as raw bytes. Takes ownership
-    /// of `fd` only through `fdopendir`'s duplicate; the caller keeps and closes `fd`.
-    public static func listDirectory(_ fd: Int32) throws(SystemCallError) -> [[UInt8]] {
-        var names = [[UInt8]]()
-        try forEachName(fd) { names.append(Array($0)) }
-        return names
-    }
-
     /// Calls `body` with each name of the directory `fd` (not `.` and `..`), in readdir order,
-    /// as bytes valid only during the call: listing allocates nothing per name.
+    /// as bytes valid only during the call: listing allocates nothing per name. Reads through a
+    /// duplicate of `fd` (`fdopendir` takes that); the caller keeps and closes `fd`.
     public static func forEachName(
         _ fd: Int32,
         _ body: (UnsafeBufferPointer<UInt8>) throws(SystemCallError) -> Void
@@ -74,6 +67,8 @@ public enum Posix {
             throw SystemCallError(call: "opendir", code: code)
         }
         defer { closedir(stream) }
+        // The duplicate shares the caller's directory position: start from the first entry.
+        rewinddir(stream)
         while true {
             errno = 0
             guard let entry = readdir(stream) else {

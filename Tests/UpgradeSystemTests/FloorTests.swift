@@ -10,6 +10,33 @@ import Glibc
 
 @Suite("File-system floor")
 struct FloorTests {
+    @Test("a listing yields every name but . and .. as raw bytes, non-UTF-8 and 255-byte names included")
+    func listing() throws {
+        let tree = try TemporaryTree()
+        let long = String(repeating: "n", count: 255)
+        for name in ["a", "b.txt", long] { try tree.file(name, "x") }
+        try FileManager.default.createDirectory(atPath: tree.path("sub"), withIntermediateDirectories: false)
+        let raw: [UInt8] = Array("bad-".utf8) + [0xff, 0xfe]
+        let path = Array(tree.root.utf8) + [UInt8(ascii: "/")] + raw + [0]
+        let fd = path.withUnsafeBytes {
+            open($0.baseAddress!.assumingMemoryBound(to: CChar.self), O_CREAT | O_WRONLY, 0o644)
+        }
+        #expect(fd >= 0)
+        close(fd)
+        let directory = try Posix.openAt(AT_FDCWD, tree.root, O_RDONLY | O_DIRECTORY)
+        defer { close(directory) }
+        var names = [[UInt8]]()
+        try Posix.forEachName(directory) { names.append(Array($0)) }
+        let expected: [[UInt8]] = [Array("a".utf8), Array("b.txt".utf8), Array(long.utf8), Array("sub".utf8), raw]
+        #expect(
+            names.sorted { $0.lexicographicallyPrecedes($1) } == expected.sorted { $0.lexicographicallyPrecedes($1) }
+        )
+        // The caller's descriptor stays open and listable again.
+        var again = 0
+        try Posix.forEachName(directory) { _ in again += 1 }
+        #expect(again == 5)
+    }
+
     @Test("an exclusive lock makes a second one wait and then fail naming our pid; released, it can be taken again")
     func exclusiveLock() throws {
         let tree = try TemporaryTree()
