@@ -121,11 +121,15 @@ extension SyncClient {
     ) async {
         let missing = small.filter { !FileManager.default.fileExists(atPath: directory + "/" + $0.sha256!.hex) }
         guard missing.count > 1 else { return }
+        // At least one pack per parallel download: each object is decompressed and hashed as it
+        // arrives, CPU work that one pack would leave to one task.
+        let parallel = max(1, options.parallelDownloads)
+        let perPack = min(ObjectPack.maximumCount, max(16, (missing.count + parallel - 1) / parallel))
         var packs = [[FileContent]]()
         var current = [FileContent]()
         var bytes: UInt64 = 0
         for content in missing {
-            if current.count == ObjectPack.maximumCount || bytes + content.size > 4 << 20, !current.isEmpty {
+            if current.count == perPack || bytes + content.size > 4 << 20, !current.isEmpty {
                 packs.append(current)
                 current = []
                 bytes = 0

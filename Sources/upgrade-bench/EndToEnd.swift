@@ -139,7 +139,7 @@ func endToEnd(_ pair: UpgradePair, old: String, new: String, data: String, upgra
     let report = work + "/sync.json"
     func installOld() {
         shell(
-            "rm -rf \(quote(root)) && \(upgrade) apply --root \(quote(root)) --trust \(quote(key)).pub \(quote(work))/from.bundle > /dev/null"
+            "rm -rf \(quote(root)) && \(upgrade) apply --root \(quote(root)) --trust \(quote(key)).pub \(quote(work))/from.bundle > /dev/null && sync"
         )
     }
 
@@ -196,7 +196,7 @@ func endToEnd(_ pair: UpgradePair, old: String, new: String, data: String, upgra
     var rsyncUp: UInt64 = 0
     for _ in 0..<repeats {
         shell(
-            "rm -rf \(quote(destination)) && cp -a \(quote(old)) \(quote(destination)) && rm -f \(quote(destination))/.complete"
+            "rm -rf \(quote(destination)) && cp -a \(quote(old)) \(quote(destination)) && rm -f \(quote(destination))/.complete && sync"
         )
         let run = measure(
             "rsync -az --delete --stats --exclude .complete rsync://127.0.0.1:\(port)/new/ \(quote(destination))/ > \(quote(stats))",
