@@ -210,6 +210,21 @@ final class HTTPTransport: Sendable {
         )
     }
 
+    /// POSTs `body` as JSON and returns the status and at most `limit` bytes of the answer,
+    /// with the transport's retries (the object and delta packs).
+    func postJSON(_ url: String, _ body: some Encodable, limit: Int) async throws -> (Int, [UInt8]) {
+        let bytes = [UInt8](try JSONEncoder().encode(body))
+        return try await retrying("POST \(url)") {
+            try await fetch(
+                url,
+                method: .POST,
+                headers: [("Content-Type", "application/json")],
+                body: bytes,
+                limit: limit
+            )
+        }
+    }
+
     /// A request whose whole response body is read, up to `limit` bytes.
     func fetch(
         _ url: String,

@@ -239,19 +239,10 @@ extension DeltaJob {
         sizes: [SHA256Hash: UInt64]
     ) async throws -> (applied: [SHA256Hash: String], bytes: UInt64) {
         let names = deltas.map { sha, choice in choice.baseSHA256 + "-" + sha.hex }
-        let body = try JSONEncoder().encode(DeltaPack.Request(deltas: names))
         let limit = deltas.reduce(0) { $0 + DeltaPack.headSize + Int($1.1.size + $1.1.size / 128 + 1024) }
         let received: (status: Int, bytes: [UInt8])
         do {
-            received = try await transport.retrying("POST \(url)") {
-                try await transport.fetch(
-                    url,
-                    method: .POST,
-                    headers: [("Content-Type", "application/json")],
-                    body: [UInt8](body),
-                    limit: limit
-                )
-            }
+            received = try await transport.postJSON(url, DeltaPack.Request(deltas: names), limit: limit)
         } catch {
             try transport.limits.checkDeadline("fetching deltas")
             if case .noSpace = error as? SyncError { throw error }

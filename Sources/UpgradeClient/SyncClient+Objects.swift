@@ -174,19 +174,14 @@ extension SyncClient {
         transport: HTTPTransport,
         delivered: (Int) -> Void
     ) async throws {
-        let body = try JSONEncoder().encode(ObjectPack.Request(objects: contents.map { $0.sha256!.hex }))
         let limit = contents.reduce(0) {
             $0 + ObjectPack.headSize + Int(min($1.size + $1.size / 128 + 1024, ObjectPack.smallObject))
         }
-        let (status, bytes) = try await transport.retrying("POST \(url)") {
-            try await transport.fetch(
-                url,
-                method: .POST,
-                headers: [("Content-Type", "application/json")],
-                body: [UInt8](body),
-                limit: limit
-            )
-        }
+        let (status, bytes) = try await transport.postJSON(
+            url,
+            ObjectPack.Request(objects: contents.map { $0.sha256!.hex }),
+            limit: limit
+        )
         guard status == 200 else { return }
         var offset = 0
         for content in contents {

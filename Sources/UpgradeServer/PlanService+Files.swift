@@ -27,13 +27,7 @@ extension PlanService {
     /// `POST /v1/objects`: small objects in one streamed response (``ObjectPack``). Each frame
     /// is read from disk as it is sent, so a pack costs one object's memory.
     func pack(_ request: Request, context: BasicRequestContext) async throws -> Response {
-        let body = try await request.body.collect(upTo: 256 << 10)
-        let list: ObjectPack.Request
-        do {
-            list = try JSONDecoder().decode(ObjectPack.Request.self, from: body)
-        } catch {
-            throw HTTPError(.badRequest, message: "malformed object list: \(JSON.describe(error))")
-        }
+        let list = try await packList(request, ObjectPack.Request.self, what: "object")
         guard list.objects.count <= ObjectPack.maximumCount else {
             throw HTTPError(.contentTooLarge, message: "at most \(ObjectPack.maximumCount) objects per pack")
         }
@@ -57,13 +51,7 @@ extension PlanService {
                     let bytes =
                         size.map { $0 <= ObjectPack.smallObject } == true
                         ? FileManager.default.contents(atPath: path).map { [UInt8]($0) } : nil
-                    var head = sha.bytes
-                    head.append(bytes == nil ? 1 : 0)
-                    let length = UInt64(bytes?.count ?? 0)
-                    for shift in stride(from: 56, through: 0, by: -8) {
-                        head.append(UInt8(truncatingIfNeeded: length >> shift))
-                    }
-                    try await writer.write(ByteBuffer(bytes: head + (bytes ?? [])))
+                    try await writer.write(Self.packFrame(name: sha.bytes, bytes))
                 }
                 try await writer.finish(nil)
             }
@@ -73,13 +61,7 @@ extension PlanService {
     /// `POST /v1/deltas`: small deltas in one streamed response (``DeltaPack``), read from disk
     /// as each frame is sent. The test faults that spoil single deltas spoil these the same way.
     func deltaPack(_ request: Request, context: BasicRequestContext) async throws -> Response {
-        let body = try await request.body.collect(upTo: 256 << 10)
-        let list: DeltaPack.Request
-        do {
-            list = try JSONDecoder().decode(DeltaPack.Request.self, from: body)
-        } catch {
-            throw HTTPError(.badRequest, message: "malformed delta list: \(JSON.describe(error))")
-        }
+        let list = try await packList(request, DeltaPack.Request.self, what: "delta")
         guard list.deltas.count <= DeltaPack.maximumCount else {
             throw HTTPError(.contentTooLarge, message: "at most \(DeltaPack.maximumCount) deltas per pack")
         }
@@ -109,17 +91,33 @@ extension PlanService {
                         spoiled[spoiled.count / 2] ^= 0x10
                         bytes = spoiled
                     }
-                    var head = base.bytes + target.bytes
-                    head.append(bytes == nil ? 1 : 0)
-                    let length = UInt64(bytes?.count ?? 0)
-                    for shift in stride(from: 56, through: 0, by: -8) {
-                        head.append(UInt8(truncatingIfNeeded: length >> shift))
-                    }
-                    try await writer.write(ByteBuffer(bytes: head + (bytes ?? [])))
+                    try await writer.write(Self.packFrame(name: base.bytes + target.bytes, bytes))
                 }
                 try await writer.finish(nil)
             }
         )
+    }
+
+    /// The JSON list of a pack request (at most 256 KiB).
+    private func packList<T: Decodable>(_ request: Request, _ type: T.Type, what: String) async throws -> T {
+        let body = try await request.body.collect(upTo: 256 << 10)
+        do {
+            return try JSONDecoder().decode(type, from: body)
+        } catch {
+            throw HTTPError(.badRequest, message: "malformed \(what) list: \(JSON.describe(error))")
+        }
+    }
+
+    /// One frame of a pack: the name, a status byte (0: found, 1: missing), a big-endian u64
+    /// length and the bytes.
+    static func packFrame(name: [UInt8], _ bytes: [UInt8]?) -> ByteBuffer {
+        var head = name
+        head.append(bytes == nil ? 1 : 0)
+        let length = UInt64(bytes?.count ?? 0)
+        for shift in stride(from: 56, through: 0, by: -8) {
+            head.append(UInt8(truncatingIfNeeded: length >> shift))
+        }
+        return ByteBuffer(bytes: head + (bytes ?? []))
     }
 
     /// `GET /deltas/ab/<base>-<target>`: an immutable delta, served like an object.
