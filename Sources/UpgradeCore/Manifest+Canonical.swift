@@ -27,27 +27,7 @@ extension Manifest {
         let version2 = !policy.isEmpty || !metadata.isEmpty
         writer.raw(version2 ? Self.canonicalMagicV2 : Self.canonicalMagic)
         writer.u64(UInt64(entries.count))
-        for entry in entries {
-            writer.string16(entry.path)
-            writer.u8(entry.kind.rawValue)
-            writer.u16(UInt16(entry.mode))
-            switch entry.content {
-            case .file(let file):
-                writer.u64(file.size)
-                writer.u64(file.xxh128.high)
-                writer.u64(file.xxh128.low)
-                if let sha = file.sha256 {
-                    writer.u8(Self.flagHasSHA256)
-                    writer.raw(sha.bytes)
-                } else {
-                    writer.u8(0)
-                }
-            case .directory:
-                break
-            case .symlink(let target):
-                writer.string16(target)
-            }
-        }
+        for entry in entries { Self.write(entry, to: &writer, digests: true) }
         let hooks = hooks.scripts.sorted { $0.key.rawValue < $1.key.rawValue }
         writer.u8(UInt8(hooks.count))
         for (kind, path) in hooks {
@@ -87,6 +67,31 @@ extension Manifest {
             }
         }
         return writer.bytes
+    }
+
+    /// One entry as the canonical encoding writes it; without `digests`, the file's flags byte
+    /// and SHA-256 are left out (the scan projection, ``forEachScanProjectionChunk(_:)``).
+    static func write(_ entry: ManifestEntry, to writer: inout ByteWriter, digests: Bool) {
+        writer.string16(entry.path)
+        writer.u8(entry.kind.rawValue)
+        writer.u16(UInt16(entry.mode))
+        switch entry.content {
+        case .file(let file):
+            writer.u64(file.size)
+            writer.u64(file.xxh128.high)
+            writer.u64(file.xxh128.low)
+            guard digests else { break }
+            if let sha = file.sha256 {
+                writer.u8(flagHasSHA256)
+                writer.raw(sha.bytes)
+            } else {
+                writer.u8(0)
+            }
+        case .directory:
+            break
+        case .symlink(let target):
+            writer.string16(target)
+        }
     }
 
     /// The manifest digest: SHA-256 of ``canonicalEncoding()``.

@@ -7,19 +7,7 @@ extension Manifest {
         var buffer = ByteWriter()
         buffer.reserve(1 << 16 + 4096)
         for entry in entries {
-            buffer.string16(entry.path)
-            buffer.u8(entry.kind.rawValue)
-            buffer.u16(UInt16(entry.mode))
-            switch entry.content {
-            case .file(let file):
-                buffer.u64(file.size)
-                buffer.u64(file.xxh128.high)
-                buffer.u64(file.xxh128.low)
-            case .directory:
-                break
-            case .symlink(let target):
-                buffer.string16(target)
-            }
+            Self.write(entry, to: &buffer, digests: false)
             if buffer.bytes.count >= 1 << 16 {
                 buffer.bytes.withUnsafeBytes(body)
                 buffer.removeAll()
