@@ -147,6 +147,13 @@ let package = Package(
         .testTarget(name: "UpgradeSystemTests", dependencies: ["UpgradeSystem", "UpgradeTestSupport"]),
         .testTarget(name: "UpgradeApplyTests", dependencies: ["UpgradeApply", "UpgradeCore"]),
         .testTarget(
+            name: "UpgradeClientTests",
+            dependencies: [
+                "UpgradeClient", "UpgradeCore", "UpgradeZstd", "UpgradeTestSupport",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .testTarget(
             name: "UpgradeScanTests",
             dependencies: ["UpgradeScan", "UpgradeHash", "UpgradeZstd", "UpgradeCore", "UpgradeTestSupport"]
         ),

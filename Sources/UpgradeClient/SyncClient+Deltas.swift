@@ -116,6 +116,7 @@ extension SyncClient {
         sizes: [SHA256Hash: UInt64],
         into directory: String,
         root: String,
+        held: HeldPayloads,
         options: SyncOptions,
         transport: HTTPTransport
     ) async throws -> (applied: [SHA256Hash: String], bytes: UInt64, fallbacks: [String]) {
@@ -127,7 +128,8 @@ extension SyncClient {
             sources: sources,
             timeout: options.deltaTimeout,
             transport: transport,
-            stalled: NIOLockedValueBox([])
+            stalled: NIOLockedValueBox([]),
+            held: held
         )
         var applied = [SHA256Hash: String]()
         var bytes: UInt64 = 0
@@ -231,8 +233,9 @@ extension SyncClient {
 }
 
 extension DeltaJob {
-    /// One pack: request, frames, each delta checked against its base and kept as
-    /// `<target>.delta`. Deltas the pack lacks or spoiled are left out of the result.
+    /// One pack: request, frames, each delta applied to its base and checked; the result is held
+    /// in memory for the install, or (past the budget) the delta kept as `<target>.delta`.
+    /// Deltas the pack lacks or spoiled are left out of the result.
     func fetchPack(
         _ deltas: [(SHA256Hash, DeltaChoice)],
         url: String,
@@ -264,7 +267,12 @@ extension DeltaJob {
             defer { offset += length }
             guard found, let base = try? DeltaBase.read(root: root, path: choice.base) else { continue }
             let delta = bytes[offset..<offset + length]
-            guard Self.check(Array(delta), base: base, sha: sha, size: sizes[sha] ?? 0) == nil else { continue }
+            guard case .success(let result) = Self.apply(Array(delta), base: base, sha: sha, size: sizes[sha] ?? 0)
+            else { continue }
+            if held.hold(result, as: sha) {
+                applied[sha] = choice.base
+                continue
+            }
             let file = directory + "/" + sha.hex + ".delta"
             let part = file + ".pack"
             guard DownloadedObjects.keep(delta, at: part), rename(part, file) == 0 else {
@@ -294,6 +302,8 @@ struct DeltaJob: Sendable {
     let transport: HTTPTransport
     /// Sources that stalled or could not be reached on an earlier delta of this run.
     let stalled: NIOLockedValueBox<Set<String>>
+    /// Where the results of packed deltas wait for the install.
+    let held: HeldPayloads
 
     func fetch(_ sha: SHA256Hash, _ choice: DeltaChoice, size: UInt64) async throws -> DeltaOutcome {
         let file = directory + "/" + sha.hex + ".delta"
@@ -367,15 +377,26 @@ struct DeltaJob: Sendable {
     /// Nil when `delta` applied to `base` gives exactly the signed content (at most `size`
     /// bytes are ever produced); otherwise why not.
     static func check(_ delta: [UInt8], base: [UInt8], sha: SHA256Hash, size: UInt64) -> String? {
+        if case .failure(let why) = apply(delta, base: base, sha: sha, size: size) { return why.text }
+        return nil
+    }
+
+    /// The content `delta` makes of `base`, when it is exactly the signed size and SHA-256.
+    static func apply(_ delta: [UInt8], base: [UInt8], sha: SHA256Hash, size: UInt64) -> Result<[UInt8], Refusal> {
         do {
             let result = try ZstdDelta.decode(delta, base: base, maxSize: Int(size))
             guard result.count == Int(size), SHA256Hash(bytes: Array(SHA256.hash(data: result)))! == sha else {
-                return "the result does not match the signed size and SHA-256"
+                return .failure(Refusal(text: "the result does not match the signed size and SHA-256"))
             }
-            return nil
+            return .success(result)
         } catch {
-            return "\(error) (the signed size is \(size) bytes)"
+            return .failure(Refusal(text: "\(error) (the signed size is \(size) bytes)"))
         }
+    }
+
+    /// Why a delta was not used.
+    struct Refusal: Error {
+        let text: String
     }
 
     /// True for failures that say the source is slow or unreachable (not merely missing one

@@ -14,6 +14,7 @@ extension SyncClient {
     static func fetchObjects(
         _ needed: [FileContent],
         into directory: String,
+        held: HeldPayloads,
         response: PlanResponse,
         options: SyncOptions,
         transport: HTTPTransport
@@ -26,6 +27,7 @@ extension SyncClient {
             await fetchPacks(
                 needed.filter { (response.objects[$0.sha256!.hex] ?? $0.size) <= ObjectPack.smallObject },
                 into: directory,
+                held: held,
                 options: options,
                 transport: transport,
                 counters: counters,
@@ -45,7 +47,9 @@ extension SyncClient {
                         let content = needed[index]
                         let sha = content.sha256!
                         let final = directory + "/" + sha.hex
-                        if FileManager.default.fileExists(atPath: final), verifyObject(final, content) {
+                        if held.holds(sha)
+                            || FileManager.default.fileExists(atPath: final) && verifyObject(final, content)
+                        {
                             counters.state.withLock { $0.done += 1 }
                             continue
                         }
@@ -114,6 +118,7 @@ extension SyncClient {
     static func fetchPacks(
         _ small: [FileContent],
         into directory: String,
+        held: HeldPayloads,
         options: SyncOptions,
         transport: HTTPTransport,
         counters: DownloadCounters,
@@ -147,7 +152,13 @@ extension SyncClient {
                     while true {
                         let index = queue.takeIndex()
                         guard index < frozen.count else { return }
-                        try? await fetchPack(frozen[index], url: url, into: directory, transport: transport) { size in
+                        try? await fetchPack(
+                            frozen[index],
+                            url: url,
+                            into: directory,
+                            held: held,
+                            transport: transport
+                        ) { size in
                             let progress = counters.state.withLock { c -> SyncProgress in
                                 c.bytes += UInt64(size)
                                 c.objects += 1
@@ -166,11 +177,13 @@ extension SyncClient {
         }
     }
 
-    /// One pack: request, frames, each object verified and renamed into `directory`.
+    /// One pack: request, frames, each object decompressed and checked, then held in memory for
+    /// the install or (past the budget) kept compressed in `directory`.
     private static func fetchPack(
         _ contents: [FileContent],
         url: String,
         into directory: String,
+        held: HeldPayloads,
         transport: HTTPTransport,
         delivered: (Int) -> Void
     ) async throws {
@@ -193,13 +206,16 @@ extension SyncClient {
             guard sha == content.sha256!.bytes, length >= 0, offset + length <= bytes.count else { return }
             defer { offset += length }
             guard found else { continue }
-            let final = directory + "/" + content.sha256!.hex
-            let part = final + ".pack"
-            guard DownloadedObjects.keep(bytes[offset..<offset + length], at: part) else { continue }
+            let compressed = bytes[offset..<offset + length]
             // Checked like any download: decompressed and hashed against the signed SHA-256.
-            guard verifyObject(part, content), rename(part, final) == 0 else {
-                unlink(part)
-                continue
+            guard let decoded = decode(compressed, content) else { continue }
+            if !held.hold(decoded, as: content.sha256!) {
+                let final = directory + "/" + content.sha256!.hex
+                let part = final + ".pack"
+                guard DownloadedObjects.keep(compressed, at: part), rename(part, final) == 0 else {
+                    unlink(part)
+                    continue
+                }
             }
             delivered(length)
         }
@@ -207,12 +223,18 @@ extension SyncClient {
 
     /// True when the compressed file decodes to exactly `content`.
     static func verifyObject(_ path: String, _ content: FileContent) -> Bool {
-        guard let data = FileManager.default.contents(atPath: path),
-            let decoded = try? Zstd.decompress([UInt8](data), maxSize: Int(content.size))
+        guard let data = FileManager.default.contents(atPath: path) else { return false }
+        return decode([UInt8](data)[...], content) != nil
+    }
+
+    /// What `compressed` decodes to, when that is exactly `content`.
+    static func decode(_ compressed: ArraySlice<UInt8>, _ content: FileContent) -> [UInt8]? {
+        guard let decoded = try? Zstd.decompress(Array(compressed), maxSize: Int(content.size)),
+            UInt64(decoded.count) == content.size,
+            SHA256Hash(bytes: Array(SHA256.hash(data: decoded))) == content.sha256
         else {
-            return false
+            return nil
         }
-        return UInt64(decoded.count) == content.size
-            && SHA256Hash(bytes: Array(SHA256.hash(data: decoded))) == content.sha256
+        return decoded
     }
 }

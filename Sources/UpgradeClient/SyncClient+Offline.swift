@@ -105,7 +105,7 @@ extension SyncClient {
         run.report.objectsFromPeers = fetched.count
         run.report.objectsDownloaded = fetched.count
         defer { removeDownloads(needed, from: downloads) }
-        let outcome = run.install(checked, downloads: downloads, deltaBases: [:])
+        let outcome = run.install(checked, payloads: DownloadedObjects(directory: downloads, root: run.session.root))
         run.report.durationSeconds = Date().timeIntervalSince(started)
         // Kept for the server until the next online sync.
         var queued = run.outcome(outcome)

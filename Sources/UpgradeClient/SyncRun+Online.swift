@@ -220,7 +220,7 @@ extension SyncRun {
         _ checked: Checked,
         offer: Offer,
         transport: HTTPTransport
-    ) async throws -> (downloads: String, deltaBases: [SHA256Hash: String])? {
+    ) async throws -> DownloadedObjects? {
         let response = offer.response
         let needed = checked.needed
         let downloads = try session.directory("downloads")
@@ -262,6 +262,7 @@ extension SyncRun {
                 report.files[index].bytes = sizes[sha] ?? file.bytes
             }
         }
+        let held = HeldPayloads()
         let viaDelta: (applied: [SHA256Hash: String], bytes: UInt64, fallbacks: [String])
         let fetched: (bytes: UInt64, objects: Int, resumed: Int)
         do {
@@ -270,12 +271,14 @@ extension SyncRun {
                 sizes: sizes,
                 into: downloads,
                 root: session.root,
+                held: held,
                 options: options,
                 transport: transport
             )
             fetched = try await SyncClient.fetchObjects(
                 needed.filter { viaDelta.applied[$0.sha256!] == nil && !fromPeers.contains($0.sha256!) },
                 into: downloads,
+                held: held,
                 response: response,
                 options: options,
                 transport: transport
@@ -298,7 +301,7 @@ extension SyncRun {
         report.objectsFromPeers = fromPeers.count
         report.objectsDownloaded = fetched.objects
         report.resumedDownloads = fetched.resumed
-        return (downloads, viaDelta.applied)
+        return DownloadedObjects(directory: downloads, root: session.root, deltaBases: viaDelta.applied, held: held)
     }
 
     /// Installs, moves the channel floor, starts probation when asked, remembers a release whose
@@ -306,11 +309,11 @@ extension SyncRun {
     mutating func install(
         _ checked: Checked,
         offer: Offer,
-        fetched: (downloads: String, deltaBases: [SHA256Hash: String]),
+        fetched: DownloadedObjects,
         transport: HTTPTransport,
         logger: Logger
     ) async throws -> SyncReport {
-        var outcome = install(checked, downloads: fetched.downloads, deltaBases: fetched.deltaBases)
+        var outcome = install(checked, payloads: fetched)
         if case .success(let result) = outcome {
             do {
                 try session.setChannelFloor(
@@ -321,7 +324,10 @@ extension SyncRun {
                         trusted: options.trusted
                     )
                 )
-                SyncClient.removeDownloads(checked.needed, from: fetched.downloads)
+                SyncClient.removeDownloads(
+                    checked.needed.filter { !fetched.held.holds($0.sha256!) },
+                    from: fetched.directory
+                )
                 if result == .installed, let seconds = options.confirmWithin {
                     try session.startProbation(deadline: options.now + Int64(seconds.rounded(.up)))
                 }

@@ -12,7 +12,7 @@ import UpgradeTrust
 /// the peers which release to install; from the signed release on they share one path:
 /// ``check(header:manifest:plan:revert:)`` (the plan against the tree, before a byte is
 /// fetched), ``dryRun(_:)``, ``requireSpace(_:downloading:)``, the fetch,
-/// ``install(_:downloads:deltaBases:)`` and ``outcome(_:)`` (the fleet report).
+/// ``install(_:payloads:)`` and ``outcome(_:)`` (the fleet report).
 struct SyncRun {
     /// The options, with the trust this run advanced to.
     var options: SyncOptions
@@ -110,15 +110,14 @@ struct SyncRun {
         try SyncClient.requireSpace(session: session, plan: checked.plan, downloading: downloading)
     }
 
-    /// Installs what was checked with the payloads fetched into `downloads`: the run's result,
+    /// Installs what was checked with the payloads this run fetched: the run's result,
     /// or why it failed (returned, so the fleet report goes out either way).
     mutating func install(
         _ checked: Checked,
-        downloads: String,
-        deltaBases: [SHA256Hash: String]
+        payloads: DownloadedObjects
     ) -> Result<RunResult, any Error> {
         var install = checked.install
-        install.payloads = DownloadedObjects(directory: downloads, root: session.root, deltaBases: deltaBases)
+        install.payloads = payloads
         do {
             let installed = try session.install(install)
             report.localChanges = installed.localChanges
