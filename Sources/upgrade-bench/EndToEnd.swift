@@ -135,11 +135,19 @@ func endToEnd(_ pair: UpgradePair, old: String, new: String, data: String, upgra
         _ = FileManager.default.createFile(atPath: work + "/.complete", contents: nil)
     }
     let publishTimes = (try? String(contentsOfFile: work + "/publish-seconds", encoding: .utf8)) ?? "?"
-    let root = work + "/root"
     let report = work + "/sync.json"
+    // Each run starts from a tree of its own, and none is deleted until every run of the pair is
+    // measured: on this machine's ext4 (no journal), creating a file within minutes of a mass
+    // delete walks the freed inodes (0.3 ms per file), which would charge a `rm -rf` of the
+    // previous run's tree to the next run of either tool.
+    shell("rm -rf \(quote(work))/root-* \(quote(work))/rsync-dest-*")
+    var trees = 0
+    var root = ""
     func installOld() {
+        trees += 1
+        root = work + "/root-\(trees)"
         shell(
-            "rm -rf \(quote(root)) && \(upgrade) apply --root \(quote(root)) --trust \(quote(key)).pub \(quote(work))/from.bundle > /dev/null && sync"
+            "\(upgrade) apply --root \(quote(root)) --trust \(quote(key)).pub \(quote(work))/from.bundle > /dev/null && sync"
         )
     }
 
@@ -189,15 +197,13 @@ func endToEnd(_ pair: UpgradePair, old: String, new: String, data: String, upgra
     // rsync -az through a daemon on loopback: destination starts as a copy of the old tree.
     let port = 20_000 + Int(getpid() % 20_000)
     let daemon = startRsyncDaemon(work: work, module: "new", path: new, port: port)
-    let destination = work + "/rsync-dest"
     let stats = work + "/rsync.stats"
     var rsyncBest = Measurement(seconds: .infinity, maxRSSKiB: 0)
     var rsyncBytes: UInt64 = 0
     var rsyncUp: UInt64 = 0
-    for _ in 0..<repeats {
-        shell(
-            "rm -rf \(quote(destination)) && cp -a \(quote(old)) \(quote(destination)) && rm -f \(quote(destination))/.complete && sync"
-        )
+    for run in 0..<repeats {
+        let destination = work + "/rsync-dest-\(run)"
+        shell("cp -a \(quote(old)) \(quote(destination)) && rm -f \(quote(destination))/.complete && sync")
         let run = measure(
             "rsync -az --delete --stats --exclude .complete rsync://127.0.0.1:\(port)/new/ \(quote(destination))/ > \(quote(stats))",
             repeats: 1
@@ -217,6 +223,7 @@ func endToEnd(_ pair: UpgradePair, old: String, new: String, data: String, upgra
     }
     daemon.terminate()
     daemon.waitUntilExit()
+    shell("rm -rf \(quote(work))/root-* \(quote(work))/rsync-dest-*")
 
     // The practical floor: per-file `zstd -19 --patch-from` (same path) or `zstd -19` (new files).
     let floorFile = work + "/floor-bytes"

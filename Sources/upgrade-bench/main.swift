@@ -201,7 +201,7 @@ where !FileManager.default.isExecutableFile(atPath: tool) {
 
 try! FileManager.default.createDirectory(atPath: options.dataDirectory, withIntermediateDirectories: true)
 print(
-    "data in \(options.dataDirectory); best of \(options.repeats) runs each; page cache warm; times include process start; the tree each end-to-end run starts from is flushed to disk first (sync), as a long-installed one is"
+    "data in \(options.dataDirectory); best of \(options.repeats) runs each; page cache warm; times include process start; the tree each end-to-end run starts from is flushed to disk first (sync), as a long-installed one is, and no tree is deleted until the pair is measured"
 )
 var rows = [Row]()
 let datasets = [
