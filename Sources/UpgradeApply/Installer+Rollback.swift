@@ -10,23 +10,6 @@ import Glibc
 #endif
 
 extension Installer {
-    /// Returns the root to the release installed before the current one, from the backups the
-    /// last transaction kept.
-    public static func rollback(
-        root rootPath: String,
-        stateDirectoryName: String = TreeSource.stateDirectoryName,
-        lockTimeout: Double = 60,
-        observer: any MutationObserver = NoObserver()
-    ) throws -> InstallReport {
-        let rootPath = absolute(rootPath)
-        let root = try SafeTree(path: rootPath, observer: observer)
-        let store = try openState(root: root, rootPath, name: stateDirectoryName)
-        let lock = try store.lock(timeout: lockTimeout)
-        defer { withExtendedLifetime(lock) {} }
-        let recovered = try recover(store: store, root: root)
-        return try rollback(root: root, store: store, recovered: recovered)
-    }
-
     /// The rollback itself, under a lock the caller holds.
     static func rollback(root: SafeTree, store: StateStore, recovered: String?) throws -> InstallReport {
         let rootPath = root.display

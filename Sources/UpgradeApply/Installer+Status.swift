@@ -11,21 +11,6 @@ import Glibc
 
 extension Installer {
 
-    /// Finishes or undoes an interrupted transaction; nil when there was none.
-    public static func recover(
-        root rootPath: String,
-        stateDirectoryName: String = TreeSource.stateDirectoryName,
-        lockTimeout: Double = 60,
-        observer: any MutationObserver = NoObserver()
-    ) throws -> String? {
-        guard FileManager.default.fileExists(atPath: rootPath + "/" + stateDirectoryName) else { return nil }
-        let root = try SafeTree(path: rootPath, observer: observer)
-        let store = try openState(root: root, rootPath, name: stateDirectoryName)
-        let lock = try store.lock(timeout: lockTimeout)
-        defer { withExtendedLifetime(lock) {} }
-        return try recover(store: store, root: root)
-    }
-
     /// The installed release, any pending journal, and the last result.
     public static func status(
         root rootPath: String,

@@ -249,21 +249,6 @@ extension Installer {
         try store.tree.removeTree("state/\(id)")
     }
 
-    /// `upgrade recover`: takes the lock and finishes or rolls back an interrupted transaction,
-    /// nothing else. Returns what recovery did, nil when there was nothing to recover.
-    public static func recover(
-        root rootPath: String,
-        stateDirectoryName: String = TreeSource.stateDirectoryName,
-        lockTimeout: Double = 60
-    ) throws -> String? {
-        let root = try SafeTree(path: rootPath, observer: NoObserver())
-        guard let store = try? StateStore(root: root, name: stateDirectoryName, rootPath: rootPath, create: false)
-        else { return nil }
-        let lock = try store.lock(timeout: lockTimeout)
-        defer { withExtendedLifetime(lock) {} }
-        return try recover(store: store, root: root)
-    }
-
     /// Recovery of an interrupted transaction, under the lock.
     static func recover(store: StateStore, root: SafeTree) throws -> String? {
         switch Recovery.decide(try store.journal()) {

@@ -13,16 +13,6 @@ import Glibc
 public enum Installer {
     // MARK: Install
 
-    public static func install(_ request: InstallRequest) throws -> InstallReport {
-        let session = try RootSession(
-            root: request.root,
-            stateDirectoryName: request.stateDirectoryName,
-            lockTimeout: request.lockTimeout,
-            observer: request.observer
-        )
-        return try session.install(request)
-    }
-
     /// What checking a request found: the verified header, the installed one, the signed
     /// target manifest and the tree the plan was verified against.
     struct Checked {

@@ -22,15 +22,40 @@ public final class RootSession: @unchecked Sendable {
     let store: StateStore
     private let lock: FileLock
 
-    public init(
+    /// Opens `path`, creating the root and its state directory when missing (an install starts
+    /// from nothing). ``withRootSession(root:stateDirectoryName:lockTimeout:observer:create:_:)``
+    /// is the scoped form: the lock goes when its body returns.
+    public convenience init(
         root path: String,
         stateDirectoryName: String = TreeSource.stateDirectoryName,
         lockTimeout: Double = 60,
         observer: any MutationObserver = NoObserver()
     ) throws {
-        try Installer.makeRoot(path, observer: observer)
+        try self.init(
+            existing: path,
+            stateDirectoryName: stateDirectoryName,
+            lockTimeout: lockTimeout,
+            observer: observer,
+            create: true
+        )
+    }
+
+    /// `create` false: the root and its state directory must exist (`rollback` and `recover`
+    /// write nothing into a directory that holds no release); ``ApplyError/notARoot(path:_:)``
+    /// when the state directory is missing.
+    init(
+        existing path: String,
+        stateDirectoryName: String,
+        lockTimeout: Double,
+        observer: any MutationObserver,
+        create: Bool
+    ) throws {
+        if create { try Installer.makeRoot(path, observer: observer) }
         root = Installer.absolute(path)
         tree = try SafeTree(path: root, observer: observer)
+        if !create, !tree.exists(stateDirectoryName) {
+            throw ApplyError.notARoot(path: root, "nothing is installed here (no \(stateDirectoryName) directory)")
+        }
         store = try Installer.openState(root: tree, root, name: stateDirectoryName)
         lock = try store.lock(timeout: lockTimeout)
         recovered = try Installer.recover(store: store, root: tree)
@@ -83,10 +108,11 @@ public final class RootSession: @unchecked Sendable {
         store.currentHeader.map { SHA256Hash(bytes: Array(SHA256.hash(data: $0.headerBytes)))!.hex }
     }
 
-    /// Rolls back to the previous release under this session's lock (see
-    /// ``Installer/rollback(root:stateDirectoryName:lockTimeout:observer:)``).
+    /// Returns the root to the release installed before the current one, from the backups the
+    /// last transaction kept, under this session's lock. The report names what the session's
+    /// own recovery did, if anything.
     public func rollback() throws -> InstallReport {
-        try Installer.rollback(root: tree, store: store, recovered: nil)
+        try Installer.rollback(root: tree, store: store, recovered: recovered)
     }
 
     /// An installed release on probation: it must be confirmed (`upgrade confirm`) before
@@ -135,7 +161,7 @@ public final class RootSession: @unchecked Sendable {
         .manifest
     }
 
-    /// Installs under this session's lock (see ``Installer/install(_:)``). A request that
+    /// Installs under this session's lock (docs/design.md, "Apply engine"). A request that
     /// differs from the last one checked (a dry run first, then the install) only in
     /// `dryRun` and its payload source is not verified again: same header, manifest, plan and
     /// scanned tree, under the same lock.
@@ -217,4 +243,48 @@ public final class RootSession: @unchecked Sendable {
         _ = try store.tree.subdirectory(name, create: true)
         return store.path + "/" + name
     }
+}
+
+/// The door to the apply engine: opens `root` (creating it and its state directory unless
+/// `create` is false), takes its lock, finishes or undoes any interrupted transaction, runs `body`
+/// with the session and releases the lock when `body` returns or throws. With `create` false, a
+/// root that holds no release throws ``ApplyError/notARoot(path:_:)`` and is left as it was.
+public func withRootSession<Result>(
+    root: String,
+    stateDirectoryName: String = TreeSource.stateDirectoryName,
+    lockTimeout: Double = 60,
+    observer: any MutationObserver = NoObserver(),
+    create: Bool = true,
+    _ body: (RootSession) throws -> Result
+) throws -> Result {
+    let session = try RootSession(
+        existing: root,
+        stateDirectoryName: stateDirectoryName,
+        lockTimeout: lockTimeout,
+        observer: observer,
+        create: create
+    )
+    return try withExtendedLifetime(session) { try body(session) }
+}
+
+/// ``withRootSession(root:stateDirectoryName:lockTimeout:observer:create:_:)`` for an async body
+/// (a scan, a download).
+public func withRootSession<Result>(
+    root: String,
+    stateDirectoryName: String = TreeSource.stateDirectoryName,
+    lockTimeout: Double = 60,
+    observer: any MutationObserver = NoObserver(),
+    create: Bool = true,
+    _ body: (RootSession) async throws -> Result
+) async throws -> Result {
+    let session = try RootSession(
+        existing: root,
+        stateDirectoryName: stateDirectoryName,
+        lockTimeout: lockTimeout,
+        observer: observer,
+        create: create
+    )
+    let result = try await body(session)
+    withExtendedLifetime(session) {}
+    return result
 }

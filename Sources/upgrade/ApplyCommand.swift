@@ -66,35 +66,40 @@ struct ApplyCommand: AsyncParsableCommand {
             throw CommandFailure(description: "\(bundle): \(error)", exitStatus: .unsafePlan)
         }
         // The bundle's roots of trust (a key rotation reaches machines without network).
-        let session = try RootSession(root: root.root, stateDirectoryName: root.stateDir, lockTimeout: root.lockTimeout)
-        let trusted = try await session.advanceTrust(
-            anchor: keys,
-            now: Timestamps.now(),
-            files: try reader.section(.roots, limit: 1 << 22).map(BundleRoots.decode) ?? []
-        )
-        var request = InstallRequest(
+        return try await withRootSession(
             root: root.root,
-            trusted: trusted,
-            headerBytes: header,
-            manifestBytes: manifest,
-            plan: plan,
-            payloads: BundlePayloads(bundle: reader, root: root.root)
-        )
-        request.stateDirectoryName = root.stateDir
-        request.dryRun = dryRun
-        request.lockTimeout = root.lockTimeout
-        request.allowDowngrade = allowDowngrade || !session.installedReleaseIsTrusted(by: trusted.root)
-        request.hookTimeout = hookTimeout
-        request.healthCheckTimeout = healthCheckTimeout
-        request.keep = try Output.keepPatterns(keep)
-        if let points = rollbackPoints {
-            guard (1...20).contains(points) else {
-                throw CommandFailure(description: "--rollback-points must be 1 to 20", exitStatus: .usage)
+            stateDirectoryName: root.stateDir,
+            lockTimeout: root.lockTimeout
+        ) { session in
+            let trusted = try await session.advanceTrust(
+                anchor: keys,
+                now: Timestamps.now(),
+                files: try reader.section(.roots, limit: 1 << 22).map(BundleRoots.decode) ?? []
+            )
+            var request = InstallRequest(
+                root: root.root,
+                trusted: trusted,
+                headerBytes: header,
+                manifestBytes: manifest,
+                plan: plan,
+                payloads: BundlePayloads(bundle: reader, root: root.root)
+            )
+            request.stateDirectoryName = root.stateDir
+            request.dryRun = dryRun
+            request.lockTimeout = root.lockTimeout
+            request.allowDowngrade = allowDowngrade || !session.installedReleaseIsTrusted(by: trusted.root)
+            request.hookTimeout = hookTimeout
+            request.healthCheckTimeout = healthCheckTimeout
+            request.keep = try Output.keepPatterns(keep)
+            if let points = rollbackPoints {
+                guard (1...20).contains(points) else {
+                    throw CommandFailure(description: "--rollback-points must be 1 to 20", exitStatus: .usage)
+                }
+                request.rollbackPoints = points
             }
-            request.rollbackPoints = points
+            request.scanned = try await session.scan(options: request.scanOptions)
+            return try session.install(request)
         }
-        request.scanned = try await session.scan(options: request.scanOptions)
-        return try session.install(request)
     }
 }
 

@@ -96,7 +96,16 @@ struct RollbackCommand: AsyncParsableCommand {
         Main.stopOnSignals()
         if json { JSONOutput.request(command: "rollback") }
         let report = try await RunLog.around(command: "rollback", root: root.root, stateDirectory: root.stateDir) {
-            try Installer.rollback(root: root.root, stateDirectoryName: root.stateDir, lockTimeout: root.lockTimeout)
+            do {
+                return try withRootSession(
+                    root: root.root,
+                    stateDirectoryName: root.stateDir,
+                    lockTimeout: root.lockTimeout,
+                    create: false
+                ) { try $0.rollback() }
+            } catch ApplyError.notARoot(let path, _) {
+                throw ApplyError.nothingToRollBack("no release is installed in \(path)")
+            }
         } result: {
             ($0.result, $0.toVersion)
         }
@@ -130,11 +139,17 @@ struct RecoverCommand: AsyncParsableCommand {
     func run() async throws {
         Main.stopOnSignals()
         if json { JSONOutput.request(command: "recover") }
-        let outcome = try Installer.recover(
-            root: root.root,
-            stateDirectoryName: root.stateDir,
-            lockTimeout: root.lockTimeout
-        )
+        let outcome: String?
+        do {
+            outcome = try withRootSession(
+                root: root.root,
+                stateDirectoryName: root.stateDir,
+                lockTimeout: root.lockTimeout,
+                create: false
+            ) { $0.recovered }
+        } catch ApplyError.notARoot {
+            outcome = nil  // nothing was ever installed here: nothing to recover
+        }
         if json {
             struct Body: Encodable { var recovered: String? }
             JSONOutput.print(command: "recover", Body(recovered: outcome))
@@ -160,15 +175,17 @@ struct ConfirmCommand: AsyncParsableCommand {
 
     func run() async throws {
         if json { JSONOutput.request(command: "confirm") }
-        guard FileManager.default.fileExists(atPath: root.root + "/" + root.stateDir) else {
-            throw CommandFailure(
-                description: "\(root.root): nothing is installed here (no \(root.stateDir) directory)",
-                exitStatus: .invalidInput
-            )
+        // Nothing installed: exit 3, and no state directory is made.
+        let probation = try withRootSession(
+            root: root.root,
+            stateDirectoryName: root.stateDir,
+            lockTimeout: root.lockTimeout,
+            create: false
+        ) { session in
+            let probation = session.probation
+            try session.endProbation()
+            return probation
         }
-        let session = try RootSession(root: root.root, stateDirectoryName: root.stateDir, lockTimeout: root.lockTimeout)
-        let probation = session.probation
-        try session.endProbation()
         struct Body: Encodable {
             var confirmed: String?
         }

@@ -54,6 +54,25 @@ struct ApplyTests {
         #expect(document.pendingJournal == nil)
     }
 
+    @Test(
+        "rollback and recover in a directory where nothing is installed: rollback exit 5, recover prints nothing; neither writes a file"
+    )
+    func nothingInstalled() throws {
+        let tree = try TemporaryTree()
+        try tree.file("data", "operator's file")
+        let before = try FileManager.default.subpathsOfDirectory(atPath: tree.root).sorted()
+        let rollback = try Upgrade.run(["rollback", "--root", tree.root])
+        #expect(rollback.status == 5, "\(rollback.stderr)")
+        #expect(rollback.stderr.contains("no release is installed"), "\(rollback.stderr)")
+        let recover = try Upgrade.run(["recover", "--root", tree.root])
+        #expect(recover.status == 0, "\(recover.stderr)")
+        #expect(recover.text.isEmpty, "\(recover.text)")
+        let confirm = try Upgrade.run(["confirm", "--root", tree.root])
+        #expect(confirm.status == 3, "\(confirm.stderr)")
+        #expect(confirm.stderr.contains("nothing is installed here"), "\(confirm.stderr)")
+        #expect(try FileManager.default.subpathsOfDirectory(atPath: tree.root).sorted() == before)
+    }
+
     @Test("dry run and --json change nothing and describe the plan")
     func dryRun() async throws {
         let fixture = try ApplyFixture()

@@ -146,16 +146,16 @@ struct CrashTests {
         let scenario = try await CrashScenario()
         let counter = CrashAfter(.max)
         let complete = try scenario.freshRoot("count")
-        _ = try Installer.install(try scenario.request(root: complete, observer: counter))
+        _ = try Engine.install(try scenario.request(root: complete, observer: counter))
         let steps = counter.mutations
         #expect(steps > 40)
         var outcomes = [String: Int]()
         for k in 0..<steps {
             let root = try scenario.freshRoot("k\(k)")
             #expect(throws: TransactionAbandoned.self) {
-                try Installer.install(try scenario.request(root: root, observer: CrashAfter(k)))
+                try Engine.install(try scenario.request(root: root, observer: CrashAfter(k)))
             }
-            _ = try Installer.recover(root: root)
+            _ = try Engine.recover(root: root)
             outcomes[try await scenario.checkConsistent(root, "stop after \(k)"), default: 0] += 1
             _ = try runProgram("/bin/rm", ["-rf", root])
         }
@@ -183,7 +183,7 @@ struct CrashTests {
         let counter = CrashAfter(.max)
         let probe = fixture.work.path("probe")
         try ApplyFixture.copy(root, probe)
-        _ = try Installer.install(try bundleRequest(bundle, root: probe, trust: fixture.pub, observer: counter))
+        _ = try Engine.install(try bundleRequest(bundle, root: probe, trust: fixture.pub, observer: counter))
         // The latest stop that recovery rolls back (the commit had started, the hooks had not run).
         let template = fixture.work.path("template")
         try ApplyFixture.copy(root, template)
@@ -192,9 +192,9 @@ struct CrashTests {
             _ = try runProgram("/bin/rm", ["-rf", root])
             try ApplyFixture.copy(template, root)
             let request = try bundleRequest(bundle, root: root, trust: fixture.pub, observer: CrashAfter(k))
-            #expect(throws: TransactionAbandoned.self) { try Installer.install(request) }
+            #expect(throws: TransactionAbandoned.self) { try Engine.install(request) }
             try? Data().write(to: URL(fileURLWithPath: log))
-            if let recovered = try Installer.recover(root: root), recovered.contains("rolled back") {
+            if let recovered = try Engine.recover(root: root), recovered.contains("rolled back") {
                 rolledBack = true
                 break
             }
@@ -208,22 +208,22 @@ struct CrashTests {
     func crashDuringRecovery() async throws {
         let scenario = try await CrashScenario()
         let counter = CrashAfter(.max)
-        _ = try Installer.install(try scenario.request(root: try scenario.freshRoot("count"), observer: counter))
+        _ = try Engine.install(try scenario.request(root: try scenario.freshRoot("count"), observer: counter))
         let steps = counter.mutations
         var runs = 0
         for k in stride(from: 5, to: steps, by: max(1, steps / 6)) {
             // How many mutations does recovering from a stop at k take?
             let probe = try scenario.freshRoot("probe")
-            _ = try? Installer.install(try scenario.request(root: probe, observer: CrashAfter(k)))
+            _ = try? Engine.install(try scenario.request(root: probe, observer: CrashAfter(k)))
             let recoveryCounter = CrashAfter(.max)
-            _ = try Installer.recover(root: probe, observer: recoveryCounter)
+            _ = try Engine.recover(root: probe, observer: recoveryCounter)
             for j in 0..<recoveryCounter.mutations {
                 let root = try scenario.freshRoot("r\(k)-\(j)")
-                _ = try? Installer.install(try scenario.request(root: root, observer: CrashAfter(k)))
+                _ = try? Engine.install(try scenario.request(root: root, observer: CrashAfter(k)))
                 #expect(throws: TransactionAbandoned.self) {
-                    try Installer.recover(root: root, observer: CrashAfter(j))
+                    try Engine.recover(root: root, observer: CrashAfter(j))
                 }
-                _ = try Installer.recover(root: root)
+                _ = try Engine.recover(root: root)
                 _ = try await scenario.checkConsistent(root, "stop at \(k), recovery stopped at \(j)")
                 _ = try runProgram("/bin/rm", ["-rf", root])
                 runs += 1
@@ -284,5 +284,26 @@ struct CrashTests {
         process.standardError = FileHandle.nullDevice
         try process.run()
         return process
+    }
+}
+
+/// The engine through its one door, as the commands use it.
+enum Engine {
+    static func install(_ request: InstallRequest) throws -> InstallReport {
+        try withRootSession(
+            root: request.root,
+            stateDirectoryName: request.stateDirectoryName,
+            lockTimeout: request.lockTimeout,
+            observer: request.observer
+        ) { try $0.install(request) }
+    }
+
+    /// What recovery did; nil when there was nothing to recover (or nothing installed).
+    static func recover(root: String, observer: any MutationObserver = NoObserver()) throws -> String? {
+        do {
+            return try withRootSession(root: root, observer: observer, create: false) { $0.recovered }
+        } catch ApplyError.notARoot {
+            return nil
+        }
     }
 }
