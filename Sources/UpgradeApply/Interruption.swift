@@ -13,6 +13,10 @@ import Glibc
 public enum Interruption {
     /// The signal received, 0 for none. Written by the signal handler (lock-free store only).
     private static let received = Atomic<Int32>(0)
+    /// The write end of the pipe the watcher sleeps on: the handler writes a byte to it (write(2)
+    /// is async-signal-safe), and so does the last transaction to end after a signal. -1 before
+    /// ``install(exit:)``.
+    private static let wakeFD = Atomic<Int32>(-1)
 
     private struct State {
         var transactions = 0
@@ -44,18 +48,26 @@ public enum Interruption {
     /// arrived and no transaction runs; `note` says what an interrupted transaction did.
     public static func install(exit: @escaping @Sendable (Int32, String?) -> Never) {
         exitAction.withLock { $0 = exit }
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else { fatalError("pipe: \(String(cString: strerror(errno)))") }
+        for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        wakeFD.store(ends[1], ordering: .releasing)
         for number in [SIGTERM, SIGINT] {
             var action = sigaction()
             action.__sigaction_handler.sa_handler = { number in
                 Interruption.received.store(number, ordering: .relaxed)
+                Interruption.wake()
             }
             action.sa_flags = SA_RESTART
             sigemptyset(&action.sa_mask)
             sigaction(number, &action, nil)
         }
+        let wakeups = ends[0]
+        // Sleeps until a signal or the end of a transaction wakes it: no polling.
         let watcher = Thread {
+            var byte: UInt8 = 0
             while true {
-                usleep(20_000)
+                guard read(wakeups, &byte, 1) == 1 || errno == EINTR else { return }
                 guard let signal = Interruption.signal else { continue }
                 let leave = state.withLock { state -> String?? in
                     guard state.transactions == 0 else { return nil }
@@ -66,6 +78,13 @@ public enum Interruption {
             }
         }
         watcher.start()
+    }
+
+    /// Wakes the watcher (from the signal handler too: only an atomic load and write(2)).
+    private static func wake() {
+        var byte: UInt8 = 1
+        let fd = wakeFD.load(ordering: .acquiring)
+        if fd >= 0 { _ = write(fd, &byte, 1) }
     }
 
     /// Ends the process for `signal` through the installed action, once: the watcher and the
@@ -99,5 +118,7 @@ public enum Interruption {
             state.transactions -= 1
             if let text { state.note = text }
         }
+        // The watcher waits for the last transaction to end before it ends the process.
+        if interrupted { wake() }
     }
 }
