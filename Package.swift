@@ -147,6 +147,17 @@ let package = Package(
         .testTarget(name: "UpgradeSystemTests", dependencies: ["UpgradeSystem", "UpgradeTestSupport"]),
         .testTarget(name: "UpgradeApplyTests", dependencies: ["UpgradeApply", "UpgradeCore"]),
         .testTarget(
+            name: "UpgradeServerTests",
+            dependencies: [
+                "UpgradeServer", "UpgradeRepository", "UpgradeProtocol", "UpgradeTrust", "UpgradeCore", "UpgradeZstd",
+                "UpgradeTestSupport",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
             name: "UpgradeClientTests",
             dependencies: [
                 "UpgradeClient", "UpgradeCore", "UpgradeZstd", "UpgradeTestSupport",
