@@ -4,6 +4,7 @@
 #include <spawn.h>
 #include <stdio.h>
 #include <unistd.h>
+#include <sys/syscall.h>
 #include <sys/xattr.h>
 #include "upgrade_sys.h"
 
@@ -43,4 +44,13 @@ void upgrade_keep_freed_memory(void) {
     mallopt(M_MMAP_THRESHOLD, 1 << 30);
     mallopt(M_TRIM_THRESHOLD, 0x7fffffff);
     mallopt(M_TOP_PAD, 64 << 20);
+}
+
+int upgrade_pidfd_open(int pid) {
+#ifdef SYS_pidfd_open
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+    (void)pid;
+    return -1;
+#endif
 }

@@ -55,6 +55,10 @@ struct HookRunner {
         let deadline = Date().addingTimeInterval(timeout)
         var status: Int32 = 0
         var outcome: Outcome?
+        // Sleeps until the hook exits, a signal arrives or the deadline passes (poll on a pidfd
+        // and the interruption flag); polls every 10 ms only where the kernel has no pidfd.
+        let exitFD = upgrade_pidfd_open(pid)
+        defer { if exitFD >= 0 { close(exitFD) } }
         while outcome == nil {
             let done = waitpid(pid, &status, WNOHANG)
             if done == pid {
@@ -75,6 +79,13 @@ struct HookRunner {
                 kill(-pid, SIGKILL)
                 waitpid(pid, &status, 0)
                 outcome = .failed("timed out after \(Int(timeout)) s and was killed")
+            } else if exitFD >= 0 {
+                var watched = [
+                    pollfd(fd: exitFD, events: Int16(POLLIN), revents: 0),
+                    pollfd(fd: Interruption.signalledFD ?? -1, events: Int16(POLLIN), revents: 0),
+                ]
+                let left = deadline.timeIntervalSinceNow * 1000
+                _ = poll(&watched, 2, Int32(max(1, min(left.rounded(.up), 3_600_000))))
             } else {
                 usleep(10_000)
             }

@@ -17,6 +17,17 @@ public enum Interruption {
     /// is async-signal-safe), and so does the last transaction to end after a signal. -1 before
     /// ``install(exit:)``.
     private static let wakeFD = Atomic<Int32>(-1)
+    /// A pipe that becomes readable, and stays so, once a signal has arrived (nobody reads it):
+    /// code that sleeps in poll(2) on other descriptors adds ``signalledFD`` to wake for a
+    /// signal delivered to another thread. -1 before ``install(exit:)``.
+    private static let signalledWrite = Atomic<Int32>(-1)
+    private static let signalledRead = Atomic<Int32>(-1)
+
+    /// See ``signalledWrite``; nil before ``install(exit:)``.
+    static var signalledFD: Int32? {
+        let fd = signalledRead.load(ordering: .acquiring)
+        return fd >= 0 ? fd : nil
+    }
 
     private struct State {
         var transactions = 0
@@ -50,13 +61,18 @@ public enum Interruption {
         exitAction.withLock { $0 = exit }
         var ends: [Int32] = [-1, -1]
         guard pipe(&ends) == 0 else { fatalError("pipe: \(String(cString: strerror(errno)))") }
-        for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        var flag: [Int32] = [-1, -1]
+        guard pipe(&flag) == 0 else { fatalError("pipe: \(String(cString: strerror(errno)))") }
+        for end in ends + flag { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
         wakeFD.store(ends[1], ordering: .releasing)
+        signalledRead.store(flag[0], ordering: .releasing)
+        signalledWrite.store(flag[1], ordering: .releasing)
         for number in [SIGTERM, SIGINT] {
             var action = sigaction()
             action.__sigaction_handler.sa_handler = { number in
                 Interruption.received.store(number, ordering: .relaxed)
                 Interruption.wake()
+                Interruption.raiseFlag()
             }
             action.sa_flags = SA_RESTART
             sigemptyset(&action.sa_mask)
@@ -78,6 +94,13 @@ public enum Interruption {
             }
         }
         watcher.start()
+    }
+
+    /// Makes ``signalledFD`` readable (from the signal handler: an atomic load and write(2)).
+    private static func raiseFlag() {
+        var byte: UInt8 = 1
+        let fd = signalledWrite.load(ordering: .acquiring)
+        if fd >= 0 { _ = write(fd, &byte, 1) }
     }
 
     /// Wakes the watcher (from the signal handler too: only an atomic load and write(2)).

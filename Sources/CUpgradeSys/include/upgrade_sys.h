@@ -27,6 +27,10 @@ int upgrade_lsetxattr(const char *path, const char *name, const void *value, siz
 int upgrade_lremovexattr(const char *path, const char *name);
 /// mallopt: big allocations from the heap, freed memory kept for reuse (see Main.keepFreedMemory).
 void upgrade_keep_freed_memory(void);
+
+/// A descriptor that becomes readable when process `pid` (a child) exits; -1 where the kernel
+/// has no pidfd_open (before Linux 5.3).
+int upgrade_pidfd_open(int pid);
 /// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE): frees the blocks of a range.
 int upgrade_punch_hole(int fd, off_t offset, off_t length);
 
