@@ -195,8 +195,9 @@ final class HTTPTransport: Sendable {
                 delay = min(delay * 2, 5_000_000_000)
             }
         }
-        if case .corruptPayload(let why) = lastError as? SyncError {
-            throw SyncError.verification("\(why) (after \(attempts) attempts)")
+        if case .corruptPayload(var mismatch) = lastError as? SyncError {
+            mismatch.attempts = attempts
+            throw SyncError.corruptPayload(mismatch)
         }
         var hint = ""
         if let error = lastError as? HTTPClientError, error == .remoteConnectionClosed, what.contains("http://") {

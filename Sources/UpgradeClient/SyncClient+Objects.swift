@@ -77,11 +77,9 @@ extension SyncClient {
                                         options.progress?(progress)
                                     }
                                     if resumed { counters.state.withLock { $0.resumed += 1 } }
-                                    guard verifyObject(part, content) else {
+                                    if let mismatch = mismatch(part, content, source: url) {
                                         unlink(part)
-                                        throw SyncError.corruptPayload(
-                                            "object \(sha.hex) from \(base) does not match its signed SHA-256"
-                                        )
+                                        throw SyncError.corruptPayload(mismatch)
                                     }
                                 }
                                 guard rename(part, final) == 0 else {
@@ -225,6 +223,18 @@ extension SyncClient {
     static func verifyObject(_ path: String, _ content: FileContent) -> Bool {
         guard let data = FileManager.default.contents(atPath: path) else { return false }
         return decode([UInt8](data)[...], content) != nil
+    }
+
+    /// What is wrong with the downloaded file at `path`, or nil when it decodes to `content`.
+    static func mismatch(_ path: String, _ content: FileContent, source: String) -> PayloadMismatch? {
+        let received = FileManager.default.contents(atPath: path).map { [UInt8]($0) } ?? []
+        let decoded = try? Zstd.decompress(received, maxSize: Int(content.size))
+        if let decoded, UInt64(decoded.count) == content.size,
+            SHA256Hash(bytes: Array(SHA256.hash(data: decoded))) == content.sha256
+        {
+            return nil
+        }
+        return PayloadMismatch(expected: content, source: source, received: received, decoded: decoded)
     }
 
     /// What `compressed` decodes to, when that is exactly `content`.

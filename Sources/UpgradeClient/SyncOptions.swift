@@ -1,3 +1,4 @@
+import Crypto
 public import Foundation
 public import UpgradeApply
 public import UpgradeCore
@@ -214,8 +215,9 @@ public enum SyncError: Error, CustomStringConvertible {
     case server(status: Int, message: String)
     /// Something signed or hashed did not check out; nothing was changed.
     case verification(String)
-    /// A payload did not match its signed SHA-256; retried, and a verification failure when it persists.
-    case corruptPayload(String)
+    /// A payload did not decode to its signed content (the facts in ``PayloadMismatch``);
+    /// retried, then the run fails with it (exit 4), the tree unchanged.
+    case corruptPayload(PayloadMismatch)
     /// The disk filled up while downloading; the downloads were removed.
     case noSpace(String)
     /// A source sent less than the minimum rate over the window (`--min-rate`, `--rate-window`).
@@ -240,7 +242,7 @@ public enum SyncError: Error, CustomStringConvertible {
         case .network(let why): "network: \(why)"
         case .server(let status, let message): "server answered \(status): \(message)"
         case .verification(let why): "verification failed: \(why); nothing was changed"
-        case .corruptPayload(let why): "verification failed: \(why); nothing was changed"
+        case .corruptPayload(let mismatch): "verification failed: \(mismatch); nothing was changed"
         case .noSpace(let why):
             "not enough space while downloading (\(why)); the downloads were removed and nothing was changed"
         case .tooSlow(let url, let rate, let window):
@@ -251,6 +253,43 @@ public enum SyncError: Error, CustomStringConvertible {
         case .configuration(let why): why
         case .refused(let why): "refused: \(why); nothing was changed"
         }
+    }
+}
+
+/// An object that did not decode to the content the signed release names: what was expected,
+/// what arrived and from where (`--json` error documents carry it as `payload`).
+public struct PayloadMismatch: Sendable, Encodable, CustomStringConvertible {
+    /// The signed SHA-256 and size.
+    public let sha256: String
+    public let size: UInt64
+    /// Where it came from.
+    public let source: String
+    /// Bytes received (compressed).
+    public let receivedBytes: UInt64
+    /// What those bytes decode to; nil when they are not zstd or run past the signed size.
+    public let decodedSize: UInt64?
+    public let decodedSHA256: String?
+    /// Downloads tried, all alike.
+    public var attempts = 1
+
+    public init(expected: FileContent, source: String, received: [UInt8], decoded: [UInt8]?) {
+        sha256 = expected.sha256?.hex ?? ""
+        size = expected.size
+        self.source = source
+        receivedBytes = UInt64(received.count)
+        decodedSize = decoded.map { UInt64($0.count) }
+        decodedSHA256 = decoded.map { SHA256Hash(bytes: Array(SHA256.hash(data: $0)))!.hex }
+    }
+
+    public var description: String {
+        let got =
+            if let decodedSize, let decodedSHA256 {
+                "\(decodedSize) bytes with SHA-256 \(decodedSHA256)"
+            } else {
+                "\(receivedBytes) bytes that are not a zstd frame within the signed size"
+            }
+        return "object \(sha256) from \(source) decodes to \(got), not the signed \(size) bytes"
+            + (attempts > 1 ? " (after \(attempts) attempts)" : "")
     }
 }
 

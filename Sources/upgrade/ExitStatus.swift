@@ -315,3 +315,11 @@ struct CommandFailure: ClassifiedError {
     let description: String
     let exitStatus: ExitStatus
 }
+
+/// A payload that failed its check names what was expected and what arrived (`payload`).
+extension SyncError: DetailedError {
+    var details: (any Encodable & Sendable)? {
+        if case .corruptPayload(let mismatch) = self { return ["payload": mismatch] }
+        return nil
+    }
+}

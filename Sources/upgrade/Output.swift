@@ -96,7 +96,8 @@ enum JSONOutput {
 
 /// An error whose `--json` document carries more than the message (fields beside `error`).
 protocol DetailedError: Error {
-    var details: any Encodable & Sendable { get }
+    /// Nil when this error has nothing beyond its message.
+    var details: (any Encodable & Sendable)? { get }
 }
 
 /// Records how `sync`, `apply` and `rollback` end, for `upgrade status`.

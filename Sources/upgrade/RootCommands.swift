@@ -118,7 +118,7 @@ struct VerifyDifferences: ClassifiedError, DetailedError {
     let differences: [Manifest.Difference]
     var exitStatus: ExitStatus { .verificationFailed }
     var description: String { "\(Terminal.count(differences.count, "path")) differ from the installed release" }
-    var details: any Encodable & Sendable { ["differences": differences] }
+    var details: (any Encodable & Sendable)? { ["differences": differences] }
 }
 
 /// `upgrade recover`.

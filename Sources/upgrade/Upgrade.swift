@@ -71,7 +71,7 @@ enum Main {
                 JSONOutput.printError(
                     classified.exitStatus,
                     message: "\(classified)",
-                    details: (error as? any DetailedError)?.details
+                    details: (error as? any DetailedError)?.details ?? nil
                 )
             }
             return classified.exitStatus

@@ -152,6 +152,17 @@ struct SyncTests {
         )
         try await sync.expect(root, equals: 1, fault)
         #expect(!FileManager.default.fileExists(atPath: root + "/planted-by-server"))
+        guard fault == "tamper-object" else { return }
+        // The error document names the object, where it came from, and what it decoded to.
+        let json = try sync.sync(liar, root: root, ["--json"])
+        #expect(json.status == 4)
+        let document = try #require(try JSONSerialization.jsonObject(with: json.stdout) as? [String: Any])
+        let payload = try #require(document["payload"] as? [String: Any], "\(document)")
+        let expected = try #require(payload["sha256"] as? String)
+        #expect(expected.count == 64)
+        #expect((payload["source"] as? String)?.hasSuffix("/objects/\(expected.prefix(2))/\(expected)") == true)
+        #expect(payload["decodedSHA256"] as? String != expected, "\(payload)")
+        #expect((payload["attempts"] as? Int ?? 0) >= 1, "\(payload)")
     }
 
     @Test("an older signed release and an expired channel record are refused (exit 4)")
