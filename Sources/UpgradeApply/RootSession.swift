@@ -284,7 +284,7 @@ public func withRootSession<Result>(
         observer: observer,
         create: create
     )
-    let result = try await body(session)
-    withExtendedLifetime(session) {}
-    return result
+    // The lock lives as long as the session: until the body has returned or thrown.
+    defer { withExtendedLifetime(session) {} }
+    return try await body(session)
 }

@@ -229,22 +229,22 @@ extension SyncClient {
     static func mismatch(_ path: String, _ content: FileContent, source: String) -> PayloadMismatch? {
         let received = FileManager.default.contents(atPath: path).map { [UInt8]($0) } ?? []
         let decoded = try? Zstd.decompress(received, maxSize: Int(content.size))
-        if let decoded, UInt64(decoded.count) == content.size,
-            SHA256Hash(bytes: Array(SHA256.hash(data: decoded))) == content.sha256
-        {
-            return nil
-        }
+        if let decoded, matches(decoded, content) { return nil }
         return PayloadMismatch(expected: content, source: source, received: received, decoded: decoded)
     }
 
     /// What `compressed` decodes to, when that is exactly `content`.
     static func decode(_ compressed: ArraySlice<UInt8>, _ content: FileContent) -> [UInt8]? {
         guard let decoded = try? Zstd.decompress(Array(compressed), maxSize: Int(content.size)),
-            UInt64(decoded.count) == content.size,
-            SHA256Hash(bytes: Array(SHA256.hash(data: decoded))) == content.sha256
+            matches(decoded, content)
         else {
             return nil
         }
         return decoded
+    }
+
+    /// True when `decoded` is exactly the signed size and SHA-256 of `content`.
+    static func matches(_ decoded: [UInt8], _ content: FileContent) -> Bool {
+        UInt64(decoded.count) == content.size && SHA256Hash(bytes: Array(SHA256.hash(data: decoded))) == content.sha256
     }
 }
