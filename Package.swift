@@ -166,8 +166,9 @@ let package = Package(
         ),
         .testTarget(
             name: "UpgradeScanTests",
-            dependencies: ["UpgradeScan", "UpgradeHash", "UpgradeZstd", "UpgradeCore", "UpgradeTestSupport"]
+            dependencies: ["UpgradeScan", "UpgradeHash", "UpgradeCore", "UpgradeTestSupport"]
         ),
+        .testTarget(name: "UpgradeZstdTests", dependencies: ["UpgradeZstd", "UpgradeTestSupport"]),
         .testTarget(name: "UpgradeTrustTests", dependencies: ["UpgradeTrust", "UpgradeCore"]),
         .testTarget(
             name: "UpgradeFleetTests",
