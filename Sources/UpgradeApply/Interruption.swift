@@ -59,11 +59,8 @@ public enum Interruption {
     /// arrived and no transaction runs; `note` says what an interrupted transaction did.
     public static func install(exit: @escaping @Sendable (Int32, String?) -> Never) {
         exitAction.withLock { $0 = exit }
-        var ends: [Int32] = [-1, -1]
-        guard pipe(&ends) == 0 else { fatalError("pipe: \(String(cString: strerror(errno)))") }
-        var flag: [Int32] = [-1, -1]
-        guard pipe(&flag) == 0 else { fatalError("pipe: \(String(cString: strerror(errno)))") }
-        for end in ends + flag { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        let ends = closeOnExecPipe()
+        let flag = closeOnExecPipe()
         wakeFD.store(ends[1], ordering: .releasing)
         signalledRead.store(flag[0], ordering: .releasing)
         signalledWrite.store(flag[1], ordering: .releasing)
@@ -72,7 +69,7 @@ public enum Interruption {
             action.__sigaction_handler.sa_handler = { number in
                 Interruption.received.store(number, ordering: .relaxed)
                 Interruption.wake()
-                Interruption.raiseFlag()
+                Interruption.writeByte(to: Interruption.signalledWrite.load(ordering: .acquiring))
             }
             action.sa_flags = SA_RESTART
             sigemptyset(&action.sa_mask)
@@ -96,18 +93,21 @@ public enum Interruption {
         watcher.start()
     }
 
-    /// Makes ``signalledFD`` readable (from the signal handler: an atomic load and write(2)).
-    private static func raiseFlag() {
+    /// Wakes the watcher (from the signal handler too: only an atomic load and write(2)).
+    private static func wake() { writeByte(to: wakeFD.load(ordering: .acquiring)) }
+
+    /// One byte into the pipe end `fd` (async-signal-safe), when there is one.
+    private static func writeByte(to fd: Int32) {
         var byte: UInt8 = 1
-        let fd = signalledWrite.load(ordering: .acquiring)
         if fd >= 0 { _ = write(fd, &byte, 1) }
     }
 
-    /// Wakes the watcher (from the signal handler too: only an atomic load and write(2)).
-    private static func wake() {
-        var byte: UInt8 = 1
-        let fd = wakeFD.load(ordering: .acquiring)
-        if fd >= 0 { _ = write(fd, &byte, 1) }
+    /// A pipe whose ends are closed on exec (hooks do not inherit them): read end, then write end.
+    private static func closeOnExecPipe() -> [Int32] {
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else { fatalError("pipe: \(String(cString: strerror(errno)))") }
+        for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        return ends
     }
 
     /// Ends the process for `signal` through the installed action, once: the watcher and the

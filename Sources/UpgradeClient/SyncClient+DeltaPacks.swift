@@ -10,8 +10,9 @@ import Glibc
 extension SyncClient {
     /// Fetches the small ones of `deltas` from the server in packs of up to
     /// ``DeltaPack/maximumCount`` deltas and 4 MiB, as many packs at once as parallel downloads;
-    /// each delta is applied to its base and checked like a single one before it is kept. A pack
-    /// that fails (an older server answers 404) leaves its deltas to the single path.
+    /// each delta is applied to its base and checked like a single one, and its result held for
+    /// the install (``HeldPayloads``). A pack that fails (an older server answers 404) leaves its
+    /// deltas to the single path.
     static func fetchDeltaPacks(
         _ deltas: [SHA256Hash: DeltaChoice],
         sizes: [SHA256Hash: UInt64],
