@@ -17,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
@@ -63,14 +64,18 @@ let package = Package(
         .target(name: "CUpgradeSys"),
         // The wire protocol between `upgrade sync` and `upgrade serve`: pure values.
         .target(name: "UpgradeProtocol", dependencies: ["UpgradeCore"]),
-        // LAN peers: announcements (UDP multicast pinned to one interface, TTL 1), discovery, and
-        // the peer server of `upgrade share` (Hummingbird, reading the root through the engine).
+        // LAN peers: announcements (UDP multicast pinned to one interface, TTL 1, on NIO datagram
+        // channels), discovery, and the peer server of `upgrade share` (Hummingbird, reading the
+        // root through the engine); the announcer and the watcher are services of the share.
         .target(
             name: "UpgradePeer",
             dependencies: [
                 "UpgradeApply", "UpgradeCore", "UpgradeSystem", "UpgradeTrust",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // The fleet store: devices, history, first attempts per release; SQLite (GRDB) or PostgreSQL.
@@ -167,6 +172,14 @@ let package = Package(
         .testTarget(
             name: "UpgradeScanTests",
             dependencies: ["UpgradeScan", "UpgradeHash", "UpgradeCore", "UpgradeTestSupport"]
+        ),
+        .testTarget(
+            name: "UpgradePeerTests",
+            dependencies: [
+                "UpgradePeer",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
         .testTarget(name: "UpgradeZstdTests", dependencies: ["UpgradeZstd", "UpgradeTestSupport"]),
         .testTarget(name: "UpgradeTrustTests", dependencies: ["UpgradeTrust", "UpgradeCore"]),

@@ -1,14 +1,14 @@
 import Foundation
+import Logging
+import NIOCore
+import ServiceLifecycle
 import Synchronization
-
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Announces what `upgrade share` holds: to the multicast group (TTL 1, out of the pinned
 /// interface) and to each unicast neighbour, every `interval` seconds, and to anyone who sends
-/// a query (answered by unicast, at most `repliesPerSecond`). Runs on its own thread.
-public final class Announcer: Sendable {
+/// a query (answered by unicast, at most `repliesPerSecond`). A service of the share's
+/// ``ServiceGroup``: it runs on a NIO datagram channel until the group shuts down.
+public final class Announcer: Service {
     public struct Configuration: Sendable {
         /// The group and port; nil announces by unicast only.
         public var group: IPv4Endpoint?
@@ -17,7 +17,7 @@ public final class Announcer: Sendable {
         public var unicast: [IPv4Endpoint] = []
         public var interval: Double = 5
         public var repliesPerSecond = 50.0
-        /// Test fault: announce as fast as possible (thousands per second).
+        /// Test fault: announce as fast as the socket takes them (thousands per second).
         public var flood = false
 
         public init(group: IPv4Endpoint?, interface: MulticastInterface?) {
@@ -27,66 +27,109 @@ public final class Announcer: Sendable {
     }
 
     private let configuration: Configuration
-    private let socket: UDPSocket
+    private let socket: Mutex<UDPSocket?>
     private let announcement: @Sendable () -> PeerAnnouncement?
-    private let stopped = Atomic<Bool>(false)
-    private let sent = Atomic<Int>(0)
+    private let ready: @Sendable () async -> Void
+    private let logger: Logger
+    private let sent = Counter()
 
-    /// Binds and joins now, so a bad group or interface fails before anything runs.
-    public init(_ configuration: Configuration, announcement: @escaping @Sendable () -> PeerAnnouncement?) throws {
+    /// Binds and joins now, so a bad group or interface fails before anything runs. The first
+    /// announcement waits for `ready` (the peer server's port is bound).
+    public init(
+        _ configuration: Configuration,
+        logger: Logger,
+        ready: @escaping @Sendable () async -> Void = {},
+        announcement: @escaping @Sendable () -> PeerAnnouncement?
+    ) throws {
         self.configuration = configuration
         self.announcement = announcement
-        socket = try UDPSocket(port: configuration.group?.port ?? 0, shared: true)
-        try socket.pin(to: configuration.interface)
-        if let group = configuration.group { try socket.join(group, on: configuration.interface) }
+        self.ready = ready
+        self.logger = logger
+        socket = Mutex(try Self.makeSocket(configuration))
     }
 
     /// Datagrams sent so far.
-    public var datagramsSent: Int { sent.load(ordering: .relaxed) }
+    public var datagramsSent: Int { sent.value }
 
-    public func start() {
-        let thread = Thread { [self] in run() }
-        thread.name = "upgrade-announcer"
-        thread.start()
+    public func run() async throws {
+        await cancelWhenGracefulShutdown { [self] in
+            await ready()
+            while !Task.isCancelled {
+                do {
+                    // The socket bound at init, then a fresh one should the channel fail (a
+                    // send error NIO cannot recover from ends the channel, not the share).
+                    let socket = try self.socket.withLock { held in
+                        defer { held = nil }
+                        return try held ?? Self.makeSocket(self.configuration)
+                    }
+                    try await socket.channel().executeThenClose { [self] inbound, outbound in
+                        try await withThrowingDiscardingTaskGroup { [self] group in
+                            group.addTask { try await self.announce(outbound) }
+                            try await answer(inbound, outbound)
+                            group.cancelAll()
+                        }
+                    }
+                } catch  where !Task.isCancelled {
+                    logger.warning("announcing stopped for an interval: \(error)")
+                    try? await Task.sleep(for: .seconds(configuration.interval))
+                } catch {}
+            }
+        }
     }
 
-    public func stop() { stopped.store(true, ordering: .relaxed) }
+    private static func makeSocket(_ configuration: Configuration) throws -> UDPSocket {
+        let socket = try UDPSocket(port: configuration.group?.port ?? 0, shared: true)
+        try socket.pin(to: configuration.interface)
+        if let group = configuration.group { try socket.join(group, on: configuration.interface) }
+        return socket
+    }
 
-    private func announceAll() {
-        guard let bytes = announcement()?.encoded() else { return }
+    /// Every interval (without pause under the flood fault), to the group and every neighbour.
+    private func announce(_ outbound: NIOAsyncChannelOutboundWriter<AddressedEnvelope<ByteBuffer>>) async throws {
         var targets = configuration.unicast
         if let group = configuration.group { targets.append(group) }
-        for target in targets where socket.send(bytes, to: target) == 0 {
-            sent.add(1, ordering: .relaxed)
+        while !Task.isCancelled {
+            if let bytes = announcement()?.encoded() {
+                for target in targets {
+                    try await outbound.write(AddressedEnvelope(bytes, to: target))
+                    sent.add()
+                }
+            }
+            if configuration.flood {
+                await Task.yield()
+            } else {
+                try await Task.sleep(for: .seconds(configuration.interval))
+            }
         }
     }
 
-    private func run() {
-        var buffer = [UInt8](repeating: 0, count: PeerWire.maxDatagram + 1)
-        var nextAnnouncement = Date()
+    /// Answers queries by unicast, at most `repliesPerSecond` (a token bucket), until the
+    /// channel ends.
+    private func answer(
+        _ inbound: NIOAsyncChannelInboundStream<AddressedEnvelope<ByteBuffer>>,
+        _ outbound: NIOAsyncChannelOutboundWriter<AddressedEnvelope<ByteBuffer>>
+    ) async throws {
         var tokens = configuration.repliesPerSecond
-        var lastRefill = Date()
-        while !stopped.load(ordering: .relaxed) {
-            if configuration.flood {
-                announceAll()
-                usleep(40)
-                continue
-            }
-            let now = Date()
-            if now >= nextAnnouncement {
-                announceAll()
-                nextAnnouncement = now.addingTimeInterval(configuration.interval)
-            }
-            let wait = min(0.5, max(0, nextAnnouncement.timeIntervalSince(now)))
-            guard let (count, from) = socket.receive(into: &buffer, timeout: wait) else { continue }
-            let elapsed = Date().timeIntervalSince(lastRefill)
-            lastRefill = Date()
+        var lastRefill = ContinuousClock.now
+        for try await datagram in inbound {
+            let now = ContinuousClock.now
+            let elapsed = (now - lastRefill) / .seconds(1)
+            lastRefill = now
             tokens = min(configuration.repliesPerSecond, tokens + elapsed * configuration.repliesPerSecond)
-            guard count <= PeerWire.maxDatagram, PeerWire.isQuery(buffer[..<count]), tokens >= 1,
-                let bytes = announcement()?.encoded()
+            let bytes = datagram.data.readableBytesView
+            guard bytes.count <= PeerWire.maxDatagram, PeerWire.isQuery(bytes), tokens >= 1,
+                let from = IPv4Endpoint(datagram.remoteAddress), let reply = announcement()?.encoded()
             else { continue }
             tokens -= 1
-            if socket.send(bytes, to: from) == 0 { sent.add(1, ordering: .relaxed) }
+            try await outbound.write(AddressedEnvelope(reply, to: from))
+            sent.add()
         }
     }
+}
+
+/// A count shared by the tasks of a service.
+final class Counter: Sendable {
+    private let count = Atomic<Int>(0)
+    func add() { count.add(1, ordering: .relaxed) }
+    var value: Int { count.load(ordering: .relaxed) }
 }

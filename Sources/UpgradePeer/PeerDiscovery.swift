@@ -1,8 +1,6 @@
 import Foundation
-
-#if canImport(Glibc)
-import Glibc
-#endif
+import NIOCore
+import Synchronization
 
 /// A machine that announced a release of the product.
 public struct DiscoveredPeer: Sendable {
@@ -48,82 +46,103 @@ public enum PeerDiscovery {
         }
     }
 
-    /// Sets the sockets up now (so bad options fail at once), then listens on a thread of its own.
+    /// Sets the sockets up now (so bad options fail at once), then listens on NIO datagram
+    /// channels until the window closes: the query goes out when it opens and again half-way.
     public static func listen(_ options: Options) async throws -> Discovery {
         let listener = try UDPSocket(port: options.group.port, shared: true)
         try listener.pin(to: options.interface)
         try listener.join(options.group, on: options.interface)
         let asker = try UDPSocket(port: 0, shared: false)
         try asker.pin(to: options.interface)
-        return await withCheckedContinuation { continuation in
-            let thread = Thread {
-                continuation.resume(returning: run(options, listener: listener, asker: asker))
-            }
-            thread.name = "upgrade-discovery"
-            thread.start()
+        let tally = Tally.Shared(Tally(options))
+        let listening = try await listener.channel()
+        let asking: PeerChannel
+        do {
+            asking = try await asker.channel()
+        } catch {
+            try? await listening.executeThenClose { _, _ in }
+            throw error
         }
+        try await listening.executeThenClose { listened, _ in
+            try await asking.executeThenClose { answers, queries in
+                await withTaskGroup(of: Void.self) { group in
+                    for inbound in [listened, answers] {
+                        group.addTask {
+                            // Ends when the window closes (cancellation) or the channel fails.
+                            do {
+                                for try await datagram in inbound {
+                                    tally.state.withLock { $0.count(datagram) }
+                                }
+                            } catch {}
+                        }
+                    }
+                    let query = AddressedEnvelope(PeerWire.query(product: options.product), to: options.group)
+                    try? await queries.write(query)
+                    try? await Task.sleep(for: .seconds(options.wait / 2))
+                    try? await queries.write(query)
+                    try? await Task.sleep(for: .seconds(options.wait / 2))
+                    group.cancelAll()
+                }
+            }
+        }
+        return tally.state.withLock { $0.result() }
     }
 
-    private static func run(_ options: Options, listener: UDPSocket, asker: UDPSocket) -> Discovery {
+    /// What the window heard so far; memory is bounded by `maxPeers`.
+    private struct Tally {
+        /// The tally the window's readers share.
+        final class Shared: Sendable {
+            let state: Mutex<Tally>
+            init(_ tally: Tally) { state = Mutex(tally) }
+        }
+
         struct Seen {
             var announcement: PeerAnnouncement
             var count: Int
             var order: Int
         }
-        let query = PeerWire.query(product: options.product)
-        let started = Date()
-        let deadline = started.addingTimeInterval(options.wait)
-        var askedAgain = false
-        asker.send(query, to: options.group)
+        let options: Options
         var seen = [String: Seen]()
-        var result = Discovery()
-        var buffer = [UInt8](repeating: 0, count: PeerWire.maxDatagram + 1)
-        // More than this from one source in the window is a flood, not a peer (an honest one
-        // sends one per interval and one per query).
-        let floodThreshold = max(50, Int(options.wait * 20))
-        while Date() < deadline {
-            if !askedAgain && Date().timeIntervalSince(started) > options.wait / 2 {
-                asker.send(query, to: options.group)
-                askedAgain = true
+        var discovery = Discovery()
+
+        init(_ options: Options) { self.options = options }
+
+        mutating func count(_ datagram: AddressedEnvelope<ByteBuffer>) {
+            discovery.datagrams += 1
+            let bytes = datagram.data.readableBytesView
+            guard bytes.count <= PeerWire.maxDatagram, let from = IPv4Endpoint(datagram.remoteAddress),
+                let announcement = PeerAnnouncement(datagram: bytes), announcement.product == options.product
+            else {
+                discovery.dropped += 1
+                return
             }
-            var fds = [
-                pollfd(fd: listener.fd, events: Int16(POLLIN), revents: 0),
-                pollfd(fd: asker.fd, events: Int16(POLLIN), revents: 0),
-            ]
-            let remaining = max(1, Int32(deadline.timeIntervalSinceNow * 1000))
-            guard poll(&fds, 2, min(remaining, 250)) > 0 else { continue }
-            for (index, socket) in [listener, asker].enumerated() where fds[index].revents & Int16(POLLIN) != 0 {
-                // Drain a bounded batch per wake-up so one socket cannot starve the other.
-                for _ in 0..<256 {
-                    guard let (count, from) = socket.receive(into: &buffer, timeout: 0) else { break }
-                    result.datagrams += 1
-                    guard count <= PeerWire.maxDatagram,
-                        let announcement = PeerAnnouncement(datagram: buffer[..<count]),
-                        announcement.product == options.product
-                    else {
-                        result.dropped += 1
-                        continue
-                    }
-                    let url = "http://\(from.host):\(announcement.port)"
-                    if var known = seen[url] {
-                        known.count += 1
-                        known.announcement = announcement
-                        seen[url] = known
-                    } else if seen.count < options.maxPeers {
-                        seen[url] = Seen(announcement: announcement, count: 1, order: seen.count)
-                    } else {
-                        result.dropped += 1
-                    }
+            let url = "http://\(from.host):\(announcement.port)"
+            if var known = seen[url] {
+                known.count += 1
+                known.announcement = announcement
+                seen[url] = known
+            } else if seen.count < options.maxPeers {
+                seen[url] = Seen(announcement: announcement, count: 1, order: seen.count)
+            } else {
+                discovery.dropped += 1
+            }
+        }
+
+        /// The peers in the order first heard; more than an honest peer sends in the window (one
+        /// per interval and one per query) is a flood, not a peer.
+        func result() -> Discovery {
+            var result = discovery
+            let floodThreshold = max(50, Int(options.wait * 20))
+            for (url, entry) in seen.sorted(by: { $0.value.order < $1.value.order }) {
+                if entry.count > floodThreshold {
+                    result.flooding.append((url, entry.count))
+                } else {
+                    result.peers.append(
+                        DiscoveredPeer(url: url, announcement: entry.announcement, datagrams: entry.count)
+                    )
                 }
             }
+            return result
         }
-        for (url, entry) in seen.sorted(by: { $0.value.order < $1.value.order }) {
-            if entry.count > floodThreshold {
-                result.flooding.append((url, entry.count))
-            } else {
-                result.peers.append(DiscoveredPeer(url: url, announcement: entry.announcement, datagrams: entry.count))
-            }
-        }
-        return result
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 public import Hummingbird
 public import Logging
+public import ServiceLifecycle
 import Synchronization
 import UpgradeApply
 import UpgradeCore
@@ -150,6 +151,19 @@ public final class ShareService: Sendable {
             try? await Task.sleep(for: .seconds(interval))
             do { try refresh() } catch { logger.warning("cannot read the installed release: \(error)") }
         }
+    }
+
+    /// ``watch(every:)`` as a service of the share's group.
+    public struct Watcher: Service {
+        let service: ShareService
+        let interval: Double
+
+        public init(_ service: ShareService, every interval: Double) {
+            self.service = service
+            self.interval = interval
+        }
+
+        public func run() async { await cancelWhenGracefulShutdown { await service.watch(every: interval) } }
     }
 
     /// The identity of the file at `location` if it holds exactly `sha`.
@@ -304,6 +318,7 @@ final class Descriptor: Sendable {
 public func buildShareApplication(
     _ service: ShareService,
     logger: Logger,
+    services: [any Service] = [],
     onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
     let router = Router()
@@ -315,6 +330,7 @@ public func buildShareApplication(
             address: .hostname(service.configuration.host, port: service.configuration.port),
             serverName: "upgrade-share"
         ),
+        services: services,
         onServerRunning: { channel in
             let port = channel.localAddress?.port ?? service.configuration.port
             service.setPort(port)

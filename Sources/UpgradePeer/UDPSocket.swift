@@ -1,4 +1,7 @@
 import Foundation
+import NIOCore
+import NIOPosix
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -77,16 +80,22 @@ public struct MulticastInterface: Sendable, CustomStringConvertible {
     }
 }
 
-/// A UDP socket for announcements: bound, optionally joined to a group, sending multicast with
-/// TTL 1 out of one pinned interface. Reads use a fixed buffer, so a flood costs CPU, not memory.
-public final class UDPSocket: @unchecked Sendable {
-    let fd: Int32
+/// A UDP socket for announcements, set up with the calls NIO has no option for: bound (shared
+/// by the processes of a host on the group's port), sending multicast with TTL 1 out of one
+/// pinned interface, optionally joined to a group. Set up synchronously, so a bad group or
+/// interface fails before anything runs; then handed to NIO as an async datagram channel
+/// (``channel()``), which owns it from there on.
+public final class UDPSocket: Sendable {
+    private let descriptor: Int32
+    /// Whether a channel took the descriptor (and closes it).
+    private let handedOver = Atomic<Bool>(false)
 
     /// Binds to `port` on every address (0: an ephemeral port); `shared` lets several processes
     /// of a host listen on the group's port.
     public init(port: UInt16, shared: Bool) throws {
-        fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw PeerSetupError("socket: \(String(cString: strerror(errno)))") }
+        descriptor = fd
         var one: Int32 = 1
         if shared {
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -105,17 +114,17 @@ public final class UDPSocket: @unchecked Sendable {
         }
     }
 
-    deinit { close(fd) }
+    deinit { if !handedOver.load(ordering: .acquiring) { close(descriptor) } }
 
     /// Multicast leaves by `interface` only, with TTL 1 (never routed off the link).
     public func pin(to interface: MulticastInterface?) throws {
         var ttl: UInt8 = 1
-        setsockopt(fd, Int32(IPPROTO_IP), IP_MULTICAST_TTL, &ttl, 1)
+        setsockopt(descriptor, Int32(IPPROTO_IP), IP_MULTICAST_TTL, &ttl, 1)
         var loop: UInt8 = 1
-        setsockopt(fd, Int32(IPPROTO_IP), IP_MULTICAST_LOOP, &loop, 1)
+        setsockopt(descriptor, Int32(IPPROTO_IP), IP_MULTICAST_LOOP, &loop, 1)
         guard var request = interface?.request else { return }
-        guard setsockopt(fd, Int32(IPPROTO_IP), IP_MULTICAST_IF, &request, socklen_t(MemoryLayout<ip_mreqn>.size)) == 0
-        else {
+        let size = socklen_t(MemoryLayout<ip_mreqn>.size)
+        guard setsockopt(descriptor, Int32(IPPROTO_IP), IP_MULTICAST_IF, &request, size) == 0 else {
             throw PeerSetupError("--interface \(interface!): \(String(cString: strerror(errno)))")
         }
     }
@@ -125,9 +134,8 @@ public final class UDPSocket: @unchecked Sendable {
         guard group.isMulticast else { throw PeerSetupError("\(group.host) is not a multicast group (224.0.0.0/4)") }
         var request = interface?.request ?? ip_mreqn()
         request.imr_multiaddr = in_addr(s_addr: group.address)
-        guard
-            setsockopt(fd, Int32(IPPROTO_IP), IP_ADD_MEMBERSHIP, &request, socklen_t(MemoryLayout<ip_mreqn>.size)) == 0
-        else {
+        let size = socklen_t(MemoryLayout<ip_mreqn>.size)
+        guard setsockopt(descriptor, Int32(IPPROTO_IP), IP_ADD_MEMBERSHIP, &request, size) == 0 else {
             throw PeerSetupError(
                 "joining \(group.host) on \(interface?.description ?? "the default interface"): \(String(cString: strerror(errno)))"
             )
@@ -139,39 +147,56 @@ public final class UDPSocket: @unchecked Sendable {
         var address = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
         }
         return UInt16(bigEndian: address.sin_port)
     }
 
-    /// Sends one datagram; errors are returned, not thrown (announcing is best effort).
-    @discardableResult
-    public func send(_ bytes: [UInt8], to endpoint: IPv4Endpoint) -> Int32 {
-        var address = endpoint.socketAddress
-        let sent = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                sendto(fd, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
+    /// Hands the socket to NIO, once: the channel reads into buffers of one datagram's size
+    /// (``PeerWire/maxDatagram`` + 1, so a longer one arrives cut and fails to parse) and holds
+    /// a bounded number of unread datagrams, so a flood costs CPU, not memory.
+    public func channel(
+        on group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> PeerChannel {
+        guard !handedOver.exchange(true, ordering: .acquiringAndReleasing) else {
+            throw PeerSetupError("a UDP socket can be handed to one channel only")
         }
-        return sent < 0 ? errno : 0
+        do {
+            // The future-based hand-over: the async one (with a channel initializer) fails with
+            // "operation unsupported" for an already bound datagram socket in NIO 2.101. The
+            // async wrapper goes on at once after; a datagram read before it is dropped.
+            let channel = try await DatagramBootstrap(group: group)
+                .channelOption(
+                    .recvAllocator,
+                    value: FixedSizeRecvByteBufferAllocator(capacity: PeerWire.maxDatagram + 1)
+                )
+                .withBoundSocket(descriptor).get()
+            return try await channel.eventLoop.submit {
+                try PeerChannel(wrappingChannelSynchronously: channel)
+            }.get()
+        } catch {
+            throw PeerSetupError("UDP port \(port): \(error)")
+        }
     }
+}
 
-    /// Waits up to `timeout` seconds for one datagram; nil on timeout. Datagrams larger than
-    /// `buffer` are truncated (and then fail to parse).
-    public func receive(into buffer: inout [UInt8], timeout: Double) -> (count: Int, from: IPv4Endpoint)? {
-        var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        let ready = poll(&poller, 1, Int32(max(0, min(timeout, 3600)) * 1000))
-        guard ready > 0 else { return nil }
-        var address = sockaddr_in()
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let count = buffer.withUnsafeMutableBytes { raw in
-            withUnsafeMutablePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    recvfrom(fd, raw.baseAddress, raw.count, Int32(MSG_DONTWAIT), $0, &length)
-                }
-            }
-        }
-        guard count >= 0 else { return nil }
-        return (count, IPv4Endpoint(address))
+/// An async NIO datagram channel: addressed datagrams in and out.
+public typealias PeerChannel = NIOAsyncChannel<AddressedEnvelope<ByteBuffer>, AddressedEnvelope<ByteBuffer>>
+
+extension IPv4Endpoint {
+    /// The endpoint as NIO names it.
+    var nioAddress: SocketAddress { SocketAddress(socketAddress, host: host) }
+
+    /// An IPv4 NIO address as an endpoint; nil for any other family.
+    init?(_ address: SocketAddress) {
+        guard case .v4(let v4) = address else { return nil }
+        self.init(v4.address)
+    }
+}
+
+extension AddressedEnvelope<ByteBuffer> {
+    /// A datagram of `bytes` to `endpoint`.
+    init(_ bytes: [UInt8], to endpoint: IPv4Endpoint) {
+        self.init(remoteAddress: endpoint.nioAddress, data: ByteBuffer(bytes: bytes))
     }
 }

@@ -70,17 +70,23 @@ struct ShareCommand: AsyncParsableCommand {
                 exitStatus: .invalidInput
             )
         }
-        let announcer = try Announcer(announcerConfiguration) { service.announcement() }
+        // The announcer waits for the bound port; the share's group runs it, the watcher (the
+        // installed release changes when the root is upgraded) and the peer server together.
+        let (bound, portBound) = AsyncStream.makeStream(of: Void.self)
+        let announcer = try Announcer(
+            announcerConfiguration,
+            logger: logger,
+            ready: { for await _ in bound { break } },
+            announcement: { service.announcement() }
+        )
         let host = configuration.host
-        let app = buildShareApplication(service, logger: logger) { port in
+        let app = buildShareApplication(
+            service,
+            logger: logger,
+            services: [announcer, ShareService.Watcher(service, every: interval)]
+        ) { port in
             FileHandle.standardOutput.write(Data("listening on http://\(host):\(port)\n".utf8))
-            announcer.start()
-        }
-        // The installed release changes when the root is upgraded: look every interval.
-        let watcher = Task { await service.watch(every: interval) }
-        defer {
-            watcher.cancel()
-            announcer.stop()
+            portBound.yield()
         }
         // A share only reads: SIGTERM and SIGINT end it at once (no graceful drain, which a
         // stalled client could hold open forever).
