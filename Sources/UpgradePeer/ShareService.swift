@@ -21,10 +21,9 @@ public struct ShareConfiguration: Sendable {
     public var port = PeerWire.defaultPort
     /// Also serve the previous release's files that the last upgrade replaced.
     public var servePrevious = true
-    /// Ways to misbehave, for tests of the client's defences only (hidden `--fault`):
-    /// `wrong-byte` (one object, once, with one byte flipped), `stall` (object bodies stop
-    /// half-way and hang).
-    public var faults: Set<String> = []
+    /// Ways to misbehave, for tests of the client's defences only (hidden `--fault`), applied
+    /// by a middleware outside the handlers.
+    public var faults: Set<PeerFault> = []
 
     public init(root: String) {
         self.root = root
@@ -56,7 +55,6 @@ public final class ShareService: Sendable {
     let logger: Logger
     let state = Mutex(State())
     private let servedBytes = Atomic<Int>(0)
-    private let corrupted = Atomic<Bool>(false)
 
     public init(configuration: ShareConfiguration, logger: Logger) {
         self.configuration = configuration
@@ -252,10 +250,6 @@ public final class ShareService: Sendable {
         }
         let size = Int(file.size)
         servedBytes.add(size, ordering: .relaxed)
-        let corrupt =
-            configuration.faults.contains("wrong-byte") && size > 0
-            && !corrupted.exchange(true, ordering: .relaxed)
-        let stall = configuration.faults.contains("stall")
         return Response(
             status: .ok,
             headers: [.contentType: "application/octet-stream", .eTag: "\"\(sha.hex)\""],
@@ -263,19 +257,11 @@ public final class ShareService: Sendable {
                 var offset = 0
                 var buffer = [UInt8](repeating: 0, count: 256 << 10)
                 while offset < size {
-                    if stall && offset >= size / 2 {
-                        try await Task.sleep(for: .seconds(3600))
-                    }
-                    let limit = stall ? max(1, size / 2 - offset) : buffer.count
-                    let wanted = min(buffer.count, limit, size - offset)
+                    let wanted = min(buffer.count, size - offset)
                     let n =
                         (try? Posix.read(handle.fd, into: &buffer, count: wanted, at: UInt64(offset), what: "")) ?? 0
                     guard n > 0 else { throw HTTPError(.internalServerError) }
-                    var chunk = ByteBuffer(bytes: buffer[..<n])
-                    if corrupt && offset == 0 {
-                        chunk.setInteger(chunk.getInteger(at: 0, as: UInt8.self)! ^ 0x20, at: 0)
-                    }
-                    try await writer.write(chunk)
+                    try await writer.write(ByteBuffer(bytes: buffer[..<n]))
                     offset += n
                 }
                 try await writer.finish(nil)
@@ -322,6 +308,9 @@ public func buildShareApplication(
     onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
     let router = Router()
+    if !service.configuration.faults.isEmpty {
+        router.add(middleware: PeerFaultMiddleware(faults: service.configuration.faults))
+    }
     service.addRoutes(to: router)
     return Application(
         router: router,

@@ -49,12 +49,9 @@ public struct ServerConfiguration: Sendable {
     public var deltaLevel: Int32 = 19
     /// Files larger than this always travel whole (bounds the server's memory per delta).
     public var maxDeltaFileSize = 64 << 20
-    /// Ways to lie, for tests of the client's defences only (`upgrade serve --fault`, hidden):
-    /// `extra-file`, `wrong-hash`, `tamper-object`, `truncate-object`, `endless-object`,
-    /// `cut-object` (first request of an object without Range stops half-way), `corrupt-delta`,
-    /// `missing-delta`, `stale-base` (deltas described with a base the client does not have),
-    /// `padded-plan` (the plan response followed by endless whitespace).
-    public var faults: Set<String> = []
+    /// Ways to lie, for tests of the client's defences only (`upgrade serve --fault`, hidden),
+    /// applied by a middleware outside the handlers.
+    public var faults: Set<ServerFault> = []
     /// The fleet store and its rules (nil: reports only counted and, with `reportsFile`, logged).
     public var fleet: FleetConfiguration?
     /// Per-device credentials: with them, plan requests and reports need
@@ -75,6 +72,7 @@ public func buildApplication(
     let service = PlanService(configuration: configuration, logger: logger)
     let router = Router()
     router.add(middleware: MetricsCountingMiddleware(metrics: service.metrics))
+    if !configuration.faults.isEmpty { router.add(middleware: FaultMiddleware(faults: configuration.faults)) }
     service.addRoutes(to: router)
 
     // The idle timeout also closes a connection whose request head is not complete in time

@@ -5,7 +5,7 @@ import UpgradeProtocol
 import UpgradeRepository
 import UpgradeTrust
 
-/// The repository's files, served at the paths a static mirror uses, and the test-only lies.
+/// The repository's files, served at the paths a static mirror uses.
 extension PlanService {
     // MARK: Files
 
@@ -16,12 +16,7 @@ extension PlanService {
             name.hasPrefix(fanout), fanout.count == 2
         else { throw HTTPError(.notFound) }
         let path = layout.object(sha)
-        return try await immutableFile(path: path, etag: sha.hex, request: request, context: context) { range, ranged in
-            // The lie decides the length: none for an endless body, half for a truncated object.
-            try lyingBody(path: path, range: range, ranged: ranged).map {
-                ($0, !configuration.faults.isDisjoint(with: ["endless-object", "truncate-object"]))
-            }
-        }
+        return try await immutableFile(path: path, etag: sha.hex, request: request, context: context)
     }
 
     /// `POST /v1/objects`: small objects in one streamed response (``ObjectPack``). Each frame
@@ -59,7 +54,7 @@ extension PlanService {
     }
 
     /// `POST /v1/deltas`: small deltas in one streamed response (``DeltaPack``), read from disk
-    /// as each frame is sent. The test faults that spoil single deltas spoil these the same way.
+    /// as each frame is sent.
     func deltaPack(_ request: Request, context: BasicRequestContext) async throws -> Response {
         let list = try await packList(request, DeltaPack.Request.self, what: "delta")
         guard list.deltas.count <= DeltaPack.maximumCount else {
@@ -76,8 +71,6 @@ extension PlanService {
             pairs.append((base, target))
         }
         let store = DeltaStore(repository: configuration.repository)
-        let missing = configuration.faults.contains("missing-delta")
-        let corrupt = configuration.faults.contains("corrupt-delta")
         let wanted = pairs
         return Response(
             status: .ok,
@@ -86,11 +79,7 @@ extension PlanService {
                 for (base, target) in wanted {
                     let path = store.path(base: base, target: target)
                     let small = self.fileSize(path).map { $0 > 0 && $0 <= DeltaPack.smallDelta } ?? false
-                    var bytes = small && !missing ? self.read(path) : nil
-                    if corrupt, var spoiled = bytes, !spoiled.isEmpty {
-                        spoiled[spoiled.count / 2] ^= 0x10
-                        bytes = spoiled
-                    }
+                    let bytes = small ? self.read(path) : nil
                     try await writer.write(Self.packFrame(name: base.bytes + target.bytes, bytes))
                 }
                 try await writer.finish(nil)
@@ -126,26 +115,19 @@ extension PlanService {
         guard let name = context.parameters.get("name") else { throw HTTPError(.notFound) }
         let parts = name.split(separator: "-")
         guard parts.count == 2, let base = SHA256Hash(hex: parts[0]), let target = SHA256Hash(hex: parts[1]),
-            base.hex == parts[0], target.hex == parts[1], target.hex.hasPrefix(fanout), fanout.count == 2,
-            !configuration.faults.contains("missing-delta")
+            base.hex == parts[0], target.hex == parts[1], target.hex.hasPrefix(fanout), fanout.count == 2
         else { throw HTTPError(.notFound) }
         let path = DeltaStore(repository: configuration.repository).path(base: base, target: target)
-        return try await immutableFile(path: path, etag: name, request: request, context: context) { range, _ in
-            guard configuration.faults.contains("corrupt-delta"), var bytes = read(path) else { return nil }
-            bytes[bytes.count / 2] ^= 0x10
-            return (.init(byteBuffer: ByteBuffer(bytes: Array(bytes[range]))), false)
-        }
+        return try await immutableFile(path: path, etag: name, request: request, context: context)
     }
 
     /// Serves a content-addressed file: strong ETag, immutable caching, one byte range, 304 on
-    /// If-None-Match. `lie` (test faults only) may replace the body of the chosen range, and
-    /// says whether the Content-Length must go.
+    /// If-None-Match.
     private func immutableFile(
         path: String,
         etag name: String,
         request: Request,
-        context: BasicRequestContext,
-        lie: (ClosedRange<Int>, Bool) throws -> (ResponseBody, dropLength: Bool)?
+        context: BasicRequestContext
     ) async throws -> Response {
         guard let size = fileSize(path), size > 0 else { throw HTTPError(.notFound) }
         let etag = "\"\(name)\""
@@ -167,10 +149,6 @@ extension PlanService {
         }
         headers[.contentLength] = String(range.count)
         metrics.countObjectBytes(range.count)
-        if let (body, dropLength) = try lie(range, request.headers[.range] != nil) {
-            if dropLength { headers[.contentLength] = nil }
-            return Response(status: status, headers: headers, body: body)
-        }
         return Response(
             status: status,
             headers: headers,
@@ -242,65 +220,5 @@ extension PlanService {
             headers: [.contentType: "application/json", .cacheControl: "no-cache"],
             body: .init(byteBuffer: ByteBuffer(bytes: bytes))
         )
-    }
-
-    // MARK: Faults (tests only)
-
-    func lie(about plan: inout Plan, target: Manifest) {
-        if configuration.faults.contains("extra-file"), let content = target.entries.lazy.compactMap(\.file).first {
-            plan.operations.append(.add(path: "planted-by-server", mode: 0o755, content: content))
-        }
-        if configuration.faults.contains("wrong-hash"),
-            let index = plan.operations.firstIndex(where: { if case .add = $0 { return true } else { return false } }),
-            case .add(let path, let mode, var content) = plan.operations[index]
-        {
-            content.sha256 = SHA256Hash(bytes: [UInt8](repeating: 0x42, count: 32))
-            plan.operations[index] = .add(path: path, mode: mode, content: content)
-        }
-    }
-
-    func lyingBody(path: String, range: ClosedRange<Int>, ranged: Bool) throws -> ResponseBody? {
-        let faults = configuration.faults
-        guard !faults.isDisjoint(with: ["tamper-object", "truncate-object", "endless-object", "cut-object"]) else {
-            return nil
-        }
-        guard var bytes = read(path) else { throw HTTPError(.notFound) }
-        bytes = Array(bytes[range])
-        if faults.contains("tamper-object") {
-            bytes[bytes.count / 2] ^= 0x01
-            return .init(byteBuffer: ByteBuffer(bytes: bytes))
-        }
-        if faults.contains("truncate-object") {
-            let half = Array(bytes.prefix(max(1, bytes.count / 2)))
-            return .init(contentLength: half.count) { writer in try await writer.write(ByteBuffer(bytes: half)) }
-        }
-        if faults.contains("endless-object") {
-            return .init { writer in
-                let zeros = ByteBuffer(repeating: 0, count: 64 << 10)
-                while true { try await writer.write(zeros) }
-            }
-        }
-        if faults.contains("cut-object") && !ranged && bytes.count > 64 << 10 {
-            let half = Array(bytes.prefix(bytes.count / 2))
-            let total = bytes.count
-            return .init(contentLength: total) { writer in
-                try await writer.write(ByteBuffer(bytes: half))
-                // Let the half reach the client before the connection goes down.
-                try await Task.sleep(nanoseconds: 300_000_000)
-                throw HTTPError(.internalServerError, message: "connection cut by the cut-object fault")
-            }
-        }
-        return nil
-    }
-
-    /// `padded-plan`: the plan, then whitespace without end (valid JSON, if it ever ended).
-    func padEndlessly(_ response: inout Response, json: [UInt8]) {
-        response.headers[.contentLength] = nil
-        response.headers[.contentEncoding] = nil
-        response.body = .init { writer in
-            try await writer.write(ByteBuffer(bytes: json))
-            let spaces = ByteBuffer(repeating: 0x20, count: 64 << 10)
-            while true { try await writer.write(spaces) }
-        }
     }
 }

@@ -136,11 +136,6 @@ final class PlanService: Sendable {
         )
         var answer = try json(response, zstd: Self.acceptsZstd(request))
         answer.headers[HTTPFields.Element.Name(PlanHeaders.releaseHeader)!] = response.header
-        if configuration.faults.contains("padded-plan") {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            padEndlessly(&answer, json: [UInt8](try encoder.encode(response)))
-        }
         return answer
     }
 
@@ -257,7 +252,6 @@ final class PlanService: Sendable {
             throw HTTPError(.badRequest, message: "send either manifest or delta")
         }
 
-        lie(about: &plan, target: target)
         var objects = [String: UInt64]()
         for operation in plan.operations {
             switch operation {
@@ -329,13 +323,10 @@ final class PlanService: Sendable {
                 }
             }
             guard let size, size < (objects[targetSHA.hex] ?? .max) else { continue }
-            // `stale-base` (tests only): describe the base wrongly, as if it changed after the scan.
-            let baseXXH =
-                configuration.faults.contains("stale-base") ? String(repeating: "0", count: 32) : base.xxh128.hex
             choices[operation.path] = DeltaChoice(
                 base: basePath,
                 baseSize: base.size,
-                baseXXH128: baseXXH,
+                baseXXH128: base.xxh128.hex,
                 baseSHA256: baseSHA.hex,
                 targetSHA256: targetSHA.hex,
                 size: size,

@@ -46,7 +46,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Days of device history kept; devices not seen for longer are forgotten.") var retentionDays = 90.0
     @Option(help: "Require per-device tokens: a file of `DEVICE-ID SHA256-HEX` lines (see `upgrade fleet token`).")
     var deviceTokens: String?
-    @Option(help: .hidden) var fault: [String] = []
+    @Option(help: .hidden) var fault: [ServerFault] = []
 
     func validate() throws {
         _ = try ListenAddress(listen)
@@ -165,3 +165,5 @@ struct ListenAddress {
         self.port = port
     }
 }
+
+extension ServerFault: ExpressibleByArgument {}

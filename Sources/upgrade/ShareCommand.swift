@@ -34,7 +34,7 @@ struct ShareCommand: AsyncParsableCommand {
     @Flag(help: "Do not serve the previous release's replaced files.") var noPrevious = false
     @Option(help: "State directory name inside the root.") var stateDir = ".upgrade"
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
-    @Option(help: .hidden) var fault: [String] = []
+    @Option(help: .hidden) var fault: [PeerFault] = []
 
     func validate() throws {
         _ = try ListenAddress(listen)
@@ -59,7 +59,7 @@ struct ShareCommand: AsyncParsableCommand {
         )
         announcerConfiguration.unicast = try peer.map { try IPv4Endpoint(parsing: $0, what: "--peer") }
         announcerConfiguration.interval = interval
-        announcerConfiguration.flood = fault.contains("flood")
+        announcerConfiguration.flood = fault.contains(.flood)
 
         let service = ShareService(configuration: configuration, logger: logger)
         try service.refresh()
@@ -93,3 +93,5 @@ struct ShareCommand: AsyncParsableCommand {
         try await app.run()
     }
 }
+
+extension PeerFault: ExpressibleByArgument {}
