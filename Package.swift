@@ -181,6 +181,13 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        .testTarget(name: "UpgradeHashTests", dependencies: ["UpgradeHash", "UpgradeCore", "UpgradeTestSupport"]),
+        .testTarget(name: "UpgradeBundleTests", dependencies: ["UpgradeBundle", "UpgradeCore", "UpgradeTestSupport"]),
+        .testTarget(name: "UpgradeProtocolTests", dependencies: ["UpgradeProtocol", "UpgradeCore", "UpgradeZstd"]),
+        .testTarget(
+            name: "UpgradeRepositoryTests",
+            dependencies: ["UpgradeRepository", "UpgradeCore", "UpgradeTrust", "UpgradeTestSupport"]
+        ),
         .testTarget(name: "UpgradeZstdTests", dependencies: ["UpgradeZstd", "UpgradeTestSupport"]),
         .testTarget(name: "UpgradeTrustTests", dependencies: ["UpgradeTrust", "UpgradeCore"]),
         .testTarget(

@@ -223,8 +223,15 @@ public final class BundleReader: Sendable {
         return try read(entry, from: 0, count: Int(entry.length))
     }
 
-    /// Bytes of a section.
+    /// Bytes of a section; asking for more than the section holds is an error, not the next
+    /// section's bytes.
     public func read(_ entry: Entry, from start: UInt64, count: Int) throws -> [UInt8] {
+        guard start <= entry.length, UInt64(count) <= entry.length - start else {
+            throw BundleError.malformed(
+                path: path,
+                "read of \(count) bytes at \(start) runs past section \(entry.name.debugDescription) (\(entry.length) bytes)"
+            )
+        }
         var bytes = [UInt8](repeating: 0, count: count)
         let done = try Posix.readFully(fd, into: &bytes, at: entry.offset + start, what: path)
         if done < count { throw BundleError.malformed(path: path, "section ends early") }

@@ -195,47 +195,4 @@ struct NetworkTests {
         let notModified = try curl(["-H", "If-None-Match: \"\(sha)\"", server.url + "/objects/" + object])
         #expect(notModified.0 == 304)
     }
-
-    @Test("a routine request for a 100,000-file tree with 10 local changes is a few kilobytes")
-    func requestSize() throws {
-        var entries = [ManifestEntry]()
-        for d in 0..<100 { entries.append(.directory("d\(d)")) }
-        for i in 0..<100_000 {
-            let content = FileContent(
-                size: UInt64(1000 + i % 3000),
-                xxh128: XXH128Digest(high: UInt64(i), low: UInt64(i) &* 7919),
-                sha256: SHA256Hash(bytes: (0..<32).map { UInt8(($0 + i) & 0xff) })
-            )
-            entries.append(.file("d\(i % 100)/file-\(i).dat", content))
-        }
-        let installed = try Manifest(entries: entries)
-        var local = entries
-        for i in stride(from: 100, to: 100 + 10 * 9_000, by: 9_000) {
-            guard case .file(var content) = local[i].content else { continue }
-            content.xxh128.low ^= 1
-            content.sha256 = nil
-            local[i].content = .file(content)
-        }
-        let scanned = try Manifest(entries: local)
-        var request = PlanRequest(
-            product: "app",
-            channel: "stable",
-            installed: .init(version: "1.0", sequence: 1, manifestSHA256: installed.digest.hex),
-            device: .init(os: "linux", arch: "x86_64", id: "0123456789abcdef")
-        )
-        request.delta = ManifestDelta(from: installed, to: scanned)
-        #expect(request.delta?.changed.count == 10)
-        let tree = try #require(try request.delta?.changedTree(base: installed))
-        #expect(scanned.entries.allSatisfy { tree.entry(at: $0.path) == $0 })
-        let body = try JSONEncoder().encode(request)
-        var whole = request
-        whole.delta = nil
-        whole.manifest = Data(scanned.canonicalEncoding()).base64EncodedString()
-        let wholeBody = try JSONEncoder().encode(whole)
-        let wholeCompressed = try Zstd.compress([UInt8](wholeBody), level: 3)
-        print(
-            "request size: 100,000 files, 10 changed: delta request \(body.count) bytes; whole manifest \(wholeBody.count) bytes (\(wholeCompressed.count) zstd)"
-        )
-        #expect(body.count < 8 * 1024)
-    }
 }
