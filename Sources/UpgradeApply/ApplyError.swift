@@ -1,4 +1,5 @@
 public import UpgradeCore
+public import UpgradeTrust
 
 /// Why an apply, a rollback or a recovery stopped. The CLI maps each case to an exit code.
 public enum ApplyError: Error, CustomStringConvertible {
@@ -23,9 +24,9 @@ public enum ApplyError: Error, CustomStringConvertible {
     /// SIGTERM or SIGINT arrived; what the transaction did about it.
     case interrupted(signal: Int32, String)
     /// The release is older than the installed one and `--allow-downgrade` was not given.
-    case downgrade(String)
+    case downgrade(Downgrade)
     /// The release is published for another platform than this machine's.
-    case wrongPlatform(String)
+    case wrongPlatform(PlatformMismatch)
     /// The root cannot be used as one: not a directory, or (for `verify`) nothing installed.
     case notARoot(path: String, String)
 
@@ -46,9 +47,31 @@ public enum ApplyError: Error, CustomStringConvertible {
         case .manualIntervention(let why): "needs manual intervention: \(why)"
         case .nothingToRollBack(let why): "nothing to roll back: \(why)"
         case .interrupted(let signal, let what): "interrupted by \(Interruption.name(signal)): \(what)"
-        case .downgrade(let why): "refused: \(why); nothing was changed"
-        case .wrongPlatform(let why): "refused: \(why); nothing was changed"
+        case .downgrade(let downgrade): "refused: \(downgrade); nothing was changed"
+        case .wrongPlatform(let mismatch): "refused: \(mismatch); nothing was changed"
         case .notARoot(let path, let why): "\(path): \(why)"
         }
+    }
+}
+
+/// A release older (by signed sequence) than the installed one, offered without
+/// `--allow-downgrade` (`--json` error documents carry it as `downgrade`).
+public struct Downgrade: Hashable, Sendable, Encodable, CustomStringConvertible {
+    /// A release by version and signed sequence.
+    public struct Release: Hashable, Sendable, Encodable {
+        public let version: String
+        public let sequence: UInt64
+    }
+
+    public let offered: Release
+    public let installed: Release
+
+    public init(offered: ReleaseHeader, installed: ReleaseHeader) {
+        self.offered = Release(version: offered.version, sequence: offered.sequence)
+        self.installed = Release(version: installed.version, sequence: installed.sequence)
+    }
+
+    public var description: String {
+        "release \(offered.version) (sequence \(offered.sequence)) is older than the installed \(installed.version) (sequence \(installed.sequence)); pass --allow-downgrade to install it anyway"
     }
 }

@@ -127,9 +127,7 @@ public enum Installer {
                 )
             }
             guard header.sequence >= installedHeader.sequence || request.allowDowngrade else {
-                throw ApplyError.downgrade(
-                    "release \(header.version) (sequence \(header.sequence)) is older than the installed \(installedHeader.version) (sequence \(installedHeader.sequence)); pass --allow-downgrade to install it anyway"
-                )
+                throw ApplyError.downgrade(Downgrade(offered: header, installed: installedHeader))
             }
         }
         let target: Manifest

@@ -49,7 +49,7 @@ extension SyncClient {
         }
         guard let target = chosen else { return run.finished() }
         run.report.toVersion = target.header.version
-        if let mismatch = target.header.platformMismatch() { throw SyncError.refused(mismatch) }
+        if let mismatch = target.header.platformMismatch() { throw SyncError.wrongPlatform(mismatch) }
         peers.board.ignore(releases, except: target.digest)
 
         let manifestBytes = try await manifest(of: target, peers: peers, product: options.product)

@@ -234,8 +234,10 @@ public enum SyncError: Error, CustomStringConvertible {
     /// A flag's value cannot be used (a `--ca-cert` file that is missing or not PEM, a proxy
     /// variable that is not a URL).
     case configuration(String)
-    /// The release may not be installed here (another platform); nothing was fetched or changed.
+    /// The server refused this device (it wants a device token); nothing was changed.
     case refused(String)
+    /// The release is published for another platform; nothing was fetched or changed.
+    case wrongPlatform(PlatformMismatch)
 
     public var description: String {
         switch self {
@@ -252,6 +254,7 @@ public enum SyncError: Error, CustomStringConvertible {
         case .permanent(let why): "network: \(why)"
         case .configuration(let why): why
         case .refused(let why): "refused: \(why); nothing was changed"
+        case .wrongPlatform(let mismatch): "refused: \(mismatch); nothing was changed"
         }
     }
 }

@@ -114,7 +114,7 @@ extension SyncRun {
     mutating func verify(_ response: PlanResponse) throws -> Offer? {
         let floor = session.channelFloor(SyncClient.channelKey(options), root: options.trusted.root)
         let (record, headerBytes, header) = try SyncClient.verifySigned(response, options: options, session: session)
-        if let mismatch = header.platformMismatch() { throw SyncError.refused(mismatch) }
+        if let mismatch = header.platformMismatch() { throw SyncError.wrongPlatform(mismatch) }
         let digest = SHA256Hash(bytes: Array(SHA256.hash(data: headerBytes)))!.hex
         report.toVersion = header.version
         // The signed rollout rules, checked here: a server or mirror cannot push past them.

@@ -254,9 +254,20 @@ extension ReleaseHeader {
     }
 
     /// Why the release may not be installed on `host`, or nil when it may.
-    public func platformMismatch(host: String = ReleaseHeader.hostPlatform) -> String? {
-        installs(on: host)
-            ? nil
-            : "\(product) \(version) is published for \(platform), this machine is \(host)"
+    public func platformMismatch(host: String = ReleaseHeader.hostPlatform) -> PlatformMismatch? {
+        installs(on: host) ? nil : PlatformMismatch(product: product, version: version, platform: platform, host: host)
     }
+}
+
+/// A release published for another platform than this machine's (`--json` error documents
+/// carry it as `platform`).
+public struct PlatformMismatch: Hashable, Sendable, Encodable, CustomStringConvertible {
+    public let product: String
+    public let version: String
+    /// The platform the release is published for.
+    public let platform: String
+    /// This machine's.
+    public let host: String
+
+    public var description: String { "\(product) \(version) is published for \(platform), this machine is \(host)" }
 }

@@ -287,7 +287,7 @@ extension SyncError: ClassifiedError {
         case .network, .server, .tooSlow, .timedOut, .permanent: .network
         case .notFound: .notFound
         case .configuration: .usage
-        case .refused: .refused
+        case .refused, .wrongPlatform: .refused
         case .verification, .corruptPayload: .verificationFailed
         case .noSpace: .noSpace
         }
@@ -319,7 +319,22 @@ struct CommandFailure: ClassifiedError {
 /// A payload that failed its check names what was expected and what arrived (`payload`).
 extension SyncError: DetailedError {
     var details: (any Encodable & Sendable)? {
-        if case .corruptPayload(let mismatch) = self { return ["payload": mismatch] }
-        return nil
+        switch self {
+        case .corruptPayload(let mismatch): ["payload": mismatch]
+        case .wrongPlatform(let mismatch): ["platform": mismatch]
+        default: nil
+        }
+    }
+}
+
+/// A refused downgrade names both releases (`downgrade`); a release for another platform names
+/// both platforms (`platform`).
+extension ApplyError: DetailedError {
+    var details: (any Encodable & Sendable)? {
+        switch self {
+        case .downgrade(let downgrade): ["downgrade": downgrade]
+        case .wrongPlatform(let mismatch): ["platform": mismatch]
+        default: nil
+        }
     }
 }

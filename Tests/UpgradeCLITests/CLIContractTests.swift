@@ -174,6 +174,14 @@ struct CLIContractTests {
         let older = try fixture.apply(try fixture.bundle(from: "1.1", to: "1.0"), root: root)
         #expect(older.status == 5, "\(older.stderr)")
         #expect(older.stderr.contains("--allow-downgrade"), "\(older.stderr)")
+        // The error document names both releases by version and signed sequence.
+        let olderJSON = try fixture.apply(try fixture.bundle(from: "1.1", to: "1.0"), root: root, extra: ["--json"])
+        #expect(olderJSON.status == 5)
+        let downgrade = try #require(try Self.document(olderJSON)["downgrade"] as? [String: Any])
+        #expect((downgrade["offered"] as? [String: Any])?["version"] as? String == "1.0", "\(downgrade)")
+        #expect((downgrade["offered"] as? [String: Any])?["sequence"] as? Int == 1, "\(downgrade)")
+        #expect((downgrade["installed"] as? [String: Any])?["version"] as? String == "1.1", "\(downgrade)")
+        #expect((downgrade["installed"] as? [String: Any])?["sequence"] as? Int == 2, "\(downgrade)")
 
         let empty = fixture.work.path("empty")
         try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)

@@ -32,6 +32,13 @@ struct LocalStateTests {
             let said = refused.stderr + String(decoding: refused.stdout, as: UTF8.self)
             #expect(said.contains(Self.otherPlatform) && said.contains(ReleaseHeader.hostPlatform), "\(said)")
             try await sync.expect(root, equals: 1, "after \(extra)")
+            guard extra == ["--json"] else { continue }
+            // The error document carries both platforms as fields.
+            let document = try JSONSerialization.jsonObject(with: refused.stdout) as? [String: Any]
+            let platform = try #require(document?["platform"] as? [String: Any], "\(said)")
+            #expect(platform["platform"] as? String == Self.otherPlatform)
+            #expect(platform["host"] as? String == ReleaseHeader.hostPlatform)
+            #expect(platform["version"] as? String == "2.0")
         }
 
         let foreign = try sync.fixture.bundle(from: "1.0", to: "2.0")
