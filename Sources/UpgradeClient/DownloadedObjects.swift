@@ -24,6 +24,19 @@ final class DownloadCounters: Sendable {
     private let index = Atomic<Int>(0)
 
     func takeIndex() -> Int { index.add(1, ordering: .relaxed).oldValue }
+
+    /// Applies `update` and returns the progress it leaves: objects done and bytes so far.
+    func advance(objectsTotal: Int, bytesTotal: UInt64, _ update: (inout State) -> Void) -> SyncProgress {
+        state.withLock { counts in
+            update(&counts)
+            return SyncProgress(
+                objectsDone: counts.done,
+                objectsTotal: objectsTotal,
+                bytesDone: counts.bytes,
+                bytesTotal: bytesTotal
+            )
+        }
+    }
 }
 
 /// Small payloads that arrived in packs, checked and uncompressed, held in memory until this

@@ -65,14 +65,8 @@ extension SyncClient {
                                     let (_, resumed) = try await transport.download(url, to: part, limit: limit) {
                                         count in
                                         // Progress moves with the bytes, not once per finished file.
-                                        let progress = counters.state.withLock { c -> SyncProgress in
-                                            c.bytes += UInt64(count)
-                                            return SyncProgress(
-                                                objectsDone: c.done,
-                                                objectsTotal: needed.count,
-                                                bytesDone: c.bytes,
-                                                bytesTotal: total
-                                            )
+                                        let progress = counters.advance(objectsTotal: needed.count, bytesTotal: total) {
+                                            $0.bytes += UInt64(count)
                                         }
                                         options.progress?(progress)
                                     }
@@ -91,15 +85,9 @@ extension SyncClient {
                             }
                         }
                         guard done else { throw lastError ?? SyncError.network("no source for object \(sha.hex)") }
-                        let progress = counters.state.withLock { c -> SyncProgress in
-                            c.objects += 1
-                            c.done += 1
-                            return SyncProgress(
-                                objectsDone: c.done,
-                                objectsTotal: needed.count,
-                                bytesDone: c.bytes,
-                                bytesTotal: total
-                            )
+                        let progress = counters.advance(objectsTotal: needed.count, bytesTotal: total) {
+                            $0.objects += 1
+                            $0.done += 1
                         }
                         options.progress?(progress)
                     }
