@@ -165,8 +165,11 @@ let package = Package(
         .testTarget(
             name: "UpgradeClientTests",
             dependencies: [
-                "UpgradeClient", "UpgradeCore", "UpgradeZstd", "UpgradeTestSupport",
+                "UpgradeClient", "UpgradeCore", "UpgradeZstd", "UpgradeTestSupport", "UpgradeApply", "UpgradeRepository",
+                "UpgradeServer", "UpgradeTrust",
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(

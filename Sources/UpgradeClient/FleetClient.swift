@@ -11,18 +11,11 @@ public enum FleetClient {
         path: String,
         caCertificate: String?
     ) async throws -> T {
-        let transport = try HTTPTransport(caCertificate: caCertificate, readTimeout: 30, attempts: 2)
         let url = server.trimmingSuffix("/") + path
-        let result: Result<(Int, [UInt8]), any Error>
-        do {
-            result = .success(
-                try await transport.retrying("GET \(url)") { try await transport.fetch(url, limit: 64 << 20) }
-            )
-        } catch {
-            result = .failure(error)
+        let transport = try HTTPTransport(caCertificate: caCertificate, readTimeout: 30, attempts: 2)
+        let (status, bytes) = try await HTTPTransport.using(transport) { transport in
+            try await transport.retrying("GET \(url)") { try await transport.fetch(url, limit: 64 << 20) }
         }
-        await transport.shutdown()
-        let (status, bytes) = try result.get()
         if status == 404 { throw SyncError.notFound("\(url): this server keeps no fleet store (--database none)") }
         if status == 400 { throw SyncError.configuration("\(url): \(SyncClient.message(bytes))") }
         guard status == 200 else { throw SyncError.server(status: status, message: SyncClient.message(bytes)) }

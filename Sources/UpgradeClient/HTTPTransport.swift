@@ -165,8 +165,17 @@ final class HTTPTransport: Sendable {
         return .milliseconds(max(1, min(seconds * 1000, Int64(remaining * 1000))))
     }
 
-    func shutdown() async {
-        try? await client.shutdown()
+    /// Runs `body` with `transport` and shuts its client down whether `body` returns or throws
+    /// (AsyncHTTPClient's `withHTTPClient` shape): every transport is scoped this way.
+    static func using<T>(_ transport: HTTPTransport, _ body: (HTTPTransport) async throws -> T) async throws -> T {
+        let result: Result<T, any Error>
+        do {
+            result = .success(try await body(transport))
+        } catch {
+            result = .failure(error)
+        }
+        try? await transport.client.shutdown()
+        return try result.get()
     }
 
     /// Runs `body` up to `attempts` times with exponential backoff while it fails with a

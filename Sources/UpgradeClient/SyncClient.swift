@@ -59,36 +59,26 @@ public enum SyncClient {
             window: options.rateWindow,
             deadline: options.timeout.map { ContinuousClock.now + .milliseconds(Int64($0 * 1000)) }
         )
-        let transport = try HTTPTransport(
+        let server = try HTTPTransport(
             caCertificate: options.caCertificate,
             readTimeout: options.readTimeout,
             attempts: options.attempts,
             limits: limits,
             proxy: options.proxy.configuration(for: options.mirror ?? options.server)
         )
-        // Peers get one attempt each and a short fuse: a slow peer is dropped, not waited for.
-        let peers: HTTPTransport
-        do {
-            peers = try HTTPTransport(
+        return try await HTTPTransport.using(server) { transport in
+            // Peers get one attempt each and a short fuse: a slow peer is dropped, not waited for.
+            let peers = try HTTPTransport(
                 caCertificate: nil,
                 readTimeout: options.peerTimeout,
                 attempts: 1,
                 connectTimeout: min(options.peerTimeout, 3),
                 limits: limits
             )
-        } catch {
-            await transport.shutdown()
-            throw error
+            return try await HTTPTransport.using(peers) { peers in
+                try await body(transport, PeerContext(transport: peers, board: PeerBoard()))
+            }
         }
-        let result: Result<T, any Error>
-        do {
-            result = .success(try await body(transport, PeerContext(transport: peers, board: PeerBoard())))
-        } catch {
-            result = .failure(error)
-        }
-        await transport.shutdown()
-        await peers.shutdown()
-        return try result.get()
     }
 
     /// An online run: trust, ask, verify, check, fetch, install, report (see ``SyncRun``).

@@ -143,27 +143,6 @@ public final class ShareService: Sendable {
         return true
     }
 
-    /// Refreshes every `interval` seconds until the task is cancelled.
-    public func watch(every interval: Double) async {
-        while !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(interval))
-            do { try refresh() } catch { logger.warning("cannot read the installed release: \(error)") }
-        }
-    }
-
-    /// ``watch(every:)`` as a service of the share's group.
-    public struct Watcher: Service {
-        let service: ShareService
-        let interval: Double
-
-        public init(_ service: ShareService, every interval: Double) {
-            self.service = service
-            self.interval = interval
-        }
-
-        public func run() async { await cancelWhenGracefulShutdown { await service.watch(every: interval) } }
-    }
-
     /// The identity of the file at `location` if it holds exactly `sha`.
     static func verify(root: String, location: FileLocation, sha: SHA256Hash) -> FileIdentity? {
         guard let fd = openRegularFile(root: root, path: location.path) else { return nil }

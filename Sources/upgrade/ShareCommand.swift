@@ -83,7 +83,7 @@ struct ShareCommand: AsyncParsableCommand {
         let app = buildShareApplication(
             service,
             logger: logger,
-            services: [announcer, ShareService.Watcher(service, every: interval)]
+            services: [announcer, ReleaseWatcher(service, every: interval)]
         ) { port in
             FileHandle.standardOutput.write(Data("listening on http://\(host):\(port)\n".utf8))
             portBound.yield()

@@ -424,6 +424,34 @@ struct PeerTests {
         #expect(missing.status == 10 && missing.stderr.contains("no peer offers"), "\(missing.stderr)")
     }
 
+    @Test("a share announces its root's new release as soon as the root is upgraded, not an interval later")
+    func followsUpgrades() async throws {
+        let peers = try PeerFixture()
+        let server = try ServerProcess(repo: peers.sync.repo)
+        let root = try peers.root("shared", at: 1)
+        // An hour between looks: only the state directory's change can make it see 2.0 in time.
+        let share = try Machine.loopback.start([
+            "share", "--root", root, "--listen", "127.0.0.1:0", "--announce", "off", "--interval", "3600",
+            "--log-level", "warning",
+        ])
+        func announced() throws -> String? {
+            let result = try runProgram("/usr/bin/curl", ["-s", share.url + "/v1/peer"])
+            let document = try? JSONSerialization.jsonObject(with: Data(result.text.utf8)) as? [String: Any]
+            return document?["version"] as? String
+        }
+        #expect(try announced() == "1.0")
+        let upgraded = try peers.sync.sync(server, root: root)
+        #expect(upgraded.status == 0, "\(upgraded.stderr)")
+        var version: String?
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            version = try announced()
+            if version == "2.0" { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(version == "2.0", "the share still announces \(version ?? "nothing"): \(share.stderr)")
+    }
+
     @Test("where multicast does not pass: share --peer pushes announcements by unicast, sync --peers HOST:PORT pulls")
     func unicastAnnouncements() async throws {
         let peers = try PeerFixture()

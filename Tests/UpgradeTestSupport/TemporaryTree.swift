@@ -5,7 +5,7 @@ import Glibc
 #endif
 
 /// A scratch directory removed when the test ends.
-public final class TemporaryTree {
+public final class TemporaryTree: Sendable {
     public let root: String
 
     public init() throws {
