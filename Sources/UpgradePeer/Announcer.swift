@@ -56,25 +56,54 @@ public final class Announcer: Service {
             await ready()
             while !Task.isCancelled {
                 do {
-                    // The socket bound at init, then a fresh one should the channel fail (a
-                    // send error NIO cannot recover from ends the channel, not the share).
+                    // The socket bound at init, then a fresh one should the channel end (a send
+                    // error NIO cannot recover from closes it): that costs an interval of
+                    // announcing, not the share.
                     let socket = try self.socket.withLock { held in
                         defer { held = nil }
                         return try held ?? Self.makeSocket(self.configuration)
                     }
-                    try await socket.channel().executeThenClose { [self] inbound, outbound in
-                        try await withThrowingDiscardingTaskGroup { [self] group in
-                            group.addTask { try await self.announce(outbound) }
-                            try await answer(inbound, outbound)
-                            group.cancelAll()
-                        }
-                    }
-                } catch  where !Task.isCancelled {
+                    try await announce(on: socket)
+                } catch {
                     logger.warning("announcing stopped for an interval: \(error)")
-                    try? await Task.sleep(for: .seconds(configuration.interval))
-                } catch {}
+                }
+                if !Task.isCancelled { try? await Task.sleep(for: .seconds(configuration.interval)) }
             }
         }
+    }
+
+    /// Announces on `socket` until the task is cancelled or the channel ends: on the event loop,
+    /// every interval (in bursts without pause under the flood fault), and in answer to queries.
+    private func announce(on socket: UDPSocket) async throws {
+        let configuration = self.configuration
+        let announcement = self.announcement
+        let sent = self.sent
+        let channel = try await socket.channel {
+            Answering(repliesPerSecond: configuration.repliesPerSecond, announcement: announcement, sent: sent)
+        }
+        var targets = configuration.unicast
+        if let group = configuration.group { targets.append(group) }
+        let destinations = targets
+        let burst = configuration.flood ? 20 : 1
+        let every: TimeAmount =
+            configuration.flood ? .milliseconds(2) : .nanoseconds(Int64(configuration.interval * 1e9))
+        let repeated = channel.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: every) { _ in
+            // Best effort: what the socket cannot take now is not queued (a flood stays bounded).
+            guard channel.isWritable, let bytes = announcement()?.encoded() else { return }
+            for _ in 0..<burst {
+                for target in destinations {
+                    channel.writeAndFlush(AddressedEnvelope(bytes, to: target), promise: nil)
+                    sent.add()
+                }
+            }
+        }
+        await withTaskCancellationHandler {
+            try? await channel.closeFuture.get()
+        } onCancel: {
+            channel.close(promise: nil)
+        }
+        repeated.cancel()
+        if !Task.isCancelled { throw PeerSetupError("the announce channel closed") }
     }
 
     private static func makeSocket(_ configuration: Configuration) throws -> UDPSocket {
@@ -83,48 +112,43 @@ public final class Announcer: Service {
         if let group = configuration.group { try socket.join(group, on: configuration.interface) }
         return socket
     }
+}
 
-    /// Every interval (without pause under the flood fault), to the group and every neighbour.
-    private func announce(_ outbound: NIOAsyncChannelOutboundWriter<AddressedEnvelope<ByteBuffer>>) async throws {
-        var targets = configuration.unicast
-        if let group = configuration.group { targets.append(group) }
-        while !Task.isCancelled {
-            if let bytes = announcement()?.encoded() {
-                for target in targets {
-                    try await outbound.write(AddressedEnvelope(bytes, to: target))
-                    sent.add()
-                }
-            }
-            if configuration.flood {
-                await Task.yield()
-            } else {
-                try await Task.sleep(for: .seconds(configuration.interval))
-            }
-        }
+/// Answers queries by unicast on the event loop, at most `repliesPerSecond` (a token bucket).
+private final class Answering: ChannelInboundHandler {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+
+    private let repliesPerSecond: Double
+    private let announcement: @Sendable () -> PeerAnnouncement?
+    private let sent: Counter
+    private var tokens: Double
+    private var lastRefill = NIODeadline.now()
+
+    init(repliesPerSecond: Double, announcement: @escaping @Sendable () -> PeerAnnouncement?, sent: Counter) {
+        self.repliesPerSecond = repliesPerSecond
+        self.announcement = announcement
+        self.sent = sent
+        tokens = repliesPerSecond
     }
 
-    /// Answers queries by unicast, at most `repliesPerSecond` (a token bucket), until the
-    /// channel ends.
-    private func answer(
-        _ inbound: NIOAsyncChannelInboundStream<AddressedEnvelope<ByteBuffer>>,
-        _ outbound: NIOAsyncChannelOutboundWriter<AddressedEnvelope<ByteBuffer>>
-    ) async throws {
-        var tokens = configuration.repliesPerSecond
-        var lastRefill = ContinuousClock.now
-        for try await datagram in inbound {
-            let now = ContinuousClock.now
-            let elapsed = (now - lastRefill) / .seconds(1)
-            lastRefill = now
-            tokens = min(configuration.repliesPerSecond, tokens + elapsed * configuration.repliesPerSecond)
-            let bytes = datagram.data.readableBytesView
-            guard bytes.count <= PeerWire.maxDatagram, PeerWire.isQuery(bytes), tokens >= 1,
-                let from = IPv4Endpoint(datagram.remoteAddress), let reply = announcement()?.encoded()
-            else { continue }
-            tokens -= 1
-            try await outbound.write(AddressedEnvelope(reply, to: from))
-            sent.add()
-        }
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let datagram = Self.unwrapInboundIn(data)
+        let now = NIODeadline.now()
+        let elapsed = Double((now - lastRefill).nanoseconds) / 1e9
+        lastRefill = now
+        tokens = min(repliesPerSecond, tokens + elapsed * repliesPerSecond)
+        let bytes = datagram.data.readableBytesView
+        guard bytes.count <= PeerWire.maxDatagram, PeerWire.isQuery(bytes), tokens >= 1,
+            let from = IPv4Endpoint(datagram.remoteAddress), let reply = announcement()?.encoded()
+        else { return }
+        tokens -= 1
+        context.writeAndFlush(Self.wrapOutboundOut(AddressedEnvelope(reply, to: from)), promise: nil)
+        sent.add()
     }
+
+    /// A datagram error is not the end of announcing.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {}
 }
 
 /// A count shared by the tasks of a service.

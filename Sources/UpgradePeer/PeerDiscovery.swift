@@ -48,6 +48,8 @@ public enum PeerDiscovery {
 
     /// Sets the sockets up now (so bad options fail at once), then listens on NIO datagram
     /// channels until the window closes: the query goes out when it opens and again half-way.
+    /// Datagrams are counted on the event loop as they arrive, so a busy task pool (the scan
+    /// runs beside the window) makes the window longer, never deafer.
     public static func listen(_ options: Options) async throws -> Discovery {
         let listener = try UDPSocket(port: options.group.port, shared: true)
         try listener.pin(to: options.interface)
@@ -55,37 +57,38 @@ public enum PeerDiscovery {
         let asker = try UDPSocket(port: 0, shared: false)
         try asker.pin(to: options.interface)
         let tally = Tally.Shared(Tally(options))
-        let listening = try await listener.channel()
-        let asking: PeerChannel
+        let listening = try await listener.channel { Counting(tally) }
+        let asking: any Channel
         do {
-            asking = try await asker.channel()
+            asking = try await asker.channel { Counting(tally) }
         } catch {
-            try? await listening.executeThenClose { _, _ in }
+            try? await listening.close()
             throw error
         }
-        try await listening.executeThenClose { listened, _ in
-            try await asking.executeThenClose { answers, queries in
-                await withTaskGroup(of: Void.self) { group in
-                    for inbound in [listened, answers] {
-                        group.addTask {
-                            // Ends when the window closes (cancellation) or the channel fails.
-                            do {
-                                for try await datagram in inbound {
-                                    tally.state.withLock { $0.count(datagram) }
-                                }
-                            } catch {}
-                        }
-                    }
-                    let query = AddressedEnvelope(PeerWire.query(product: options.product), to: options.group)
-                    try? await queries.write(query)
-                    try? await Task.sleep(for: .seconds(options.wait / 2))
-                    try? await queries.write(query)
-                    try? await Task.sleep(for: .seconds(options.wait / 2))
-                    group.cancelAll()
-                }
-            }
-        }
+        let query = AddressedEnvelope(PeerWire.query(product: options.product), to: options.group)
+        try? await asking.writeAndFlush(query)
+        try? await Task.sleep(for: .seconds(options.wait / 2))
+        try? await asking.writeAndFlush(query)
+        try? await Task.sleep(for: .seconds(options.wait / 2))
+        try? await listening.close()
+        try? await asking.close()
         return tally.state.withLock { $0.result() }
+    }
+
+    /// Counts each datagram into the window's tally, on the event loop.
+    private final class Counting: ChannelInboundHandler, Sendable {
+        typealias InboundIn = AddressedEnvelope<ByteBuffer>
+        let tally: Tally.Shared
+
+        init(_ tally: Tally.Shared) { self.tally = tally }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let datagram = Self.unwrapInboundIn(data)
+            tally.state.withLock { $0.count(datagram) }
+        }
+
+        /// A datagram error (an ICMP answer to a query, say) is not the end of the window.
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {}
     }
 
     /// What the window heard so far; memory is bounded by `maxPeers`.

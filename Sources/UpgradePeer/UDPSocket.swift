@@ -152,36 +152,34 @@ public final class UDPSocket: Sendable {
         return UInt16(bigEndian: address.sin_port)
     }
 
-    /// Hands the socket to NIO, once: the channel reads into buffers of one datagram's size
-    /// (``PeerWire/maxDatagram`` + 1, so a longer one arrives cut and fails to parse) and holds
-    /// a bounded number of unread datagrams, so a flood costs CPU, not memory.
+    /// Hands the socket to NIO, once, with `handler` in its pipeline: datagrams are read into
+    /// buffers of one datagram's size (``PeerWire/maxDatagram`` + 1, so a longer one arrives cut
+    /// and fails to parse) and handled on the event loop as they come, so a flood costs CPU, not
+    /// memory, and a busy task pool delays nothing that is counted.
     public func channel(
-        on group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
-    ) async throws -> PeerChannel {
+        on group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        handler: @escaping @Sendable () -> any ChannelHandler
+    ) async throws -> any Channel {
         guard !handedOver.exchange(true, ordering: .acquiringAndReleasing) else {
             throw PeerSetupError("a UDP socket can be handed to one channel only")
         }
         do {
-            // The future-based hand-over: the async one (with a channel initializer) fails with
-            // "operation unsupported" for an already bound datagram socket in NIO 2.101. The
-            // async wrapper goes on at once after; a datagram read before it is dropped.
-            let channel = try await DatagramBootstrap(group: group)
+            // The future-based hand-over: the async one fails with "operation unsupported" for
+            // an already bound datagram socket in NIO 2.101.
+            return try await DatagramBootstrap(group: group)
                 .channelOption(
                     .recvAllocator,
                     value: FixedSizeRecvByteBufferAllocator(capacity: PeerWire.maxDatagram + 1)
                 )
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler()) }
+                }
                 .withBoundSocket(descriptor).get()
-            return try await channel.eventLoop.submit {
-                try PeerChannel(wrappingChannelSynchronously: channel)
-            }.get()
         } catch {
             throw PeerSetupError("UDP port \(port): \(error)")
         }
     }
 }
-
-/// An async NIO datagram channel: addressed datagrams in and out.
-public typealias PeerChannel = NIOAsyncChannel<AddressedEnvelope<ByteBuffer>, AddressedEnvelope<ByteBuffer>>
 
 extension IPv4Endpoint {
     /// The endpoint as NIO names it.
