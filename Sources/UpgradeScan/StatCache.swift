@@ -98,7 +98,26 @@ public struct StatCache: Sendable {
 
     /// The cached hash when `identity` is unchanged.
     func hash(for identity: FileIdentity) -> XXH128Digest? {
-        guard identity.device == device, let index = index(of: identity.inode) else { return nil }
+        var hint = records.count
+        return hash(for: identity, hint: &hint)
+    }
+
+    /// The cached hash when `identity` is unchanged. `hint` is tried before the index: the
+    /// record after the one the previous lookup found, since a scan caches a directory's files
+    /// one after another in walk order and the next scan looks them up in the same order; a
+    /// rescan then reads records in sequence instead of probing the index per file. (One
+    /// record per inode, so a record of the same inode at `hint` is the one the index finds.)
+    func hash(for identity: FileIdentity, hint: inout Int) -> XXH128Digest? {
+        guard identity.device == device else { return nil }
+        let index: Int
+        if hint >= 0, hint < records.count, records[hint].inode == identity.inode {
+            index = hint
+        } else if let found = self.index(of: identity.inode) {
+            index = found
+        } else {
+            return nil
+        }
+        hint = index + 1
         let record = records[index]
         return record.matches(identity) ? record.xxh128 : nil
     }

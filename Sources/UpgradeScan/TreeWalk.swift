@@ -138,6 +138,8 @@ struct TreeWalk: Sendable {
             }
             names.sort(by: PathRules.byteOrder)
             var buffer = [UInt8]()
+            // The cache holds a directory's files one after another, in this walk's order.
+            var hint = 0
             for name in names {
                 guard let record = try entry(name, in: fd, prefix: prefix, depth: depth, into: &local.warnings)
                 else {
@@ -149,7 +151,7 @@ struct TreeWalk: Sendable {
                     records.append(record)
                 case .file:
                     var record = record
-                    if let hash = cache.hash(for: record.identity) {
+                    if let hash = cache.hash(for: record.identity, hint: &hint) {
                         record.xxh128 = hash
                         local.cacheHits += 1
                     } else if record.identity.size <= UInt64(Self.inlineLimit) {
