@@ -215,7 +215,10 @@ public struct StatCache: Sendable {
         rootFD: Int32
     ) -> StatCache {
         var cache = previous
-        for (path, identity) in placed {
+        // In path order, so a directory's files are cached one after another as a walk finds
+        // them (what ``hash(for:hint:)`` counts on); dictionary order scattered them.
+        for path in placed.keys.sorted(by: PathRules.byteOrder) {
+            let identity = placed[path]!
             guard let content = tree.entry(at: path)?.file else { continue }
             var info = stat()
             guard fstatat(rootFD, path, &info, AT_SYMLINK_NOFOLLOW) == 0, FileIdentity(info) == identity,
