@@ -93,19 +93,13 @@ extension DeltaJob {
         let bytes = received.bytes
         guard received.status == 200 else { return ([:], UInt64(bytes.count)) }
         var applied = [SHA256Hash: String]()
-        var offset = 0
-        for (sha, choice) in deltas {
-            guard offset + DeltaPack.headSize <= bytes.count else { break }
-            let named = Array(bytes[offset..<offset + 64])
-            let found = bytes[offset + 64] == 0
-            let length = bytes[offset + 65..<offset + 73].reduce(0) { $0 << 8 | Int($1) }
-            offset += DeltaPack.headSize
-            // Frames come in request order, each naming its pair: anything else ends the pack.
+        // Frames come in request order, each naming its pair: anything else ends the pack.
+        for ((sha, choice), frame) in zip(deltas, PackFrame.frames(in: bytes, nameSize: 64)) {
             let expected = (SHA256Hash(hex: choice.baseSHA256)?.bytes ?? []) + sha.bytes
-            guard named == expected, length >= 0, offset + length <= bytes.count else { break }
-            defer { offset += length }
-            guard found, let base = try? DeltaBase.read(root: root, path: choice.base) else { continue }
-            let delta = bytes[offset..<offset + length]
+            guard frame.name == expected else { break }
+            guard let delta = frame.bytes, let base = try? DeltaBase.read(root: root, path: choice.base) else {
+                continue
+            }
             guard case .success(let result) = Self.apply(Array(delta), base: base, sha: sha, size: sizes[sha] ?? 0)
             else { continue }
             if held.hold(result, as: sha) {

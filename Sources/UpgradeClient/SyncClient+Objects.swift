@@ -182,17 +182,10 @@ extension SyncClient {
             limit: limit
         )
         guard status == 200 else { return }
-        var offset = 0
-        for content in contents {
-            guard offset + ObjectPack.headSize <= bytes.count else { return }
-            let sha = Array(bytes[offset..<offset + 32])
-            let found = bytes[offset + 32] == 0
-            let length = bytes[offset + 33..<offset + 41].reduce(0) { $0 << 8 | Int($1) }
-            offset += ObjectPack.headSize
-            guard sha == content.sha256!.bytes, length >= 0, offset + length <= bytes.count else { return }
-            defer { offset += length }
-            guard found else { continue }
-            let compressed = bytes[offset..<offset + length]
+        // Frames come in request order, each naming its object: anything else ends the pack.
+        for (content, frame) in zip(contents, PackFrame.frames(in: bytes, nameSize: 32)) {
+            guard frame.name == content.sha256!.bytes else { return }
+            guard let compressed = frame.bytes else { continue }
             // Checked like any download: decompressed and hashed against the signed SHA-256.
             guard let decoded = decode(compressed, content) else { continue }
             if !held.hold(decoded, as: content.sha256!) {
@@ -203,7 +196,7 @@ extension SyncClient {
                     continue
                 }
             }
-            delivered(length)
+            delivered(compressed.count)
         }
     }
 

@@ -83,8 +83,8 @@ public struct MulticastInterface: Sendable, CustomStringConvertible {
 /// A UDP socket for announcements, set up with the calls NIO has no option for: bound (shared
 /// by the processes of a host on the group's port), sending multicast with TTL 1 out of one
 /// pinned interface, optionally joined to a group. Set up synchronously, so a bad group or
-/// interface fails before anything runs; then handed to NIO as an async datagram channel
-/// (``channel()``), which owns it from there on.
+/// interface fails before anything runs; then handed to NIO as a datagram channel with a
+/// handler (``channel(on:handler:)``), which owns it from there on.
 public final class UDPSocket: Sendable {
     private let descriptor: Int32
     /// Whether a channel took the descriptor (and closes it).

@@ -350,3 +350,47 @@ public enum ObjectPack {
     /// Frame head: SHA-256, status, length.
     public static let headSize = 32 + 1 + 8
 }
+
+/// One frame of an ``ObjectPack`` or ``DeltaPack`` response: the name (32 or 64 bytes), a
+/// status byte (0: found, 1: missing), a big-endian u64 length and that many bytes.
+public struct PackFrame: Equatable, Sendable {
+    public var name: [UInt8]
+    /// The payload; nil for a missing one.
+    public var bytes: ArraySlice<UInt8>?
+
+    public init(name: [UInt8], bytes: ArraySlice<UInt8>?) {
+        self.name = name
+        self.bytes = bytes
+    }
+
+    /// The frame as it travels.
+    public func encoded() -> [UInt8] {
+        var out = name
+        out.append(bytes == nil ? 1 : 0)
+        let length = UInt64(bytes?.count ?? 0)
+        for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: length >> shift)) }
+        if let bytes { out += bytes }
+        return out
+    }
+
+    /// The frames of `body`, whose names are `nameSize` bytes, in order; reading stops at a
+    /// frame that runs past the end (a cut response yields the frames before the cut).
+    public static func frames(in body: [UInt8], nameSize: Int) -> [PackFrame] {
+        var frames = [PackFrame]()
+        var offset = 0
+        while offset + nameSize + 9 <= body.count {
+            let found = body[offset + nameSize] == 0
+            let length = body[(offset + nameSize + 1)..<(offset + nameSize + 9)].reduce(UInt64(0)) {
+                $0 << 8 | UInt64($1)
+            }
+            let start = offset + nameSize + 9
+            guard length <= UInt64(body.count - start) else { break }
+            let end = start + Int(length)
+            frames.append(
+                PackFrame(name: Array(body[offset..<offset + nameSize]), bytes: found ? body[start..<end] : nil)
+            )
+            offset = end
+        }
+        return frames
+    }
+}

@@ -96,12 +96,6 @@ public struct StatCache: Sendable {
     /// Records cached.
     public var count: Int { records.count }
 
-    /// The cached hash when `identity` is unchanged.
-    func hash(for identity: FileIdentity) -> XXH128Digest? {
-        var hint = records.count
-        return hash(for: identity, hint: &hint)
-    }
-
     /// The cached hash when `identity` is unchanged. `hint` is tried before the index: the
     /// record after the one the previous lookup found, since a scan caches a directory's files
     /// one after another in walk order and the next scan looks them up in the same order; a
@@ -110,7 +104,7 @@ public struct StatCache: Sendable {
     func hash(for identity: FileIdentity, hint: inout Int) -> XXH128Digest? {
         guard identity.device == device else { return nil }
         let index: Int
-        if hint >= 0, hint < records.count, records[hint].inode == identity.inode {
+        if hint < records.count, records[hint].inode == identity.inode {
             index = hint
         } else if let found = self.index(of: identity.inode) {
             index = found

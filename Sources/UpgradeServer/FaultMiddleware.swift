@@ -174,26 +174,15 @@ struct FaultMiddleware<Context: RequestContext>: RouterMiddleware {
     private func spoil(deltaPack original: Response) async throws -> Response {
         guard !faults.isDisjoint(with: [.missingDelta, .corruptDelta]) else { return original }
         var response = original
-        let bytes = try await collect(&response)
-        var spoiled = ByteBuffer()
-        var offset = 0
-        let nameSize = 64
-        while offset + nameSize + 9 <= bytes.count {
-            let name = Array(bytes[offset..<offset + nameSize])
-            let found = bytes[offset + nameSize] == 0
-            let length = bytes[(offset + nameSize + 1)..<(offset + nameSize + 9)].reduce(0) { $0 << 8 | Int($1) }
-            let start = offset + nameSize + 9
-            var delta: [UInt8]? = found ? Array(bytes[start..<start + length]) : nil
-            if faults.contains(.missingDelta) { delta = nil }
-            if faults.contains(.corruptDelta), var wrong = delta, !wrong.isEmpty {
-                wrong[wrong.count / 2] ^= 0x10
-                delta = wrong
+        var spoiled = [UInt8]()
+        for var frame in PackFrame.frames(in: try await collect(&response), nameSize: 64) {
+            if faults.contains(.missingDelta) { frame.bytes = nil }
+            if faults.contains(.corruptDelta), let delta = frame.bytes, !delta.isEmpty {
+                frame.bytes?[delta.startIndex + delta.count / 2] ^= 0x10
             }
-            var frame = PlanService.packFrame(name: name, delta)
-            spoiled.writeBuffer(&frame)
-            offset = start + length
+            spoiled += frame.encoded()
         }
-        response.body = .init(byteBuffer: spoiled)
+        response.body = .init(byteBuffer: ByteBuffer(bytes: spoiled))
         return response
     }
 

@@ -46,7 +46,7 @@ extension PlanService {
                     let bytes =
                         size.map { $0 <= ObjectPack.smallObject } == true
                         ? FileManager.default.contents(atPath: path).map { [UInt8]($0) } : nil
-                    try await writer.write(Self.packFrame(name: sha.bytes, bytes))
+                    try await writer.write(ByteBuffer(bytes: PackFrame(name: sha.bytes, bytes: bytes?[...]).encoded()))
                 }
                 try await writer.finish(nil)
             }
@@ -80,7 +80,9 @@ extension PlanService {
                     let path = store.path(base: base, target: target)
                     let small = self.fileSize(path).map { $0 > 0 && $0 <= DeltaPack.smallDelta } ?? false
                     let bytes = small ? self.read(path) : nil
-                    try await writer.write(Self.packFrame(name: base.bytes + target.bytes, bytes))
+                    try await writer.write(
+                        ByteBuffer(bytes: PackFrame(name: base.bytes + target.bytes, bytes: bytes?[...]).encoded())
+                    )
                 }
                 try await writer.finish(nil)
             }
@@ -95,18 +97,6 @@ extension PlanService {
         } catch {
             throw HTTPError(.badRequest, message: "malformed \(what) list: \(JSON.describe(error))")
         }
-    }
-
-    /// One frame of a pack: the name, a status byte (0: found, 1: missing), a big-endian u64
-    /// length and the bytes.
-    static func packFrame(name: [UInt8], _ bytes: [UInt8]?) -> ByteBuffer {
-        var head = name
-        head.append(bytes == nil ? 1 : 0)
-        let length = UInt64(bytes?.count ?? 0)
-        for shift in stride(from: 56, through: 0, by: -8) {
-            head.append(UInt8(truncatingIfNeeded: length >> shift))
-        }
-        return ByteBuffer(bytes: head + (bytes ?? []))
     }
 
     /// `GET /deltas/ab/<base>-<target>`: an immutable delta, served like an object.

@@ -103,4 +103,21 @@ struct PlanProtocolTests {
         )
         #expect(throws: ManifestDecodingError.self) { _ = try decoded.changedTree(base: base) }
     }
+
+    @Test("pack frames round trip, found and missing; a cut body yields the frames before the cut")
+    func packFrames() {
+        let frames = [
+            PackFrame(name: [UInt8](repeating: 1, count: 32), bytes: [1, 2, 3][...]),
+            PackFrame(name: [UInt8](repeating: 2, count: 32), bytes: nil),
+            PackFrame(name: [UInt8](repeating: 3, count: 32), bytes: [UInt8](repeating: 9, count: 300)[...]),
+        ]
+        let body = frames.flatMap { $0.encoded() }
+        #expect(body.count == 3 * ObjectPack.headSize + 303)
+        #expect(PackFrame.frames(in: body, nameSize: 32) == frames)
+        #expect(PackFrame.frames(in: Array(body.dropLast(1)), nameSize: 32) == Array(frames.prefix(2)))
+        // A length past the end is not trusted: no frame, no crash.
+        var lying = frames[0].encoded()
+        lying[32 + 1] = 0xff
+        #expect(PackFrame.frames(in: lying, nameSize: 32).isEmpty)
+    }
 }
