@@ -153,12 +153,57 @@ public final class RootSession: @unchecked Sendable {
     /// thread of the pool: a caller on the pool that blocked while waiting for it would take
     /// one of them away (on two cores, half the walk).
     public func scan(options: ScanOptions = ScanOptions()) async throws -> Manifest {
-        try await TreeSource.scan(
-            root,
-            options: Installer.scanOptions(options, store: store),
-            cache: .file(store.path + "/statcache")
+        var options = Installer.scanOptions(options, store: store)
+        // A seal is worth taking while the installed release has none (docs/design.md, "No-op at scale").
+        options.takeSeal = store.currentID != nil && recordedSeal == nil
+        let result = try await TreeSource.scan(root, options: options, cache: .file(store.path + "/statcache"))
+        lastSeal = result.seal
+        return result.manifest
+    }
+
+    /// The seal of the last ``scan(options:)``, for ``recordSeal()``.
+    private var lastSeal: TreeSeal?
+
+    static let sealFile = "seal"
+    static let sealFormat = "upgrade-seal-1 "
+
+    /// The ``TreeSeal`` recorded for the installed release: the tree as `stat` saw it when a
+    /// scan found it equal to the installed manifest.
+    var recordedSeal: TreeSeal? {
+        guard let id = store.currentID, let bytes = store.read("state/\(id)/\(Self.sealFile)") else { return nil }
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard text.hasPrefix(Self.sealFormat) else { return nil }
+        return TreeSeal(String(text.dropFirst(Self.sealFormat.count)))
+    }
+
+    /// True when a seal is recorded for the installed release: ``sealHolds()`` can tell a tree
+    /// unchanged since without a scan.
+    public var hasSeal: Bool { recordedSeal != nil }
+
+    /// Whether the tree is still the one sealed: a walk that stats every path and reads no file
+    /// and no stat cache (``Scanner/seal(root:)``). False when no seal is recorded, the walk
+    /// differs or the walk fails (a full scan then says why). A seal that no longer holds is
+    /// removed, so the next scan may take a new one.
+    public func sealHolds() async -> Bool {
+        guard let id = store.currentID, let recorded = recordedSeal else { return false }
+        let options = Installer.scanOptions(ScanOptions(), store: store)
+        if let now = try? await Scanner(options: options).seal(root: root), now == recorded { return true }
+        try? store.tree.unlink("state/\(id)/\(Self.sealFile)")
+        return false
+    }
+
+    /// Records the last scan's seal beside the installed release, once the caller found the
+    /// scanned tree equal to the installed manifest. A cache, as the fingerprint: whoever can
+    /// rewrite it can rewrite the installed manifest; a failure to write it costs the next run
+    /// a full scan.
+    public func recordSeal() {
+        guard let id = store.currentID, let seal = lastSeal else { return }
+        try? store.write(
+            "state/\(id)/\(Self.sealFile)",
+            Array((Self.sealFormat + seal.description).utf8),
+            durable: false
         )
-        .manifest
+        lastSeal = nil
     }
 
     /// Installs under this session's lock (docs/design.md, "Apply engine"). A request that

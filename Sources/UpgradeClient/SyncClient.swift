@@ -89,7 +89,7 @@ public enum SyncClient {
         logger: Logger,
         started: Date
     ) async throws -> SyncReport {
-        var run = try await SyncRun(options, peers: peers, started: started)
+        var run = try await SyncRun(options, peers: peers, started: started, sealed: true)
         try await run.advanceTrust(transport: transport)
         guard let response = try await run.ask(transport: transport, logger: logger),
             let offer = try run.verify(response)

@@ -32,7 +32,7 @@ extension SyncRun {
             try await SyncClient.fetchRoot(version, options: anchor, transport: transport)
         }
         let probationNote = try SyncClient.expireProbation(session: session, now: options.now)
-        if probationNote != nil { local = try await session.scan() }
+        if probationNote != nil { scanned = try await session.scan() }
         installed = session.installedHeader
         report.fromVersion = installed?.header.version
         report.recovered = [session.recovered, probationNote].compactMap { $0 }.joined(separator: "; ")
@@ -41,32 +41,77 @@ extension SyncRun {
 
     /// Asks for a plan: the installed release's changes only, when there is one. Nil when the
     /// server's auto-halt holds the release (the report says so; nothing is fetched).
+    ///
+    /// A sealed tree (not scanned yet) asks as an unchanged one, then proves it: when the
+    /// server offers the installed version, by the seal alone (a walk of `stat` calls, no stat
+    /// cache, no manifest: the cron no-op); otherwise, or when the seal no longer holds, by a
+    /// full scan, asking again when the tree did change.
     mutating func ask(transport: HTTPTransport, logger: Logger) async throws -> PlanResponse? {
+        var base: ReleaseHeader?
+        if let installed, installed.header.product == options.product { base = installed.header }
+        if scanned == nil, base == nil { scanned = try await session.scan() }
+        let sealed = scanned == nil
+        guard var (response, request) = try await askOnce(base: base, transport: transport, logger: logger) else {
+            return nil
+        }
+        if sealed {
+            let unchanged = response.version == base?.version ? await session.sealHolds() : false
+            if !unchanged {
+                scanned = try await session.scan()
+                if let base, delta(base: base.manifestSHA256)?.isEmpty != true {
+                    guard let again = try await askOnce(base: base, transport: transport, logger: logger) else {
+                        return nil
+                    }
+                    (response, request) = again
+                }
+            }
+        }
+        // The server answered: what earlier runs could not report goes now, whatever this run
+        // turns out to be (up to date, held and skipped runs send no report of their own).
+        await SyncClient.sendQueuedReports(session: session, options: options, transport: transport, logger: logger)
+        report.requestBytes = request.bytes
+        report.planBytes = request.planBytes
+        return response
+    }
+
+    /// One plan request: the delta from `base` (empty while the tree is sealed and not
+    /// scanned), or the whole tree when there is no base or the server does not know it. Nil
+    /// when the release is halted (the report says so).
+    private mutating func askOnce(
+        base: ReleaseHeader?,
+        transport: HTTPTransport,
+        logger: Logger
+    ) async throws -> (PlanResponse, (bytes: Int, planBytes: Int))? {
         var request = PlanRequest(product: options.product, channel: options.channel, installed: nil, device: device)
         request.accepts = ["inline-plan", "local-plan"]
         request.version = options.targetVersion
-        if let installed, installed.header.product == options.product,
-            let delta = delta(base: installed.header.manifestSHA256)
+        if let base,
+            let delta = scanned == nil
+                ? ManifestDelta(base: base.manifestSHA256, changed: [], removed: [])
+                : delta(base: base.manifestSHA256)
         {
             request.installed = .init(
-                version: installed.header.version,
-                sequence: installed.header.sequence,
-                manifestSHA256: installed.header.manifestSHA256
+                version: base.version,
+                sequence: base.sequence,
+                manifestSHA256: base.manifestSHA256
             )
             request.delta = delta
         } else {
             request.manifest = Data(local.canonicalEncoding()).base64EncodedString()
         }
+        // Bounds the plan response; a sealed tree has the installed release's entries.
+        let localEntries = scanned?.entries.count ?? base?.entries ?? 0
         var (response, requestBytes, planResponseBytes): (PlanResponse?, Int, Int)
         do {
             (response, requestBytes, planResponseBytes) = try await SyncClient.askForPlan(
                 request,
-                localEntries: local.entries.count,
+                localEntries: localEntries,
                 options: options,
                 transport: transport
             )
             if response == nil {
                 // The server does not know our base release: send the whole tree.
+                if scanned == nil { scanned = try await session.scan() }
                 request.delta = nil
                 request.manifest = Data(local.canonicalEncoding()).base64EncodedString()
                 (response, requestBytes, planResponseBytes) = try await SyncClient.askForPlan(
@@ -84,27 +129,26 @@ extension SyncRun {
             return nil
         }
         guard let response else { throw SyncError.server(status: 409, message: "the server refused the manifest") }
-        // The server answered: what earlier runs could not report goes now, whatever this run
-        // turns out to be (up to date, held and skipped runs send no report of their own).
-        await SyncClient.sendQueuedReports(session: session, options: options, transport: transport, logger: logger)
-        report.requestBytes = requestBytes
-        report.planBytes = planResponseBytes
-        return response
+        return (response, (requestBytes, planResponseBytes))
     }
 
     /// The tree's changes from the installed release (`base`, its signed manifest digest). When
     /// the scan's fingerprint is the one recorded for the installed manifest there are none, and
     /// the manifest is not read at all; otherwise the delta is computed from it and its
-    /// fingerprint recorded for the next run.
+    /// fingerprint recorded for the next run. A tree found unchanged gets its seal recorded.
     /// Nil when the installed manifest cannot be read (the whole tree is sent instead).
     private func delta(base: String) -> ManifestDelta? {
         if let recorded = session.installedFingerprint, recorded == local.scanFingerprint {
+            if !options.dryRun { session.recordSeal() }
             return ManifestDelta(base: base, changed: [], removed: [])
         }
         guard let manifest = installedManifest else { return nil }
         // The installed manifest matched the signed digest when it was installed.
         let delta = ManifestDelta(from: manifest, to: local, baseDigest: base)
-        if !options.dryRun { session.recordFingerprint() }
+        if !options.dryRun {
+            session.recordFingerprint()
+            if delta.isEmpty { session.recordSeal() }
+        }
         return delta
     }
 
@@ -178,6 +222,8 @@ extension SyncRun {
     /// The signed manifest (from the mirror when there is one), a first install's plan computed
     /// from it, and the check against the tree.
     mutating func check(_ offer: Offer, transport: HTTPTransport) async throws -> Checked {
+        // A sealed tree proved unchanged, so the plan stands; the check needs its entries.
+        if scanned == nil { scanned = try await session.scan() }
         let base = installed.flatMap { installed in
             installedManifest.map { (installed.header.manifestSHA256, $0.canonicalEncoding()) }
         }

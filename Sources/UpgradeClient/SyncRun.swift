@@ -27,18 +27,28 @@ struct SyncRun {
     /// ``installedManifest``).
     var installed: (headerBytes: [UInt8], header: ReleaseHeader)?
     /// The tree, scanned once: the plan request, the plan check and the install all use it.
-    var local: Manifest
+    /// Nil while a sealed tree has not needed a scan (``ask(transport:logger:)``).
+    var scanned: Manifest?
     var report: SyncReport
 
-    /// Opens the root (lock, recovery), starts listening for peers, and scans the tree.
-    init(_ options: SyncOptions, peers: PeerContext, started: Date) async throws {
+    /// The tree as scanned. A run scans at the start, or, when the tree is sealed, in
+    /// ``ask(transport:logger:)`` before any offer is checked: nothing after the ask runs
+    /// without it.
+    var local: Manifest {
+        guard let scanned else { preconditionFailure("the tree is used before it was scanned") }
+        return scanned
+    }
+
+    /// Opens the root (lock, recovery), starts listening for peers, and scans the tree; with
+    /// `sealed`, a tree whose seal is recorded is not scanned yet (the ask decides).
+    init(_ options: SyncOptions, peers: PeerContext, started: Date, sealed: Bool = false) async throws {
         session = try RootSession(
             root: options.root,
             stateDirectoryName: options.stateDirectoryName,
             lockTimeout: options.lockTimeout
         )
         discovery = peers.startDiscovery(options)
-        local = try await session.scan()
+        scanned = sealed && session.hasSeal ? nil : try await session.scan()
         self.options = options
         self.peers = peers
         self.started = started

@@ -99,6 +99,9 @@ public struct ManifestDelta: Codable, Sendable, Equatable {
     /// Paths of the base that are gone.
     public var removed: [String]
 
+    /// True when the tree is the base.
+    public var isEmpty: Bool { changed.isEmpty && removed.isEmpty }
+
     /// A delta from its parts.
     public init(base: String, changed: [EntryJSON], removed: [String]) {
         self.base = base

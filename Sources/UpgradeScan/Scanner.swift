@@ -27,6 +27,8 @@ public struct ScanOptions: Sendable {
     /// Files changed less than this many nanoseconds before the scan started are hashed but not
     /// cached: a write within the same timestamp tick would otherwise go unseen next time.
     public var racyWindowNanoseconds: Int64 = 1_000_000_000
+    /// Whether the result carries the tree's ``TreeSeal`` (one more hash per entry).
+    public var takeSeal = false
 
     /// The defaults.
     public init() {}
@@ -44,6 +46,9 @@ public struct ScanResult: Sendable {
     public let statCacheChanged: Bool
     /// How much work the scan did.
     public let statistics: Statistics
+    /// The tree's seal, when ``ScanOptions/takeSeal`` asked for it and no file changed within
+    /// the racy window before the scan.
+    public var seal: TreeSeal? = nil
 
     /// Work counters.
     public struct Statistics: Hashable, Sendable {
@@ -129,6 +134,8 @@ public struct Scanner: Sendable {
             inOrder = inOrder && walk.chunks[index].inOrder
             entries += chunk
         }
+        let racyLimit = started.subtracting(nanoseconds: options.racyWindowNanoseconds)
+        let seal = options.takeSeal ? Self.seal(of: walk, racyLimit: racyLimit) : nil
         let fileCount = walk.chunks.reduce(0) { $0 + $1.files }
         // Every file a cache hit and no cached file gone: the old cache is still exact.
         // (A tree with hard links has more files than cached inodes: its cache is rewritten.)
@@ -140,7 +147,7 @@ public struct Scanner: Sendable {
                 of: walk.chunks,
                 count: fileCount,
                 device: (try? Posix.stat(rootFD)).map { UInt64($0.st_dev) },
-                racyLimit: started.subtracting(nanoseconds: options.racyWindowNanoseconds)
+                racyLimit: racyLimit
             )
         statistics.entries = entries.count
         let manifest = Manifest(walked: entries, inOrder: inOrder)
@@ -149,7 +156,8 @@ public struct Scanner: Sendable {
             warnings: walk.warnings,
             statCache: newCache,
             statCacheChanged: !unchanged,
-            statistics: statistics
+            statistics: statistics,
+            seal: seal
         )
     }
 

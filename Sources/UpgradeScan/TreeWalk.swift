@@ -100,7 +100,15 @@ struct TreeWalk: Sendable {
         try await scanDirectory(prefix: "", expected: nil, depth: 0)
     }
 
-    private func scanDirectory(prefix: String, expected: FileIdentity?, depth: Int) async throws -> Subtree {
+    /// Opens the directory at `prefix` (checked to be `expected`, the inode its parent saw, so
+    /// a directory swapped for a symlink fails the scan), lists its names (in byte order when
+    /// `sorted`) and runs `body` with its descriptor and names; the descriptor is closed after.
+    func withDirectory(
+        prefix: String,
+        expected: FileIdentity?,
+        sorted: Bool,
+        _ body: (Int32, [String]) throws -> Void
+    ) throws {
         let fd: Int32
         do {
             fd = try Posix.openAt(rootFD, prefix.isEmpty ? "." : prefix, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
@@ -110,10 +118,6 @@ struct TreeWalk: Sendable {
             }
             throw ScanError.unreadable(path: prefix, error)
         }
-        var local = Subtree()
-        var records = [WalkRecord]()
-        var pending = [Int]()
-        var directories = [(slot: Int, path: String, identity: FileIdentity)]()
         do {
             defer { close(fd) }
             if let expected {
@@ -136,7 +140,21 @@ struct TreeWalk: Sendable {
                 let shown = (prefix.isEmpty ? "" : prefix + "/") + String(decoding: invalid, as: UTF8.self)
                 throw ScanError.invalidPath(PathError(path: shown, rule: .invalidUTF8))
             }
-            names.sort(by: PathRules.byteOrder)
+            if sorted { names.sort(by: PathRules.byteOrder) }
+            try body(fd, names)
+        } catch let error as ScanError {
+            throw error
+        } catch let error as SystemCallError {
+            throw ScanError.unreadable(path: prefix.isEmpty ? "." : prefix, error)
+        }
+    }
+
+    private func scanDirectory(prefix: String, expected: FileIdentity?, depth: Int) async throws -> Subtree {
+        var local = Subtree()
+        var records = [WalkRecord]()
+        var pending = [Int]()
+        var directories = [(slot: Int, path: String, identity: FileIdentity)]()
+        try withDirectory(prefix: prefix, expected: expected, sorted: true) { fd, names in
             var buffer = [UInt8]()
             // The cache holds a directory's files one after another, in this walk's order.
             var hint = 0
@@ -176,10 +194,6 @@ struct TreeWalk: Sendable {
                     records.append(record)
                 }
             }
-        } catch let error as ScanError {
-            throw error
-        } catch let error as SystemCallError {
-            throw ScanError.unreadable(path: prefix.isEmpty ? "." : prefix, error)
         }
         guard !directories.isEmpty else {
             local.chunks = [Chunk(records: records[...], pending: pending)]
@@ -225,7 +239,7 @@ struct TreeWalk: Sendable {
     }
 
     /// Stats one name; nil when it is excluded, vanished or skipped.
-    private func entry(
+    func entry(
         _ name: String,
         in fd: Int32,
         prefix: String,
