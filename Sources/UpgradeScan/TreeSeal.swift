@@ -125,18 +125,30 @@ extension Scanner {
     static func seal(of walk: Subtree, racyLimit: Timestamp) -> TreeSeal? {
         guard walk.warnings.isEmpty else { return nil }
         var seal = TreeSeal()
+        var racy = false
         for chunk in walk.chunks {
-            for (entry, identity) in zip(chunk.entries, chunk.identities) {
-                var target = ""
-                switch entry.content {
-                case .file: guard !identity.changed(atOrAfter: racyLimit) else { return nil }
-                case .symlink(let link): target = link
-                case .directory: break
-                }
-                seal.add(path: entry.path, kind: entry.kind, mode: entry.mode, identity: identity, target: target)
+            for index in chunk.entries.indices {
+                racy = seal.add(chunk.entries[index], chunk.identities[index], racyLimit: racyLimit) || racy
             }
         }
-        return seal
+        return racy ? nil : seal
+    }
+}
+
+extension TreeSeal {
+    /// Folds in a scanned entry; true when it is a file changed at or after `racyLimit`.
+    /// (Kept out of line: with this loop inlined into ``Scanner/seal(of:racyLimit:)``, the
+    /// 6.3.1 optimizer's copy propagation crashes on the borrowed entry.)
+    @inline(never)
+    mutating func add(_ entry: ManifestEntry, _ identity: FileIdentity, racyLimit: Timestamp) -> Bool {
+        var target = ""
+        switch entry.content {
+        case .file: if identity.changed(atOrAfter: racyLimit) { return true }
+        case .symlink(let link): target = link
+        case .directory: break
+        }
+        add(path: entry.path, kind: entry.kind, mode: entry.mode, identity: identity, target: target)
+        return false
     }
 }
 
