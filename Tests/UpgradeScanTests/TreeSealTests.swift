@@ -36,6 +36,13 @@ struct TreeSealTests {
         #expect(walked == seal)
         // 40 files, 4 + 12 directories, bin, bin/tool, empty, link.
         #expect(seal.count == 60)
+        // Level by level (8 tasks: every level is narrow) and by whole subtrees (1 task: the
+        // first level's 6 directories are wide enough), the same sum.
+        for concurrency in [1, 8] {
+            var options = ScannerTests.quick
+            options.concurrency = concurrency
+            #expect(try await Scanner(options: options).seal(root: tree.root) == seal, "\(concurrency) tasks")
+        }
         #expect(TreeSeal(seal.description) == seal)
         #expect(TreeSeal("60:xyz") == nil)
         try tree.file(".upgrade/other", "state changes are not the tree's")
