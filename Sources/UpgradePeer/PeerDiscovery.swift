@@ -66,13 +66,16 @@ public enum PeerDiscovery {
             throw error
         }
         let query = AddressedEnvelope(PeerWire.query(product: options.product), to: options.group)
+        let opened = ContinuousClock.now
         try? await asking.writeAndFlush(query)
         try? await Task.sleep(for: .seconds(options.wait / 2))
         try? await asking.writeAndFlush(query)
         try? await Task.sleep(for: .seconds(options.wait / 2))
         try? await listening.close()
         try? await asking.close()
-        return tally.state.withLock { $0.result() }
+        let lasted = ContinuousClock.now - opened
+        let seconds = Double(lasted.components.seconds) + Double(lasted.components.attoseconds) / 1e18
+        return tally.state.withLock { $0.result(windowSeconds: max(options.wait, seconds)) }
     }
 
     /// Counts each datagram into the window's tally, on the event loop.
@@ -132,10 +135,12 @@ public enum PeerDiscovery {
         }
 
         /// The peers in the order first heard; more than an honest peer sends in the window (one
-        /// per interval and one per query) is a flood, not a peer.
-        func result() -> Discovery {
+        /// per interval and one per query) is a flood, not a peer. The window is the time it
+        /// really lasted (`windowSeconds`): a busy task pool stretches it, and an honest peer
+        /// heard through a stretched window is still a peer.
+        func result(windowSeconds: Double) -> Discovery {
             var result = discovery
-            let floodThreshold = max(50, Int(options.wait * 20))
+            let floodThreshold = max(50, Int(windowSeconds * 20))
             for (url, entry) in seen.sorted(by: { $0.value.order < $1.value.order }) {
                 if entry.count > floodThreshold {
                     result.flooding.append((url, entry.count))

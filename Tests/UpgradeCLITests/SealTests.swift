@@ -52,7 +52,7 @@ struct SealTests {
         // Freshly installed files are inside the racy window: no seal yet.
         #expect(try sync.sync(server, root: root).status == 0)
         #expect(!FileManager.default.fileExists(atPath: try Self.sealFile(root)))
-        sleep(2)
+        try await Task.sleep(for: .seconds(2))
         let sealing = try sync.sync(server, root: root)
         #expect(sealing.status == 0 && sealing.text.isEmpty, "\(sealing.stderr)")
         #expect(FileManager.default.fileExists(atPath: try Self.sealFile(root)))
@@ -82,7 +82,7 @@ struct SealTests {
         try await sync.expect(root, equals: 1, "hidden rewrite")
 
         // A chmod after the tree is sealed again.
-        sleep(2)
+        try await Task.sleep(for: .seconds(2))
         #expect(try sync.sync(server, root: root).status == 0)
         #expect(FileManager.default.fileExists(atPath: try Self.sealFile(root)))
         #expect(chmod(root + "/bin/app", 0o700) == 0)
@@ -90,7 +90,7 @@ struct SealTests {
         try await sync.expect(root, equals: 1, "chmod")
 
         // A new release reaches a sealed tree.
-        sleep(2)
+        try await Task.sleep(for: .seconds(2))
         #expect(try sync.sync(server, root: root).status == 0)
         #expect(FileManager.default.fileExists(atPath: try Self.sealFile(root)))
         try sync.publish(2)

@@ -76,6 +76,9 @@ struct AnnounceTests {
         let found = try await withAnnouncers([announcer]) {
             var options = PeerDiscovery.Options(group: group, interface: loopback, product: Self.product)
             options.wait = 1
+            // The announcer's service starts on the pool: under a loaded test run it may not have
+            // run yet, and the pool is about to be blocked. Wait until it is sending.
+            for _ in 0..<200 where announcer.datagramsSent == 0 { try await Task.sleep(for: .milliseconds(50)) }
             async let listened = PeerDiscovery.listen(options)
             try await Task.sleep(for: .milliseconds(150))
             // Block every pool thread for longer than the window, as a CPU-bound walk would.
