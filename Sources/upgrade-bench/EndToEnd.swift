@@ -136,11 +136,14 @@ func endToEnd(_ pair: UpgradePair, old: String, new: String, data: String, upgra
     }
     let publishTimes = (try? String(contentsOfFile: work + "/publish-seconds", encoding: .utf8)) ?? "?"
     let report = work + "/sync.json"
-    // Each run starts from a tree of its own, and none is deleted until every run of the pair is
-    // measured: on this machine's ext4 (no journal), creating a file within minutes of a mass
-    // delete walks the freed inodes (0.3 ms per file), which would charge a `rm -rf` of the
-    // previous run's tree to the next run of either tool.
-    shell("rm -rf \(quote(work))/root-* \(quote(work))/rsync-dest-*")
+    let stats = work + "/rsync.stats"
+    // Each run starts from trees of its own, and no tree is deleted while anything is measured:
+    // on this machine's ext4 (no journal), a file created within 60-300 s of a mass delete in
+    // the same block group walks the freed inodes first (`recently_deleted`, up to 0.4 s of
+    // system time on the numpy pair), which would charge a `rm -rf` to whichever runs next.
+    // Trees of earlier pairs and runs are moved aside (`discardTrees`) and deleted at the end;
+    // and the two tools' runs alternate, so whatever the file system's state, both see it.
+    discardTrees(work: work, data: data)
     var trees = 0
     var root = ""
     func installOld() {
@@ -151,14 +154,19 @@ func endToEnd(_ pair: UpgradePair, old: String, new: String, data: String, upgra
         )
     }
 
-    // upgrade sync with the deltas publish precomputed: the root starts at the old release every run.
+    // upgrade sync with the deltas publish precomputed, and rsync -az through a daemon on
+    // loopback: each run's root and destination start at the old release.
     var (server, url) = startServer(binary, repo: repo)
+    let port = 20_000 + Int(getpid() % 20_000)
+    let daemon = startRsyncDaemon(work: work, module: "new", path: new, port: port)
     var syncBest = Measurement(seconds: .infinity, maxRSSKiB: 0)
     var syncBytes: UInt64 = 0
     var syncUp: UInt64 = 0
     var deltasUsed = 0
-    for _ in 0..<repeats {
-        installOld()
+    var rsyncBest = Measurement(seconds: .infinity, maxRSSKiB: 0)
+    var rsyncBytes: UInt64 = 0
+    var rsyncUp: UInt64 = 0
+    func runSync() {
         let run = measure(
             "\(upgrade) sync --server \(url) --product \(pair.package) --root \(quote(root)) --trust \(quote(key)).pub --json > \(quote(report))",
             repeats: 1
@@ -172,6 +180,38 @@ func endToEnd(_ pair: UpgradePair, old: String, new: String, data: String, upgra
             deltasUsed = (json?["deltasUsed"] as? NSNumber)?.intValue ?? 0
         }
     }
+    func runRsync(into destination: String) {
+        let run = measure(
+            "rsync -az --delete --stats --exclude .complete rsync://127.0.0.1:\(port)/new/ \(quote(destination))/ > \(quote(stats))",
+            repeats: 1
+        )
+        let text = (try? String(contentsOfFile: stats, encoding: .utf8)) ?? ""
+        let received =
+            text.split(separator: "\n").first { $0.hasPrefix("Total bytes received:") }.map { $0.filter(\.isNumber) }
+            .flatMap { UInt64($0) } ?? 0
+        let sent =
+            text.split(separator: "\n").first { $0.hasPrefix("Total bytes sent:") }.map { $0.filter(\.isNumber) }
+            .flatMap { UInt64($0) } ?? 0
+        if run.seconds < rsyncBest.seconds {
+            rsyncBest = run
+            rsyncBytes = received
+            rsyncUp = sent
+        }
+    }
+    for run in 0..<repeats {
+        installOld()
+        let destination = work + "/rsync-dest-\(run)"
+        shell("cp -a \(quote(old)) \(quote(destination)) && rm -f \(quote(destination))/.complete && sync")
+        if run % 2 == 0 {
+            runSync()
+            runRsync(into: destination)
+        } else {
+            runRsync(into: destination)
+            runSync()
+        }
+    }
+    daemon.terminate()
+    daemon.waitUntilExit()
     // A no-op sync: the root already holds the new release (what every cron run costs).
     let noop = measure(
         "\(upgrade) sync --server \(url) --product \(pair.package) --root \(quote(root)) --trust \(quote(key)).pub > /dev/null",
@@ -193,37 +233,7 @@ func endToEnd(_ pair: UpgradePair, old: String, new: String, data: String, upgra
     server.terminate()
     server.waitUntilExit()
     shell("rm -rf \(quote(repo))/deltas && mv \(quote(work))/deltas.saved \(quote(repo))/deltas")
-
-    // rsync -az through a daemon on loopback: destination starts as a copy of the old tree.
-    let port = 20_000 + Int(getpid() % 20_000)
-    let daemon = startRsyncDaemon(work: work, module: "new", path: new, port: port)
-    let stats = work + "/rsync.stats"
-    var rsyncBest = Measurement(seconds: .infinity, maxRSSKiB: 0)
-    var rsyncBytes: UInt64 = 0
-    var rsyncUp: UInt64 = 0
-    for run in 0..<repeats {
-        let destination = work + "/rsync-dest-\(run)"
-        shell("cp -a \(quote(old)) \(quote(destination)) && rm -f \(quote(destination))/.complete && sync")
-        let run = measure(
-            "rsync -az --delete --stats --exclude .complete rsync://127.0.0.1:\(port)/new/ \(quote(destination))/ > \(quote(stats))",
-            repeats: 1
-        )
-        let text = (try? String(contentsOfFile: stats, encoding: .utf8)) ?? ""
-        let received =
-            text.split(separator: "\n").first { $0.hasPrefix("Total bytes received:") }.map { $0.filter(\.isNumber) }
-            .flatMap { UInt64($0) } ?? 0
-        let sent =
-            text.split(separator: "\n").first { $0.hasPrefix("Total bytes sent:") }.map { $0.filter(\.isNumber) }
-            .flatMap { UInt64($0) } ?? 0
-        if run.seconds < rsyncBest.seconds {
-            rsyncBest = run
-            rsyncBytes = received
-            rsyncUp = sent
-        }
-    }
-    daemon.terminate()
-    daemon.waitUntilExit()
-    shell("rm -rf \(quote(work))/root-* \(quote(work))/rsync-dest-*")
+    discardTrees(work: work, data: data)
 
     // The practical floor: per-file `zstd -19 --patch-from` (same path) or `zstd -19` (new files).
     let floorFile = work + "/floor-bytes"
@@ -261,6 +271,20 @@ func endToEnd(_ pair: UpgradePair, old: String, new: String, data: String, upgra
         "| \(label) | upgrade sync, deltas computed on demand | \(String(format: "%.3f", onDemand.seconds)) | — | — | server CPU \(String(format: "%.2f", serverCPU)) s for the plan |",
         "| \(label) | upgrade publish old / new (level 19, deltas from the previous release) | \(publishTimes) s | — | — | — |",
     ]
+}
+
+/// Moves a pair's trees (`root-*`, `rsync-dest-*` under `work`) into `data/trash`, a rename on
+/// the same file system; ``emptyTrash(data:)`` deletes them once nothing is measured any more.
+func discardTrees(work: String, data: String) {
+    shell(
+        "mkdir -p \(quote(data))/trash && for tree in \(quote(work))/root-* \(quote(work))/rsync-dest-*; do "
+            + "[ -e \"$tree\" ] && mv \"$tree\" \"$(mktemp -u -p \(quote(data))/trash)\"; done; true"
+    )
+}
+
+/// Deletes what ``discardTrees(work:data:)`` moved aside.
+func emptyTrash(data: String) {
+    shell("rm -rf \(quote(data))/trash")
 }
 
 /// `rsync --daemon` on 127.0.0.1:`port` serving `path` read-only as `module` (config and pid

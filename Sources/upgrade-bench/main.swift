@@ -300,6 +300,8 @@ print(
 )
 
 if options.endToEnd {
+    // What an interrupted run left aside goes now, before anything end to end is measured.
+    emptyTrash(data: options.dataDirectory)
     print()
     print("end to end: a tree at the old release upgraded to the new one over loopback (bytes = everything received)")
     print("| upgrade | tool | wall s | bytes received | max RSS | compared |")
@@ -359,3 +361,5 @@ if options.endToEnd && options.parts.contains("load") {
         print(row)
     }
 }
+// The trees the end-to-end pairs moved aside, deleted once nothing is measured any more.
+emptyTrash(data: options.dataDirectory)
