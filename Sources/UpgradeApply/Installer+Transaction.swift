@@ -56,10 +56,11 @@ extension Installer {
 
         // Stage and verify every payload; nothing in the tree has changed yet.
         do {
+            var files = [Stager.Job]()
             for (position, operation) in plan.operations.enumerated() {
                 switch operation {
                 case .add(_, let mode, let content), .replace(_, let mode, let content):
-                    try Stager.stage(content, mode: mode, as: "s\(position)", in: staging, from: payloads)
+                    files.append(Stager.Job(content: content, mode: mode, name: "s\(position)"))
                 case .symlink(_, let target):
                     try staging.observer.willMutate("stage symlink s\(position)")
                     guard symlinkat(target, staging.fd, "s\(position)") == 0 else {
@@ -68,6 +69,7 @@ extension Installer {
                 default: break
                 }
             }
+            try Stager.stage(files, in: staging, from: payloads)
             // Owners, attributes, hard links and holes: no payload, steps of the same journal.
             let signed = recording ?? target
             journal.steps += try MetadataPass.prepare(

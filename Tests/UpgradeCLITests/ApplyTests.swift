@@ -55,6 +55,54 @@ struct ApplyTests {
     }
 
     @Test(
+        "staging many files at once: one that fails to stage stops the install before any change and leaves no staged file; a full bundle then installs over the earlier release and the local edit"
+    )
+    func manyFilesStaged() async throws {
+        let fixture = try ApplyFixture()
+        let a = try TemporaryTree()
+        let b = try TemporaryTree()
+        // 240 files of 6 KiB, each edited in 2.0 (so each travels as a delta), and 40 added.
+        var seed: UInt64 = 0x57a6
+        func text(_ count: Int) -> String {
+            String(
+                (0..<count).map { _ -> Character in
+                    seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                    return Character(UnicodeScalar(UInt8(97 + (seed >> 33) % 26)))
+                }
+            )
+        }
+        for i in 0..<240 {
+            let body = text(6144)
+            try a.file("d\(i % 8)/f\(i).txt", body)
+            try b.file("d\(i % 8)/f\(i).txt", "2.0 edit \(i)\n" + body)
+        }
+        for i in 0..<40 { try b.file("new/n\(i).txt", text(2000)) }
+        try fixture.publish("1.0", a.root)
+        try fixture.publish("2.0", b.root)
+        let root = fixture.work.path("root")
+        #expect(try fixture.apply(try fixture.bundle(from: nil, to: "1.0"), root: root).status == 0)
+
+        // One base edited locally: its delta cannot be rebuilt, the other files' can.
+        let edited = root + "/d5/f133.txt"
+        try "edited here\n".write(toFile: edited, atomically: false, encoding: .utf8)
+        let before = try await ApplyFixture.scan(root)
+        let deltas = try fixture.bundle(from: "1.0", to: "2.0")
+        #expect((try BundleReader(path: deltas)).deltas.count >= 200)
+        let refused = try fixture.apply(deltas, root: root)
+        #expect(refused.status == 4 && refused.stderr.contains("d5/f133.txt"), "\(refused.stderr)")
+        #expect(try await ApplyFixture.scan(root) == before)
+        let staging = root + "/.upgrade/staging"
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: staging)) ?? []).isEmpty)
+
+        // The same release from a full bundle: all 280 files staged together, the tree is 2.0
+        // but for the edited file, which the install replaces with the signed one.
+        let full = try fixture.apply(try fixture.bundle(from: nil, to: "2.0"), root: root)
+        #expect(full.status == 0, "\(full.stderr)")
+        #expect(try await ApplyFixture.scan(root) == (try await ApplyFixture.scan(b.root)))
+        #expect(try Upgrade.run(["verify", "--root", root]).status == 0)
+    }
+
+    @Test(
         "rollback and recover in a directory where nothing is installed: rollback exit 5, recover prints nothing; neither writes a file"
     )
     func nothingInstalled() throws {
