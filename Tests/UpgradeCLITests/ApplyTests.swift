@@ -218,6 +218,9 @@ struct ApplyTests {
         let header = try #require(try reader.section(.header))
         let manifest = try #require(try reader.section(.manifest))
         var planText = String(decoding: try #require(try reader.section(.plan)), as: UTF8.self)
+        // A delta bundle names the manifest its plan starts from; without it the plan would be
+        // a full bundle's, which apply replaces with one made from the tree.
+        let base = try #require(try reader.section(.baseManifest))
         let firstObject = try #require(reader.entries.first { $0.kind == .object })
         var objects = try reader.entries.filter { $0.kind == .object }.map {
             ($0.name, try reader.read($0, from: 0, count: Int($0.length)))
@@ -230,6 +233,7 @@ struct ApplyTests {
             writer.add(.header, .bytes(header))
             writer.add(.manifest, .bytes(manifest))
             writer.add(.plan, .bytes(Array(planText.utf8)))
+            writer.add(.baseManifest, .bytes(base))
             for (name, bytes) in objects { writer.add(.object, name: name, .bytes(bytes)) }
             try writer.write(to: bundlePath)
         }
