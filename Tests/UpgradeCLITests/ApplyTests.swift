@@ -61,35 +61,36 @@ struct ApplyTests {
         let fixture = try ApplyFixture()
         let a = try TemporaryTree()
         let b = try TemporaryTree()
-        // 240 files of 6 KiB, each edited in 2.0 (so each travels as a delta), and 40 added.
+        // 240 files, each edited in 2.0 (so each travels as a delta), and 40 added; every fourth
+        // is 80 KiB, which is staged beside the small ones on another thread.
         var seed: UInt64 = 0x57a6
         func text(_ count: Int) -> String {
-            String(
-                (0..<count).map { _ -> Character in
-                    seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-                    return Character(UnicodeScalar(UInt8(97 + (seed >> 33) % 26)))
-                }
-            )
+            var bytes = [UInt8](repeating: 0, count: count)
+            for j in 0..<count {
+                seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                bytes[j] = UInt8(97 + (seed >> 33) % 26)
+            }
+            return String(decoding: bytes, as: UTF8.self)
         }
         for i in 0..<240 {
-            let body = text(6144)
+            let body = text(i % 4 == 0 ? 80 << 10 : 6 << 10)
             try a.file("d\(i % 8)/f\(i).txt", body)
             try b.file("d\(i % 8)/f\(i).txt", "2.0 edit \(i)\n" + body)
         }
-        for i in 0..<40 { try b.file("new/n\(i).txt", text(2000)) }
+        for i in 0..<40 { try b.file("new/n\(i).txt", text(i % 4 == 0 ? 80 << 10 : 2000)) }
         try fixture.publish("1.0", a.root)
         try fixture.publish("2.0", b.root)
         let root = fixture.work.path("root")
         #expect(try fixture.apply(try fixture.bundle(from: nil, to: "1.0"), root: root).status == 0)
 
-        // One base edited locally: its delta cannot be rebuilt, the other files' can.
-        let edited = root + "/d5/f133.txt"
+        // One large base edited locally: its delta cannot be rebuilt, the other files' can.
+        let edited = root + "/d4/f132.txt"
         try "edited here\n".write(toFile: edited, atomically: false, encoding: .utf8)
         let before = try await ApplyFixture.scan(root)
         let deltas = try fixture.bundle(from: "1.0", to: "2.0")
         #expect((try BundleReader(path: deltas)).deltas.count >= 200)
         let refused = try fixture.apply(deltas, root: root)
-        #expect(refused.status == 4 && refused.stderr.contains("d5/f133.txt"), "\(refused.stderr)")
+        #expect(refused.status == 4 && refused.stderr.contains("d4/f132.txt"), "\(refused.stderr)")
         #expect(try await ApplyFixture.scan(root) == before)
         let staging = root + "/.upgrade/staging"
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: staging)) ?? []).isEmpty)
