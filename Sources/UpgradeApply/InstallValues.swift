@@ -19,6 +19,9 @@ public struct InstallRequest: Sendable {
     public var headerBytes: [UInt8]
     public var manifestBytes: [UInt8]
     public var plan: Plan
+    /// Plan from the tree as scanned to the manifest instead of using ``plan``: a full bundle,
+    /// whose plan starts from nothing, applied to a tree that holds a release or local changes.
+    public var planFromTree = false
     public var payloads: any PayloadSource
     public var dryRun = false
     /// Seconds to wait for another run's lock before giving up (exit 75).

@@ -138,7 +138,8 @@ public enum Installer {
             throw ApplyError.verification("release manifest: \(error)")
         }
         let local = try request.scanned ?? scan(root: root.display, store: store, options: request.scanOptions)
-        let outcome = request.plan.respecting(
+        let plan = request.planFromTree ? Plan(from: local, to: target) : request.plan
+        let outcome = plan.respecting(
             keep: request.keep,
             local: local,
             base: installed?.manifest,

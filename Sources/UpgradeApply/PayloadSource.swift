@@ -127,7 +127,7 @@ enum Stager {
         let large = jobs.filter { $0.content.size >= largeFile }
         let helpers = min(3, ProcessInfo.processInfo.activeProcessorCount - 1, large.count)
         guard helpers > 0, staging.observer is NoObserver else {
-            for job in jobs { try stage(job.content, mode: job.mode, as: job.name, in: staging, from: source) }
+            for job in jobs { try stage(job, in: staging, from: source) }
             return
         }
         let shared = Mutex<(next: Int, failure: (any Error)?)>((0, nil))
@@ -143,13 +143,7 @@ enum Stager {
                 }
                 guard let index else { return }
                 do {
-                    try stage(
-                        large[index].content,
-                        mode: large[index].mode,
-                        as: large[index].name,
-                        in: staging,
-                        from: source
-                    )
+                    try stage(large[index], in: staging, from: source)
                 } catch {
                     return fail(error)
                 }
@@ -160,7 +154,7 @@ enum Stager {
             for job in small {
                 guard shared.withLock({ $0.failure == nil }) else { return }
                 do {
-                    try stage(job.content, mode: job.mode, as: job.name, in: staging, from: source)
+                    try stage(job, in: staging, from: source)
                 } catch {
                     return fail(error)
                 }
@@ -170,13 +164,9 @@ enum Stager {
         if let failure = shared.withLock({ $0.failure }) { throw failure }
     }
 
-    static func stage(
-        _ content: FileContent,
-        mode: UInt32,
-        as name: String,
-        in staging: SafeTree,
-        from source: any PayloadSource
-    ) throws {
+    /// Stages one file.
+    static func stage(_ job: Job, in staging: SafeTree, from source: any PayloadSource) throws {
+        let (content, mode, name) = (job.content, job.mode, job.name)
         guard let expected = content.sha256 else { throw ApplyError.unsafePlan("no SHA-256 for staged file \(name)") }
         try staging.observer.willMutate("stage \(name)")
         let fd = openat(staging.fd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)

@@ -97,22 +97,9 @@ struct ApplyCommand: AsyncParsableCommand {
                 }
                 request.rollbackPoints = points
             }
-            let scanned = try await session.scan(options: request.scanOptions)
-            request.scanned = scanned
-            // A full bundle's plan starts from nothing, but the tree may hold a release already,
-            // or local changes: the plan is made here, from the tree as scanned to the release's
-            // manifest (verified against the signed header by the install, as any plan is), and
-            // the bundle holds every object that plan can need.
-            if !reader.entries.contains(where: { $0.kind == .baseManifest }), !scanned.entries.isEmpty {
-                do {
-                    request.plan = Plan(from: scanned, to: try Manifest(canonical: manifest))
-                } catch {
-                    throw CommandFailure(
-                        description: "\(bundle): release manifest: \(error)",
-                        exitStatus: .verificationFailed
-                    )
-                }
-            }
+            // A full bundle's plan starts from nothing; the tree may hold a release already.
+            request.planFromTree = !reader.entries.contains { $0.kind == .baseManifest }
+            request.scanned = try await session.scan(options: request.scanOptions)
             return try session.install(request)
         }
     }
